@@ -1,0 +1,112 @@
+"""PLT self-attention (shared/PLT_SPEC.md "Attention in loops r >= 2").
+
+One module per layer serves every loop with the same q/k/v/o projections:
+
+- loop 1 (and every loop when ``shared_kv=False``): plain causal attention over its own K/V. Loop 1's
+  K/V (after RoPE) are returned so that later loops of the same layer can read them ("shared KV").
+- loops >= 2 with ``shared_kv=True``: two branches mixed by a per-head, per-token gate before the
+  output projection:
+      y_global = attention(q_r, K_1, V_1)           causal, over loop 1's K/V
+      y_local  = attention(q_r, K_r, V_r, window)   causal sliding window over this loop's K/V
+      g        = sigmoid(W_g RMSNorm_g(x) + b_g)    x = the residual stream entering the layer
+      out      = o_proj(g * y_global + (1 - g) * y_local)
+  W_g and b_g start at zero (g = 0.5). W_g is a ColumnParallelLinear over the head dimension, so
+  with tensor parallelism each rank owns the gate rows of its own heads.
+
+Built on megatron-core's ``SelfAttention`` for the fused QKV projection, its GQA/TP head split and
+its sharded checkpoint keys; only the forward is ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+
+from model.kernels import attend
+
+KV = Tuple[torch.Tensor, torch.Tensor]  # (keys, values), each [batch, seq, kv_heads, head_dim]
+
+
+class PLTCoreAttention(MegatronModule):
+    """The kernel call, as megatron's ``core_attention`` submodule: [b, s, h, d] in and out."""
+
+    def __init__(self, config, layer_number, attn_mask_type=None, attention_type="self",
+                 cp_comm_type=None, softmax_scale=None, pg_collection=None):
+        super().__init__(config=config)
+        self.softmax_scale = softmax_scale
+
+    def forward(self, q, k, v, window: Optional[int] = None):
+        return attend(q, k, v, window=window, backend=self.config.attention_backend,
+                      softmax_scale=self.softmax_scale)
+
+
+@dataclass
+class PLTSelfAttentionSubmodules(SelfAttentionSubmodules):
+    gate_norm: ModuleSpec | type | None = None
+    linear_gate: ModuleSpec | type | None = None
+
+
+def _zeros_(weight: torch.Tensor) -> torch.Tensor:
+    return torch.nn.init.zeros_(weight)
+
+
+class PLTSelfAttention(SelfAttention):
+    def __init__(self, config, submodules: PLTSelfAttentionSubmodules, layer_number: int,
+                 attn_mask_type=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config=config, submodules=submodules, layer_number=layer_number,
+                         cp_comm_type=cp_comm_type, pg_collection=pg_collection)
+        self.gate_norm = None
+        self.linear_gate = None
+        if config.has_gated_loops:
+            self.gate_norm = build_module(submodules.gate_norm, config=config,
+                                          hidden_size=config.hidden_size,
+                                          eps=config.layernorm_epsilon)
+            # One gate per head: a column-parallel split of the head dimension, like the heads.
+            self.linear_gate = build_module(
+                submodules.linear_gate, config.hidden_size, config.num_attention_heads,
+                config=config, init_method=_zeros_, bias=True, gather_output=False,
+                skip_bias_add=False, is_expert=False, tp_comm_buffer_name="gate",
+                tp_group=self.pg_collection.tp,
+            )
+
+    def _project(self, hidden_states, rotary_pos_emb):
+        """Q, K, V in flash layout [b, s, heads, d], RoPE applied to Q and K."""
+        q, k, v = self.get_query_key_value_tensors(hidden_states)  # each [s, b, heads, d]
+        if rotary_pos_emb is not None:
+            q = apply_rotary_pos_emb(q, rotary_pos_emb, config=self.config)
+            k = apply_rotary_pos_emb(k, rotary_pos_emb, config=self.config)
+        return (t.transpose(0, 1) for t in (q, k, v))
+
+    def gate(self, residual: torch.Tensor) -> torch.Tensor:
+        """g in (0, 1): [b, s, local_heads, 1] from the layer's input residual [s, b, hidden]."""
+        logits, _ = self.linear_gate(self.gate_norm(residual))  # [s, b, local_heads]
+        return torch.sigmoid(logits).transpose(0, 1).unsqueeze(-1)
+
+    def forward(self, hidden_states, residual, rotary_pos_emb, loop_index: int,
+                first_loop_kv: Optional[KV] = None):
+        """One layer's attention for one loop.
+
+        hidden_states: the layer's normed input [s, b, hidden]; residual: its un-normed input (the
+        gate's input). Returns (output [s, b, hidden], bias, this loop's K/V).
+        """
+        q, k, v = self._project(hidden_states, rotary_pos_emb)
+        if loop_index == 0 or not self.config.shared_kv:
+            y = self.core_attention(q, k, v)
+        else:
+            if first_loop_kv is None:
+                raise ValueError(f"layer {self.layer_number}, loop {loop_index + 1}: loop 1's K/V "
+                                 "were not passed; run loop 1 of this layer first")
+            k1, v1 = first_loop_kv
+            y_global = self.core_attention(q, k1, v1)
+            y_local = self.core_attention(q, k, v, window=self.config.swa_window)
+            g = self.gate(residual)
+            y = g * y_global + (1.0 - g) * y_local
+        y = y.transpose(0, 1).flatten(2)  # [s, b, local_heads * d]
+        out, bias = self.linear_proj(y)
+        return out, bias, (k, v)

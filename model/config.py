@@ -1,0 +1,180 @@
+"""The PLT model's configuration.
+
+Two dataclasses with one set of field names:
+
+- ``ModelConfig``: the ``model.*`` node of the Hydra schema (plain types only, so YAML presets in
+  ``conf/model/`` fill and validate it). It describes the architecture and nothing about the run.
+- ``PLTConfig``: megatron-core's ``TransformerConfig`` plus the PLT fields. Built from a
+  ``ModelConfig`` and the run's parallel layout and precision by ``ModelConfig.build``; this is what
+  the model modules receive.
+
+The architecture is the LoopCoder-v2 one (shared/PLT_SPEC.md, "Notation"): Llama-style pre-norm
+blocks with RMSNorm, SwiGLU, RoPE, GQA and no biases. Those choices are fixed here, not options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer import TransformerConfig
+
+ATTENTION_BACKENDS = ("auto", "torch", "flash")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` group of the run config (``conf/model/*.yaml``)."""
+
+    name: str = "plt_tiny"
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    ffn_hidden_size: int = 352
+    vocab_size: int = 4096
+    max_position_embeddings: int = 1024
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+    untie_embeddings_and_output_weights: bool = True
+    # PLT (shared/PLT_SPEC.md "Forward pass")
+    num_loops: int = 2
+    clp: bool = True
+    clp_emb_scale: float = 1.0
+    clp_hidden_scale: float = 1.0
+    normalize_per_loop: bool = True
+    shared_kv: bool = True
+    swa_window: int = 64
+    attention_backend: str = "auto"
+    # Activation recomputation: none | full (recompute each layer's forward in backward).
+    recompute: str = "none"
+
+    def build(
+        self,
+        *,
+        tensor_parallel: int = 1,
+        pipeline_parallel: int = 1,
+        virtual_pipeline_parallel: Optional[int] = None,
+        sequence_parallel: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+        use_cpu_initialization: bool = True,
+        perform_initialization: bool = True,
+    ) -> "PLTConfig":
+        """The megatron-core config of this architecture under a parallel layout and precision."""
+        if self.recompute not in ("none", "full"):
+            raise ConfigError(f"model.recompute={self.recompute!r}; use 'none' or 'full'")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.pop("name")
+        recompute = fields.pop("recompute")
+        eps = fields.pop("norm_epsilon")
+        return PLTConfig(
+            **fields,
+            layernorm_epsilon=eps,
+            tensor_model_parallel_size=tensor_parallel,
+            pipeline_model_parallel_size=pipeline_parallel,
+            virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
+            sequence_parallel=sequence_parallel,
+            params_dtype=params_dtype,
+            bf16=params_dtype == torch.bfloat16,
+            pipeline_dtype=params_dtype,
+            use_cpu_initialization=use_cpu_initialization,
+            perform_initialization=perform_initialization,
+            recompute_granularity="full" if recompute == "full" else None,
+            recompute_method="uniform" if recompute == "full" else None,
+            recompute_num_layers=1 if recompute == "full" else None,
+        )
+
+
+@dataclass
+class PLTConfig(TransformerConfig):
+    """megatron-core TransformerConfig plus the Parallel Loop Transformer fields."""
+
+    num_loops: int = 1
+    clp: bool = True
+    clp_emb_scale: float = 1.0
+    clp_hidden_scale: float = 1.0
+    normalize_per_loop: bool = True
+    shared_kv: bool = True
+    swa_window: int = 64
+    # Replaces megatron's AttnBackend enum field of the same name: PLT brings its own core
+    # attention (model/kernels.py), so megatron's backend selection never applies. auto|torch|flash.
+    attention_backend: str = "auto"
+    vocab_size: int = 32000
+    max_position_embeddings: int = 4096
+    rotary_base: float = 10000.0
+    untie_embeddings_and_output_weights: bool = True
+
+    # The fixed LoopCoder-v2 architecture (PLT_SPEC "Notation").
+    normalization: str = "RMSNorm"
+    gated_linear_unit: bool = True
+    activation_func: callable = F.silu
+    add_bias_linear: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    bias_activation_fusion: bool = False
+    bias_dropout_fusion: bool = False
+    apply_rope_fusion: bool = False
+    masked_softmax_fusion: bool = False
+    persist_layer_norm: bool = False
+    gradient_accumulation_fusion: bool = False
+
+    def __post_init__(self):
+        _check_plt_fields(self)
+        super().__post_init__()
+
+    @property
+    def has_gated_loops(self) -> bool:
+        """Whether loops >= 2 use the gated two-branch attention (and so the layer has a gate)."""
+        return self.num_loops > 1 and self.shared_kv
+
+
+def _check_plt_fields(cfg: PLTConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.num_loops >= 1, f"model.num_loops={cfg.num_loops}; it must be >= 1 (1 = plain GPT)")
+    need(cfg.swa_window >= 1, f"model.swa_window={cfg.swa_window}; it must be >= 1 (keys back)")
+    need(
+        cfg.attention_backend in ATTENTION_BACKENDS,
+        f"model.attention_backend={cfg.attention_backend!r}; use one of {ATTENTION_BACKENDS}",
+    )
+    need(cfg.num_layers >= 1, f"model.num_layers={cfg.num_layers}; it must be >= 1")
+    need(
+        cfg.num_attention_heads >= 1 and cfg.hidden_size % cfg.num_attention_heads == 0,
+        f"model.num_attention_heads={cfg.num_attention_heads} does not divide "
+        f"model.hidden_size={cfg.hidden_size}",
+    )
+    groups = cfg.num_query_groups or cfg.num_attention_heads
+    need(
+        groups >= 1 and cfg.num_attention_heads % groups == 0,
+        f"model.num_query_groups={groups} does not divide "
+        f"model.num_attention_heads={cfg.num_attention_heads}",
+    )
+    tp = cfg.tensor_model_parallel_size
+    need(
+        cfg.num_attention_heads % tp == 0,
+        f"parallel.tp={tp} does not divide model.num_attention_heads={cfg.num_attention_heads}",
+    )
+    need(
+        groups % tp == 0 or tp % groups == 0,
+        f"parallel.tp={tp} and model.num_query_groups={groups}: one must divide the other",
+    )
+    need(
+        cfg.ffn_hidden_size is not None and cfg.ffn_hidden_size % tp == 0,
+        f"parallel.tp={tp} does not divide model.ffn_hidden_size={cfg.ffn_hidden_size}",
+    )
+    need(cfg.vocab_size >= 1, f"model.vocab_size={cfg.vocab_size}; it must be >= 1")
+    need(
+        cfg.num_layers % cfg.pipeline_model_parallel_size == 0,
+        f"parallel.pp={cfg.pipeline_model_parallel_size} does not divide "
+        f"model.num_layers={cfg.num_layers}",
+    )

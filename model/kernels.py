@@ -1,0 +1,111 @@
+"""Attention kernels behind one function: ``attend``.
+
+Layout is flash-attn's: q ``[batch, q_len, heads, head_dim]``, k/v ``[batch, k_len, kv_heads,
+head_dim]`` (GQA: heads a multiple of kv_heads). Attention is causal with the last query aligned to
+the last key (flash-attn's convention; it matters when q_len < k_len, as in decoding): query i sits
+at absolute position ``k_len - q_len + i`` and sees keys ``j <= that position``. With ``window=w``
+it also sees only keys ``j >= position - w``: w keys back plus itself, w + 1 in all, which is
+flash-attn's ``window_size=(w, 0)`` (PLT_SPEC "Attention in loops r >= 2": swa_window=64 -> 65 keys).
+
+Backends: ``torch`` (``scaled_dot_product_attention``; any device) and ``flash`` (flash-attn 2,
+CUDA, fp16/bf16). ``auto`` takes flash when flash-attn imports and the tensors are on a GPU in a
+dtype it supports, torch otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+class FlashAttentionUnavailable(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_attn_func():
+    """flash-attn's kernel, or None when the package does not import (CPU machines, no GPU extra)."""
+    try:
+        from flash_attn import flash_attn_func
+    except Exception:  # ImportError, or a CUDA-less build failing at import
+        return None
+    return flash_attn_func
+
+
+def flash_available() -> bool:
+    return _flash_attn_func() is not None
+
+
+def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that ``attend`` will run for ``requested`` (auto|torch|flash) on these tensors."""
+    if requested == "torch":
+        return "torch"
+    flash_fits = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    if requested == "flash":
+        if not flash_available():
+            raise FlashAttentionUnavailable(
+                "model.attention_backend=flash but flash-attn does not import here; install the "
+                "GPU extra (pip install -e '.[gpu]') on a CUDA machine, or use "
+                "model.attention_backend=torch (or auto)"
+            )
+        if not flash_fits:
+            raise FlashAttentionUnavailable(
+                f"model.attention_backend=flash needs CUDA tensors in fp16/bf16, got {device} "
+                f"{dtype}; use model.attention_backend=auto or torch"
+            )
+        return "flash"
+    if requested == "auto":
+        return "flash" if flash_fits and flash_available() else "torch"
+    raise ValueError(f"attention backend {requested!r}; use auto, torch or flash")
+
+
+def causal_window_mask(
+    q_len: int, k_len: int, window: Optional[int], device: torch.device
+) -> torch.Tensor:
+    """Boolean ``[q_len, k_len]`` mask, True where a query may attend (see the module docstring)."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device).unsqueeze(1)
+    k_pos = torch.arange(k_len, device=device).unsqueeze(0)
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed = allowed & (k_pos >= q_pos - window)
+    return allowed
+
+
+def _torch_attend(q, k, v, window, softmax_scale):
+    q_len, k_len = q.shape[1], k.shape[1]
+    # SDPA wants [batch, heads, seq, dim].
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if window is None and q_len == k_len:
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
+        )
+    else:
+        mask = causal_window_mask(q_len, k_len, window, q.device)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=True
+        )
+    return out.transpose(1, 2)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: Optional[int] = None,
+    backend: str = "auto",
+    softmax_scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Causal (optionally sliding-window) attention; returns ``[batch, q_len, heads, head_dim]``."""
+    chosen = resolve_backend(backend, q.device, q.dtype)
+    if chosen == "flash":
+        return _flash_attn_func()(
+            q, k, v,
+            softmax_scale=softmax_scale,
+            causal=True,
+            window_size=(-1 if window is None else window, 0),
+        )
+    return _torch_attend(q, k, v, window, softmax_scale)

@@ -1,0 +1,27 @@
+"""RMSNorm that works with megatron's sequence parallelism.
+
+megatron-core's local (non-Apex, non-TE) norm, ``WrappedTorchNorm``, refuses sequence parallelism.
+This one marks its weight ``sequence_parallel`` so that megatron's DDP all-reduces its gradient over
+the tensor-parallel group, as megatron does for its own fused norms. The parameter is named
+``weight`` like torch.nn.RMSNorm's, so state dicts line up with megatron's GPTModel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class RMSNorm(MegatronModule):
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
+        super().__init__(config=config)
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (bf16 sums of squares lose precision), return in the input dtype.
+        out = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        return out.to(x.dtype)
