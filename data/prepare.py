@@ -1,0 +1,115 @@
+"""`prepare_data(cfg, seq_length) -> PreparedData`: make sure tokenizer and tokenized shards exist.
+
+With `data.blend` set, it only checks the given shards and tokenizer. With it empty (the embedded job),
+the first call builds, under `<data.cache_dir>/stdlib-py<X.Y>-<selection hash>/`:
+
+    tokenizer-v<vocab_size>.model        sentencepiece BPE trained on the train split
+    tokens-<tokenizer sha>/train-0000i-of-0000N.{bin,idx}, train.json (manifest), valid-...
+    hf/                                  datasets' Arrow cache of the source files
+    .lock
+
+Every later call only checks file sizes (milliseconds). Several ranks: every rank may call it; the
+first to take the file lock builds, the others wait on the lock and then find everything done (this
+also works with a node-local cache dir: one builder per node). When torch.distributed is initialized,
+all ranks then meet at a barrier, so call it on every rank.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from filelock import FileLock
+
+from data.config import DataConfig
+from data.corpus import stdlib_corpus
+from data.indexed import ShardError, check_manifest, check_shard, list_shards, manifest_path, preprocess
+from data.tokenizer import CodeTokenizer, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    tokenizer_model: str
+    train_blend: List  # [[weight, prefix], ...] as in data.blend
+    valid_blend: List
+
+
+def stdlib_cache_root(cfg: DataConfig) -> str:
+    selection = json.dumps([sorted(cfg.stdlib_exclude_dirs), cfg.stdlib_valid_fraction,
+                            cfg.stdlib_max_files])
+    tag = hashlib.sha256(selection.encode()).hexdigest()[:8]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return os.path.join(cfg.cache_dir, f"stdlib-py{version}-{tag}")
+
+
+def _is_complete(prefix: str) -> bool:
+    try:
+        with open(manifest_path(prefix)) as stream:
+            if json.load(stream).get("num_tokens") is None:
+                return False  # an interrupted run: preprocess() resumes it shard by shard
+        for shard in list_shards(prefix):
+            check_shard(shard)
+        return True
+    except (OSError, ShardError, ValueError):
+        return False
+
+
+def _build_stdlib(cfg: DataConfig, root: str) -> PreparedData:
+    corpus = None
+    tokenizer_model = cfg.tokenizer_model or os.path.join(root, f"tokenizer-v{cfg.vocab_size}.model")
+    if not os.path.isfile(tokenizer_model):
+        if cfg.tokenizer_model:
+            raise FileNotFoundError(f"data.tokenizer_model={cfg.tokenizer_model!r} does not exist")
+        corpus = stdlib_corpus(cfg.stdlib_exclude_dirs, cfg.stdlib_valid_fraction,
+                               cfg.stdlib_max_files, cache_dir=os.path.join(root, "hf"))
+        logger.info("training the %d-token tokenizer on %d stdlib files", cfg.vocab_size,
+                    len(corpus["train"]))
+        texts = (text for batch in corpus["train"].iter(batch_size=64) for text in batch["text"])
+        train_tokenizer(texts, tokenizer_model, cfg.vocab_size, num_threads=max(1, cfg.num_workers))
+    tokenizer = CodeTokenizer(tokenizer_model)
+    tokens_dir = os.path.join(root, f"tokens-{tokenizer.sha256[:12]}")
+    blends = {}
+    for split in ("train", "valid"):
+        prefix = os.path.join(tokens_dir, split)
+        if not _is_complete(prefix):
+            if corpus is None:
+                corpus = stdlib_corpus(cfg.stdlib_exclude_dirs, cfg.stdlib_valid_fraction,
+                                       cfg.stdlib_max_files, cache_dir=os.path.join(root, "hf"))
+            preprocess(corpus[split], tokenizer_model, prefix, num_shards=cfg.num_shards,
+                       num_workers=cfg.num_workers)
+        blends[split] = [[1.0, prefix]]
+    return PreparedData(tokenizer_model, blends["train"], blends["valid"])
+
+
+def _check_user_blend(cfg: DataConfig, seq_length: int) -> PreparedData:
+    if not cfg.tokenizer_model:
+        raise ValueError("data.blend is set but data.tokenizer_model is empty: give the sentencepiece "
+                         "model the blend was preprocessed with")
+    tokenizer = CodeTokenizer(cfg.tokenizer_model)
+    for weight, prefix in list(cfg.blend) + list(cfg.valid_blend):
+        check_manifest(prefix, tokenizer)
+        num_tokens = sum(check_shard(shard) for shard in list_shards(prefix))
+        if num_tokens < seq_length + 1:
+            raise ValueError(f"{prefix!r} holds {num_tokens} tokens, fewer than one sample of "
+                             f"train.seq_length+1={seq_length + 1}")
+    return PreparedData(cfg.tokenizer_model, [list(p) for p in cfg.blend],
+                        [list(p) for p in cfg.valid_blend])
+
+
+def prepare_data(cfg: DataConfig, seq_length: int) -> PreparedData:
+    if cfg.blend:
+        prepared = _check_user_blend(cfg, seq_length)
+    else:
+        root = stdlib_cache_root(cfg)
+        os.makedirs(root, exist_ok=True)
+        with FileLock(os.path.join(root, ".lock")):
+            prepared = _build_stdlib(cfg, root)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return prepared

@@ -1,0 +1,117 @@
+"""The code tokenizer: a sentencepiece BPE model that round-trips any source text byte for byte.
+
+- `train_tokenizer(texts, model_path, vocab_size)` trains one (scripts/train_tokenizer.py wraps it).
+- `CodeTokenizer(model_path)`: `.encode(str) -> list[int]`, `.decode(list[int]) -> str`, the special ids
+  `.bos_id .eod_id .pad_id .fim_prefix_id .fim_middle_id .fim_suffix_id`, `.vocab_size`, `.sha256`,
+  and `.check_model_vocab(model_vocab_size)`.
+"""
+
+import hashlib
+import os
+from typing import Iterable, Iterator, List
+
+import sentencepiece as spm
+
+# Control symbols: reachable only by id, never produced by encoding text, so a source file that
+# happens to contain the string "<fim_prefix>" stays plain text.
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
+UNK_ID, BOS_ID, EOD_ID, PAD_ID = 0, 1, 2, 3
+
+# Why each option: code must come back exactly, so no normalization (identity), no dummy prefix
+# space, no collapsing of runs of spaces, whitespace-only pieces allowed (indentation, blank lines),
+# no splitting at whitespace (pieces like ":\n    " are the common case in code), digits split one by
+# one (numbers do not eat the vocabulary), byte fallback for any character outside the vocabulary.
+TRAINER_OPTIONS = dict(
+    model_type="bpe",
+    normalization_rule_name="identity",
+    add_dummy_prefix=False,
+    remove_extra_whitespaces=False,
+    allow_whitespace_only_pieces=True,
+    split_by_whitespace=False,
+    split_digits=True,
+    byte_fallback=True,
+    character_coverage=0.9995,
+    unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOD_ID, pad_id=PAD_ID,
+    control_symbols=[FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX],
+    max_sentence_length=1 << 16,
+    minloglevel=2,
+)
+LINES_PER_SENTENCE = 16  # sentencepiece trains on "sentences"; a few lines of code keep newlines in
+
+
+def _sentences(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        lines = text.splitlines(keepends=True)
+        for start in range(0, len(lines), LINES_PER_SENTENCE):
+            yield "".join(lines[start:start + LINES_PER_SENTENCE])
+
+
+def train_tokenizer(
+    texts: Iterable[str], model_path: str, vocab_size: int, num_threads: int = 2,
+    input_sentence_size: int = 2_000_000,
+) -> str:
+    """Train the BPE model on `texts` and write `model_path` (atomically: temp file, then rename)."""
+    if not model_path.endswith(".model"):
+        raise ValueError(f"tokenizer path {model_path!r} must end in .model")
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+    tmp_path = f"{model_path}.tmp{os.getpid()}"
+    with open(tmp_path, "wb") as writer:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_sentences(texts), model_writer=writer, vocab_size=vocab_size,
+            num_threads=num_threads, input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True, **TRAINER_OPTIONS,
+        )
+    os.replace(tmp_path, model_path)
+    return model_path
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.sha256(stream.read()).hexdigest()
+
+
+class CodeTokenizer:
+    def __init__(self, model_path: str):
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(
+                f"tokenizer model {model_path!r} not found; train one with "
+                f"`python -m scripts.train_tokenizer` or leave data.tokenizer_model empty for the "
+                f"default stdlib tokenizer"
+            )
+        self.model_path = model_path
+        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        self.sha256 = file_sha256(model_path)
+        self.vocab_size = self.sp.get_piece_size()
+        self.bos_id, self.eod_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+        self.fim_prefix_id = self.sp.piece_to_id(FIM_PREFIX)
+        self.fim_middle_id = self.sp.piece_to_id(FIM_MIDDLE)
+        self.fim_suffix_id = self.sp.piece_to_id(FIM_SUFFIX)
+        specials = [self.bos_id, self.eod_id, self.pad_id,
+                    self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id]
+        if min(specials) < 0 or UNK_ID in specials[3:] or len(set(specials)) != len(specials):
+            raise ValueError(
+                f"{model_path} lacks loopcoder's special tokens (bos/eos/pad/{FIM_PREFIX}/"
+                f"{FIM_MIDDLE}/{FIM_SUFFIX}); retrain it with scripts/train_tokenizer.py"
+            )
+
+    def encode(self, text: str) -> List[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: List[str]) -> List[List[int]]:
+        return self.sp.encode(texts)
+
+    def decode(self, ids: List[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def check_model_vocab(self, model_vocab_size: int) -> None:
+        """The model's embedding may be padded larger than the tokenizer (for TP divisibility);
+        smaller would index out of range on the first batch."""
+        if model_vocab_size < self.vocab_size:
+            raise ValueError(
+                f"model vocab size {model_vocab_size} is smaller than the tokenizer's "
+                f"{self.vocab_size} ({self.model_path}); set model.vocab_size>={self.vocab_size} or "
+                f"train a tokenizer with data.vocab_size<={model_vocab_size}"
+            )
+
+    def __repr__(self) -> str:
+        return f"CodeTokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
