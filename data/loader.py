@@ -1,0 +1,156 @@
+"""The trainer's view of the data: this rank's micro-batches of each global batch, resumable at any sample.
+
+    loader = build_loader(cfg, prepared, "train", seq_length, global_batch_size, micro_batch_size,
+                          dp_rank, dp_size, seed)
+    micro_batches = loader.next_global_batch_micro_batches()   # list of global_batch_size //
+        # (micro_batch_size * dp_size) dicts: tokens [mb, seq] int64, labels [mb, seq] int64 (tokens
+        # shifted by one), loss_mask [mb, seq] float32, position_ids [mb, seq] int64. Causal
+        # attention is implicit: no mask is built. Pass iter(micro_batches) to forward_backward_func.
+    for micro_batches in loader: ...          # the same, forever (one global batch per step)
+    loader.consumed_samples                   # global samples consumed by all ranks together
+    loader.state_dict() / load_state_dict(d)  # {"consumed_samples", "fingerprint", ...}; small
+    loader.held_out_batch()                   # this rank's share of global batch 0 (fixed, for eval)
+
+Global batch b is global samples [b*G, (b+1)*G) of the blend's order (data/blend.py), which depends on
+neither the data-parallel size nor the batch size nor the run length; rank r takes the contiguous
+slice [r*G/dp, (r+1)*G/dp) of it. So a resume, also with another DP size or a longer run, continues at
+sample `consumed_samples` of the very same sequence. The fingerprint (shard names/sizes, tokenizer,
+seed, seq length, FIM settings) refuses a resume on changed data unless data.allow_fingerprint_change.
+"""
+
+import hashlib
+import json
+import logging
+from typing import Dict, List
+
+import numpy
+import torch
+
+from data.blend import BlendedStream, derived_seed
+from data.config import DataConfig
+from data.fim import FimTokens, apply_fim
+from data.tokenizer import CodeTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class FingerprintMismatch(RuntimeError):
+    pass
+
+
+class CodeLoader:
+    def __init__(self, stream: BlendedStream, tokenizer: CodeTokenizer, split: str, seq_length: int,
+                 global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
+                 fim_rate: float = 0.0, fim_spm_rate: float = 0.5,
+                 allow_fingerprint_change: bool = False):
+        if global_batch_size % (micro_batch_size * dp_size) != 0:
+            raise ValueError(
+                f"train.global_batch_size={global_batch_size} is not a multiple of "
+                f"train.micro_batch_size * data-parallel size = {micro_batch_size} * {dp_size}; "
+                f"pick a global batch size divisible by {micro_batch_size * dp_size}"
+            )
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank={dp_rank} outside [0, dp_size={dp_size})")
+        self.stream, self.tokenizer, self.split = stream, tokenizer, split
+        self.seq_length, self.seed = seq_length, seed
+        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.num_micro_batches = global_batch_size // (micro_batch_size * dp_size)
+        self.fim_rate, self.fim_spm_rate = fim_rate, fim_spm_rate
+        self.fim_tokens = FimTokens(tokenizer.fim_prefix_id, tokenizer.fim_middle_id,
+                                    tokenizer.fim_suffix_id, tokenizer.eod_id)
+        self.allow_fingerprint_change = allow_fingerprint_change
+        self.consumed_samples = 0
+        self.fingerprint_detail = {
+            "data": _digest(stream.describe()), "num_shards": len(stream.shards),
+            "num_tokens": sum(s.num_tokens for s in stream.shards), "tokenizer": tokenizer.sha256[:16],
+            "seed": seed, "seq_length": seq_length, "split": split,
+            "fim_rate": fim_rate, "fim_spm_rate": fim_spm_rate,
+        }
+        self.fingerprint = _digest(self.fingerprint_detail)
+        self._position_ids = torch.arange(seq_length, dtype=torch.int64).expand(micro_batch_size, -1)
+
+    def sample(self, global_index: int) -> numpy.ndarray:
+        """Global sample `global_index`: seq_length+1 tokens, FIM applied, the same on every rank."""
+        tokens = self.stream.sample(global_index)
+        if self.fim_rate > 0:
+            rng = numpy.random.default_rng(derived_seed(self.seed, "fim", self.split, global_index))
+            tokens = apply_fim(tokens, rng, self.fim_rate, self.fim_spm_rate, self.fim_tokens)
+        return tokens
+
+    def rank_sample_indices(self, batch_start: int) -> range:
+        """This rank's global sample indices in the global batch starting at `batch_start`."""
+        per_rank = self.global_batch_size // self.dp_size
+        first = batch_start + self.dp_rank * per_rank
+        return range(first, first + per_rank)
+
+    def _micro_batch(self, indices) -> Dict[str, torch.Tensor]:
+        samples = torch.from_numpy(numpy.stack([self.sample(i) for i in indices]).astype(numpy.int64))
+        labels = samples[:, 1:].contiguous()
+        return {
+            "tokens": samples[:, :-1].contiguous(),
+            "labels": labels,
+            # Megatron pads only a final partial validation sample; never learn to predict padding.
+            "loss_mask": (labels != self.tokenizer.pad_id).to(torch.float32),
+            "position_ids": self._position_ids[: len(indices)].clone(),
+        }
+
+    def micro_batches_at(self, batch_start: int) -> List[Dict[str, torch.Tensor]]:
+        indices = list(self.rank_sample_indices(batch_start))
+        mb = self.micro_batch_size
+        return [self._micro_batch(indices[i * mb:(i + 1) * mb]) for i in range(self.num_micro_batches)]
+
+    def next_global_batch_micro_batches(self) -> List[Dict[str, torch.Tensor]]:
+        micro_batches = self.micro_batches_at(self.consumed_samples)
+        self.consumed_samples += self.global_batch_size
+        return micro_batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> List[Dict[str, torch.Tensor]]:
+        return self.next_global_batch_micro_batches()
+
+    def held_out_batch(self) -> List[Dict[str, torch.Tensor]]:
+        """This rank's micro-batches of global batch 0: fixed across steps and resumes."""
+        return self.micro_batches_at(0)
+
+    def state_dict(self) -> Dict:
+        return {"consumed_samples": self.consumed_samples, "fingerprint": self.fingerprint,
+                "fingerprint_detail": dict(self.fingerprint_detail)}
+
+    def load_state_dict(self, state: Dict) -> None:
+        if state.get("fingerprint") != self.fingerprint:
+            old = state.get("fingerprint_detail", {})
+            changed = [f"{key}: {old.get(key)!r} -> {value!r}"
+                       for key, value in self.fingerprint_detail.items() if old.get(key) != value]
+            message = (
+                f"the {self.split} data differ from the checkpoint's ({'; '.join(changed) or 'fingerprint'}), "
+                f"so the resumed run would not see the samples it would have seen. Restore the data "
+                f"(same files, tokenizer, train.seed, train.seq_length, data.fim_*), or pass "
+                f"data.allow_fingerprint_change=true to continue at consumed_samples="
+                f"{state.get('consumed_samples')} in the new data's order"
+            )
+            if not self.allow_fingerprint_change:
+                raise FingerprintMismatch(message)
+            logger.warning("data.allow_fingerprint_change=true: %s", message)
+        self.consumed_samples = int(state["consumed_samples"])
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def build_loader(cfg: DataConfig, prepared, split: str, seq_length: int, global_batch_size: int,
+                 micro_batch_size: int, dp_rank: int, dp_size: int, seed: int) -> CodeLoader:
+    """A loader over `prepared` (data/prepare.py: PreparedData) for split "train" or "valid"."""
+    if split not in ("train", "valid"):
+        raise ValueError(f"split must be 'train' or 'valid', not {split!r}")
+    tokenizer = CodeTokenizer(prepared.tokenizer_model)
+    blend = prepared.train_blend if split == "train" else prepared.valid_blend
+    if not blend:
+        raise ValueError(f"no {split} data: set data.{'blend' if split == 'train' else 'valid_blend'}")
+    stream = BlendedStream([(float(w), str(p)) for w, p in blend], seed, seq_length, split, tokenizer)
+    return CodeLoader(stream, tokenizer, split, seq_length, global_batch_size, micro_batch_size,
+                      dp_rank, dp_size, seed, fim_rate=cfg.fim_rate, fim_spm_rate=cfg.fim_spm_rate,
+                      allow_fingerprint_change=cfg.allow_fingerprint_change)
