@@ -1,0 +1,32 @@
+"""Tokenize a corpus into megatron indexed shards `<output>-0000i-of-0000N.{bin,idx}` (+ `<output>.json`).
+
+    python -m scripts.preprocess --corpus corpora/python/*.jsonl --text-key content \
+        --tokenizer tok/code.model --output data/python --shards 64 --workers 16
+
+Re-running resumes: finished shards are kept, missing or broken ones are rebuilt. Use the output
+prefix in `data.blend: [[weight, data/python], ...]`.
+"""
+
+import argparse
+import time
+
+from data.indexed import preprocess
+from scripts._corpus_args import add_corpus_args, load_corpus
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_args(parser)
+    parser.add_argument("--tokenizer", required=True, help="sentencepiece .model")
+    parser.add_argument("--output", required=True, help="output prefix")
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (datasets num_proc)")
+    args = parser.parse_args(argv)
+    corpus = load_corpus(args)
+    start = time.time()
+    shards = preprocess(corpus, args.tokenizer, args.output, args.shards, args.workers)
+    print(f"{len(corpus)} documents -> {len(shards)} shards at {args.output} in {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
