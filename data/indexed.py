@@ -142,25 +142,31 @@ def preprocess(
     # Written before any shard, so a re-run of an interrupted job with another tokenizer is refused.
     _write_manifest(output_prefix, tokenizer, num_shards, len(dataset), num_tokens=None)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    prefixes, num_tokens = [], 0
-    for index in tqdm(range(num_shards), desc=f"shards {os.path.basename(output_prefix)}",
-                      disable=not progress):
-        prefix = shard_prefix(output_prefix, index, num_shards)
-        prefixes.append(prefix)
+    # Contiguous row ranges keep the corpus order: shard i holds rows [bounds[i], bounds[i+1]).
+    bounds = [len(dataset) * i // num_shards for i in range(num_shards + 1)]
+    prefixes = [shard_prefix(output_prefix, i, num_shards) for i in range(num_shards)]
+    pending = []
+    for index, prefix in enumerate(prefixes):
         try:
-            num_tokens += check_shard(prefix)
-            continue  # finished by an earlier run
+            check_shard(prefix)  # finished by an earlier run: keep it
         except ShardError:
-            pass
-        shard = dataset.shard(num_shards, index, contiguous=True)  # contiguous: keeps document order
-        tokenized = shard.map(
-            _tokenize, batched=True, batch_size=64, remove_columns=shard.column_names,
-            num_proc=num_workers if num_workers > 1 and len(shard) >= num_workers else None,
+            pending.append(index)
+    if pending:
+        # One map over all pending rows: one worker pool for the whole job, not one per shard.
+        rows = numpy.concatenate([numpy.arange(bounds[i], bounds[i + 1]) for i in pending])
+        todo = dataset if len(rows) == len(dataset) else dataset.select(rows)
+        tokenized = todo.map(
+            _tokenize, batched=True, batch_size=64, remove_columns=todo.column_names,
+            num_proc=num_workers if num_workers > 1 and len(todo) >= num_workers else None,
             fn_kwargs={"model_path": os.path.abspath(tokenizer_model), "model_sha256": tokenizer.sha256},
-            desc=f"tokenize shard {index + 1}/{num_shards}",
+            desc=f"tokenize {os.path.basename(output_prefix)} ({len(pending)}/{num_shards} shards)",
         )
-        _write_shard(tokenized, prefix, dtype)
-        num_tokens += check_shard(prefix)
+        offset = 0
+        for index in tqdm(pending, desc=f"write {os.path.basename(output_prefix)} shards", disable=not progress):
+            count = bounds[index + 1] - bounds[index]
+            _write_shard(tokenized.select(range(offset, offset + count)), prefixes[index], dtype)
+            offset += count
+    num_tokens = sum(check_shard(prefix) for prefix in prefixes)
     _write_manifest(output_prefix, tokenizer, num_shards, len(dataset), num_tokens)
     return prefixes
 

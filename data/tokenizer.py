@@ -97,8 +97,10 @@ class CodeTokenizer:
     def encode(self, text: str) -> List[int]:
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: List[str]) -> List[List[int]]:
-        return self.sp.encode(texts)
+    def encode_batch(self, texts: List[str], num_threads: int = 1) -> List[List[int]]:
+        # One thread by default: preprocessing parallelizes with worker processes, and
+        # sentencepiece's own threads on top would oversubscribe the cores.
+        return self.sp.encode(texts, num_threads=num_threads)
 
     def decode(self, ids: List[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
