@@ -45,6 +45,10 @@ class PLTCoreAttention(MegatronModule):
         return attend(q, k, v, window=window, backend=self.config.attention_backend,
                       softmax_scale=self.softmax_scale)
 
+    def masked(self, q, k, v, key_mask):
+        """Decoding: one query per row over cache slots chosen by ``key_mask`` [b, slots]."""
+        return attend(q, k, v, key_mask=key_mask, softmax_scale=self.softmax_scale)
+
 
 @dataclass
 class PLTSelfAttentionSubmodules(SelfAttentionSubmodules):
@@ -88,13 +92,19 @@ class PLTSelfAttention(SelfAttention):
         logits, _ = self.linear_gate(self.gate_norm(residual))  # [s, b, local_heads]
         return torch.sigmoid(logits).transpose(0, 1).unsqueeze(-1)
 
-    def forward(self, hidden_states, residual, rotary_pos_emb, loop_index: int,
-                first_loop_kv: Optional[KV] = None):
-        """One layer's attention for one loop.
+    def mix_branches(self, residual, y_global, y_local):
+        g = self.gate(residual)
+        return g * y_global + (1.0 - g) * y_local
+
+    def forward(self, hidden_states, residual, rotary_pos_emb, loop_index: Optional[int],
+                first_loop_kv: Optional[KV] = None, decode_step=None):
+        """One layer's attention for one loop (or, decoding, for several loops' rows at once).
 
         hidden_states: the layer's normed input [s, b, hidden]; residual: its un-normed input (the
         gate's input). Returns (output [s, b, hidden], bias, this loop's K/V).
         """
+        if decode_step is not None:
+            return self._decode(hidden_states, residual, rotary_pos_emb, decode_step)
         q, k, v = self._project(hidden_states, rotary_pos_emb)
         if loop_index == 0 or not self.config.shared_kv:
             y = self.core_attention(q, k, v)
@@ -105,8 +115,28 @@ class PLTSelfAttention(SelfAttention):
             k1, v1 = first_loop_kv
             y_global = self.core_attention(q, k1, v1)
             y_local = self.core_attention(q, k, v, window=self.config.swa_window)
-            g = self.gate(residual)
-            y = g * y_global + (1.0 - g) * y_local
+            y = self.mix_branches(residual, y_global, y_local)
         y = y.transpose(0, 1).flatten(2)  # [s, b, local_heads * d]
         out, bias = self.linear_proj(y)
         return out, bias, (k, v)
+
+    def _decode(self, hidden_states, residual, rotary_pos_emb, step):
+        """One new token per sequence for the loops in ``step.loops``, whose rows are stacked
+        loop-major along the batch dimension (PLT_SPEC "Decoding"). Rows of loop 1 are handled
+        first, so loop 1's K/V of the new token are in the cache before loops >= 2 read it."""
+        q, k, v = self._project(hidden_states, rotary_pos_emb)  # [rows, 1, heads, d]
+        outputs = []
+        for j, loop in enumerate(step.loops):
+            rows = slice(j * step.batch_size, (j + 1) * step.batch_size)
+            if loop == 0 or not self.config.shared_kv:
+                keys, values, mask = step.write_full(loop, k[rows], v[rows])
+                outputs.append(self.core_attention.masked(q[rows], keys, values, mask))
+                continue
+            global_keys, global_values, global_mask = step.read_full(0)
+            local_keys, local_values, local_mask = step.write_window(loop, k[rows], v[rows])
+            y_global = self.core_attention.masked(q[rows], global_keys, global_values, global_mask)
+            y_local = self.core_attention.masked(q[rows], local_keys, local_values, local_mask)
+            outputs.append(self.mix_branches(residual[:, rows], y_global, y_local))
+        y = torch.cat(outputs, dim=0).transpose(0, 1).flatten(2)  # [1, rows, local_heads * d]
+        out, bias = self.linear_proj(y)
+        return out, bias, None

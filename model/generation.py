@@ -1,17 +1,18 @@
-"""Text generation from a PLT model: token choice (greedy, temperature, top-p) and a sampling loop.
+"""Text generation from a PLT model: token choice (greedy, temperature, top-p) and the sampling
+loops over the cached decoder of model/decoding.py.
 
-``sample`` recomputes the full forward for every new token: simple and exactly the training-time
-function, used for the end-of-run sample. Cached cross-loop-parallel decoding lives in
-model/decoding.py.
+- ``generate(model, prompts, ...)``: a list of 1-D prompts of any lengths -> list of sequences.
+- ``sample(model, prompt_ids, ...)``: a [b, s] tensor of equal-length prompts -> [b, s + new].
+Both take a bare PLTModel or one wrapped by DDP (``.module``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
-from megatron.core import parallel_state
-from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+from model.decoding import LoopDecoder
 
 
 def choose_next_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
@@ -29,34 +30,50 @@ def choose_next_token(logits: torch.Tensor, temperature: float = 0.0, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def full_vocab_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits [b, s, vocab] of the full forward, gathered over tensor-parallel ranks."""
-    logits = model(input_ids)
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        logits = gather_from_tensor_model_parallel_region(logits)
-    return logits
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 @torch.no_grad()
+def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, mode: str = "parallel", eos_id: Optional[int] = None,
+             generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """Continue each prompt (1-D token tensors, any lengths) by up to ``max_new_tokens``."""
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    longest = max(len(p) for p in prompts)
+    decoder = LoopDecoder(model, len(prompts), longest + max_new_tokens, mode)
+    logits = decoder.prefill(prompts)
+    new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool)
+    for step in range(max_new_tokens):
+        token = choose_next_token(logits, temperature, top_p, generator)
+        new_tokens.append(token)
+        if eos_id is not None:
+            finished |= token.cpu() == eos_id
+            if bool(finished.all()):
+                break
+        if step + 1 < max_new_tokens:
+            logits = decoder.step(token)
+    model.train(was_training)
+    generated = torch.stack(new_tokens, dim=1) if new_tokens else torch.empty(len(prompts), 0)
+    outputs = []
+    for prompt, row in zip(prompts, generated.long()):
+        if eos_id is not None and (row == eos_id).any():
+            row = row[: int((row == eos_id).nonzero()[0]) + 1]
+        outputs.append(torch.cat([prompt, row.to(prompt.device)]))
+    return outputs
+
+
 def sample(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
            top_p: float = 1.0, eos_id: Optional[int] = None,
            generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Continue ``prompt_ids [b, s]`` by up to ``max_new_tokens``; returns ``[b, s + new]``.
-
-    Rows that produced ``eos_id`` keep emitting it, and generation stops early once every row has.
-    """
-    was_training = model.training
-    model.eval()
-    tokens = prompt_ids
-    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    for _ in range(max_new_tokens):
-        next_logits = full_vocab_logits(model, tokens)[:, -1, :]
-        next_token = choose_next_token(next_logits, temperature, top_p, generator)
-        if eos_id is not None:
-            next_token = torch.where(finished, torch.full_like(next_token, eos_id), next_token)
-            finished |= next_token == eos_id
-        tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)
-        if eos_id is not None and bool(finished.all()):
-            break
-    model.train(was_training)
-    return tokens
+    """Continue ``prompt_ids [b, s]`` by ``max_new_tokens``; returns ``[b, s + new]``. Rows that
+    produced ``eos_id`` are padded with it to the common length."""
+    rows = generate(model, list(prompt_ids), max_new_tokens, temperature, top_p,
+                    eos_id=eos_id, generator=generator)
+    width = max(len(r) for r in rows)
+    pad = eos_id if eos_id is not None else 0
+    return torch.stack([torch.cat([r, r.new_full((width - len(r),), pad)]) for r in rows])

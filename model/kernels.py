@@ -98,8 +98,20 @@ def attend(
     window: Optional[int] = None,
     backend: str = "auto",
     softmax_scale: Optional[float] = None,
+    key_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Causal (optionally sliding-window) attention; returns ``[batch, q_len, heads, head_dim]``."""
+    """Causal (optionally sliding-window) attention; returns ``[batch, q_len, heads, head_dim]``.
+
+    ``key_mask`` (bool ``[batch, k_len]``, decoding with one query per row) replaces the causal
+    rule by an explicit choice of keys per row: cache slots that hold this row's visible
+    positions. Masked calls take the torch path on every device.
+    """
+    if key_mask is not None:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=key_mask[:, None, None, :], scale=softmax_scale, enable_gqa=True,
+        )
+        return out.transpose(1, 2)
     chosen = resolve_backend(backend, q.device, q.dtype)
     if chosen == "flash":
         return _flash_attn_func()(

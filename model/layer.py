@@ -23,12 +23,16 @@ from model.norm import RMSNorm
 
 
 class PLTLayer(TransformerLayer):
-    def forward(self, hidden_states, rotary_pos_emb, loop_index: int, first_loop_kv=None):
-        """hidden_states [s, b, hidden] -> (hidden_states, this loop's K/V of this layer)."""
+    def forward(self, hidden_states, rotary_pos_emb, loop_index, first_loop_kv=None,
+                decode_step=None):
+        """hidden_states [s, b, hidden] -> (hidden_states, this loop's K/V of this layer).
+
+        ``decode_step`` (model/decoding.py) switches attention to the cached one-token path.
+        """
         residual = hidden_states
         attn_out, attn_bias, kv = self.self_attention(
             self.input_layernorm(hidden_states), residual, rotary_pos_emb, loop_index,
-            first_loop_kv,
+            first_loop_kv, decode_step,
         )
         hidden_states = residual + _with_bias(attn_out, attn_bias)
         mlp_out, mlp_bias = self.mlp(self.pre_mlp_layernorm(hidden_states))

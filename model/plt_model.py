@@ -12,7 +12,7 @@ Every loop uses the same absolute RoPE positions. With ``num_loops=1`` this is a
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 from megatron.core import tensor_parallel
@@ -26,6 +26,11 @@ from torch.utils.checkpoint import checkpoint
 from model.config import PLTConfig
 from model.layer import plt_layer_spec
 from model.norm import RMSNorm
+
+
+class LoopStates(NamedTuple):
+    hidden: List[torch.Tensor]
+    kv: List[list]
 
 
 class PLTBlock(MegatronModule):
@@ -122,33 +127,49 @@ class PLTModel(LanguageModule):
         freqs = self.rotary_pos_emb(int(position_ids.max()) + 1)  # [S, 1, 1, d]
         return freqs[position_ids.t()].squeeze(2)  # [s, b, 1, d]
 
-    def loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """B_r for loop r >= 2 from E(x) and h_{r-1} (PLT_SPEC "Forward pass")."""
+    def combine_loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """a * E(x_i) + b * RMSNorm_final(h_{r-1, i-1}), given h_{r-1} already at position i-1.
+
+        Training shifts the whole sequence first (``loop_input``); decoding passes the hidden state
+        it saved at the previous position (model/decoding.py).
+        """
         cfg = self.config
-        if not cfg.clp:
+        if cfg.normalize_per_loop:
+            previous = self.decoder.final_layernorm(previous)
+        return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * previous
+
+    def loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """B_r for loop r >= 2 from E(x) and h_{r-1} over the sequence (PLT_SPEC "Forward pass")."""
+        if not self.config.clp:
             # Ablation clp=false: the vanilla sequential looped transformer, B = h_{r-1} exactly
             # (no shift, no embedding term, no per-loop norm): PLT_SPEC "Ablation flag".
             return previous
-        hp = self.decoder.final_layernorm(previous) if cfg.normalize_per_loop else previous
-        shifted = shift_one_position(hp, cfg.sequence_parallel)
-        return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * shifted
+        # shift(h)_0 = 0 and RMSNorm(0) = 0, so shifting before the per-loop norm is the same as
+        # shifting after it.
+        shifted = shift_one_position(previous, self.config.sequence_parallel)
+        return self.combine_loop_input(embeddings, shifted)
 
     def run_loops(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                  keep_all_loops: bool = False) -> List[torch.Tensor]:
-        """The R loops. Returns [h_R], or [h_0 (= E(x)), h_1, ..., h_R] with keep_all_loops.
+                  keep_kv: bool = False) -> "LoopStates":
+        """The R loops over a whole sequence (training, eval, prefill).
 
-        Hidden states are megatron's [s, b, hidden] (sliced over the sequence under sequence
-        parallelism).
+        Returns every loop's output, ``hidden = [h_0 (= E(x)), h_1, ..., h_R]`` in megatron's
+        [s, b, hidden] layout (a slice of the sequence under sequence parallelism), and
+        ``kv[r][layer]`` = (keys, values) of loop r+1: loop 1's always (the later loops read it),
+        the later loops' only with ``keep_kv`` (prefill fills the decode cache from them; in
+        training they would only hold memory that activation recomputation means to free).
         """
         embeddings = self.embedding(input_ids=input_ids, position_ids=None)
         rotary = self._rotary(input_ids.shape[1], position_ids)
         hidden, first_loop_kv = self.decoder(embeddings, rotary, loop_index=0)
-        states = [embeddings, hidden]
+        states = LoopStates(hidden=[embeddings, hidden], kv=[first_loop_kv])
         for loop_index in range(1, self.config.num_loops):
-            hidden, _ = self.decoder(self.loop_input(embeddings, hidden), rotary, loop_index,
-                                     first_loop_kv if self.config.shared_kv else None)
-            states.append(hidden)
-        return states if keep_all_loops else [hidden]
+            hidden, kv = self.decoder(self.loop_input(embeddings, hidden), rotary, loop_index,
+                                      first_loop_kv if self.config.shared_kv else None)
+            states.hidden.append(hidden)
+            if keep_kv:
+                states.kv.append(kv)
+        return states
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Final norm and output layer: [s, b, hidden] -> logits [s, b, vocab (local shard)]."""
@@ -165,7 +186,7 @@ class PLTModel(LanguageModule):
             # DECISION: PLT is causal by construction (the CLP shift assumes it); a custom mask
             # would silently disagree with the shifted inputs, so refuse it.
             raise ValueError("PLTModel is causal-only: pass attention_mask=None")
-        logits = self.head(self.run_loops(input_ids, position_ids)[-1])
+        logits = self.head(self.run_loops(input_ids, position_ids).hidden[-1])
         if labels is None:
             return logits.transpose(0, 1).contiguous()  # [b, s, vocab]
         return self.compute_language_model_loss(labels, logits)  # [b, s]

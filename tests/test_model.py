@@ -61,7 +61,7 @@ def test_forward_feeds_loop_two_the_shifted_input():
     model.decoder.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     model(_tokens())
     emb, loop2_input = captured
-    h1 = model.run_loops(_tokens(), keep_all_loops=True)[1]
+    h1 = model.run_loops(_tokens()).hidden[1]
     torch.testing.assert_close(loop2_input, model.loop_input(emb, h1))
 
 
