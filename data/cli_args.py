@@ -1,4 +1,4 @@
-"""Command-line corpus selection shared by the data scripts (thin: data/corpus.py does the work)."""
+"""Command-line corpus selection shared by scripts/ (make_corpus, train_tokenizer, preprocess)."""
 
 import argparse
 

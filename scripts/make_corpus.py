@@ -7,7 +7,7 @@
 import argparse
 import os
 
-from scripts._corpus_args import add_corpus_args, load_corpus
+from data.cli_args import add_corpus_args, load_corpus
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,7 @@ import argparse
 import time
 
 from data.indexed import preprocess
-from scripts._corpus_args import add_corpus_args, load_corpus
+from data.cli_args import add_corpus_args, load_corpus
 
 
 def main(argv=None) -> None:

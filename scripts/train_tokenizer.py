@@ -8,7 +8,7 @@ import argparse
 import time
 
 from data.tokenizer import CodeTokenizer, train_tokenizer
-from scripts._corpus_args import add_corpus_args, load_corpus
+from data.cli_args import add_corpus_args, load_corpus
 
 
 def main(argv=None) -> None:
