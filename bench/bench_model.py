@@ -1,6 +1,6 @@
 """Forward+backward time of a PLT preset for R = 1..4, measured side by side in one run.
 
-    python bench/bench_model.py [--preset plt_tiny] [--batch 4] [--seq 256] [--repeats 10]
+    python -m bench.bench_model [--preset plt_tiny] [--batch 4] [--seq 256] [--repeats 10]
 
 Each round times every loop count once, in turn, so that drift of the machine hits all of them
 alike; the median over rounds is reported with its ratio to R=1. PLT's training cost is R passes
