@@ -1,0 +1,264 @@
+"""Put `python -m pretrain.train` on a SLURM cluster.
+
+    python -m launch.slurm submit [--dry-run] [hydra overrides]
+    python -m launch.slurm submit launch=cpu launch.nodes=2 train.max_steps=50 --dry-run
+    python -m launch.slurm submit model=plt_1b launch.nodes=4 launch.partition=gpu launch.chain=3
+    python -m launch.slurm submit model.num_loops=1,2,3,4        # a loop sweep: one job per value
+
+`submit` composes the same Hydra config as training (`conf/config.yaml`, `launch` group for the
+`launch.*` keys), checks it (the trainer's own validation at the launched world size, the launch
+keys, the partition), renders one sbatch script per job (launch/script.py), writes it under
+`launch.log_dir` and submits it, plus `launch.chain` follow-up jobs (--dependency=afterany) that
+resume from `latest`. `--dry-run` prints the scripts and the sbatch commands instead.
+
+A sweep value (Hydra's `key=a,b,c` syntax, any key) gives one job per value (per combination) with
+its own run folder `<run_dir>/<key>=<value>`. Every job trains with an absolute `run_dir` and
+`checkpoint.resume=auto`, so a requeued or follow-up job finds its checkpoints.
+
+    python -m launch.slurm cancel-followups JOBID   # (the batch script) cancel JOBID's chained jobs
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launch.config import LaunchConfig
+from launch.script import JobSpec, render
+from launch.validate import LaunchError, validate_against_cluster, validate_launch
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_LAUNCH = "slurm"   # conf/launch/slurm.yaml: a GPU cluster
+
+
+@dataclass
+class PlannedJob:
+    spec: JobSpec
+    launch: LaunchConfig
+    script: str
+
+
+# --------------------------------------------------------------------------------- overrides
+def _parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _defaults_have_launch() -> bool:
+    defaults = OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", [])
+    return any(isinstance(d, dict) and "launch" in d for d in defaults)
+
+
+def _with_launch_group(overrides: list[str]) -> list[str]:
+    """While conf/config.yaml has no `launch` default, select the group with `+launch=`."""
+    if _defaults_have_launch():
+        return overrides
+    picked = [o for o in overrides if re.match(r"^\+?launch=", o)]
+    rest = [o for o in overrides if o not in picked]
+    group = picked[-1].split("=", 1)[1] if picked else DEFAULT_LAUNCH
+    return [f"+launch={group}", *rest]
+
+
+def _path_override(key: str, path: str) -> str:
+    # Hydra reads `=`, `,` and brackets in a value as syntax: quote paths that hold any (a sweep
+    # folder is named `model.num_loops=2`).
+    return f"{key}={path}" if re.fullmatch(r"[\w/.~+-]+", path) else f'{key}="{path}"'
+
+
+def _is_launch_override(parsed) -> bool:
+    return parsed.key_or_group == "launch" or parsed.key_or_group.startswith("launch.")
+
+
+def expand_sweep(overrides: list[str]) -> list[tuple[str, str, list[str]]]:
+    """[(label, suffix, overrides)] one per combination of the sweep overrides: label names the run
+    folder (`model.num_loops=2`), suffix the job (`num_loops2`); both "" without a sweep."""
+    fixed, axes = [], []
+    for parsed in _parse(overrides):
+        if parsed.is_sweep_override():
+            key = parsed.get_key_element()
+            axes.append([(key, value) for value in parsed.sweep_string_iterator()])
+        else:
+            fixed.append(parsed.input_line)
+    if not axes:
+        return [("", "", fixed)]
+    jobs = []
+    for combo in itertools.product(*axes):
+        keys = [(key.lstrip("+~"), value) for key, value in combo]
+        label = ",".join(f"{key}={value}" for key, value in keys)
+        suffix = "-".join(re.sub(r"[^\w.]", "", key.rsplit(".", 1)[-1] + value) for key, value in keys)
+        jobs.append((label, suffix, fixed + [f"{key}={value}" for key, value in combo]))
+    return jobs
+
+
+# --------------------------------------------------------------------------------- config
+def compose(overrides: list[str]):
+    """The training config for these overrides (same files and schema as `pretrain.train`)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    import pretrain.config  # noqa: F401  (registers the schema `base_config` with Hydra)
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=_with_launch_group(overrides))
+
+
+def launch_config(cfg) -> LaunchConfig:
+    """`launch.*` checked against LaunchConfig (an unknown key or wrong type names the key)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(LaunchConfig), resolved.get("launch") or {})
+    except OmegaConfBaseException as err:
+        raise LaunchError(f"launch config: {err}".replace("\n", "; ")) from err
+    return OmegaConf.to_object(merged)
+
+
+def _trainer_validate(cfg, world_size: int) -> None:
+    from pretrain.config import ConfigError, validate
+
+    try:
+        validate(OmegaConf.to_object(cfg), world_size)
+    except ConfigError as err:
+        raise LaunchError(f"{err} (at the launched world size {world_size})") from err
+
+
+def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
+    """Compose, check and render every job of this request. Raises LaunchError before any sbatch."""
+    workdir = os.getcwd()
+    jobs = expand_sweep(overrides)
+    base_cfg = compose(jobs[0][2])
+    base_run_dir = os.path.abspath(OmegaConf.to_container(base_cfg, resolve=True)["run_dir"])
+    submit_command = " ".join(["python -m launch.slurm submit", *map(shlex.quote, overrides)])
+    planned = []
+    for label, suffix, job_overrides in jobs:
+        run_dir = os.path.join(base_run_dir, label) if label else base_run_dir
+        kept = [p.input_line for p in _parse(job_overrides)
+                if p.key_or_group not in ("run_dir", "checkpoint.resume")]
+        pinned = [_path_override("run_dir", run_dir), "checkpoint.resume=auto"]
+        cfg = compose(kept + pinned)
+        launch = launch_config(cfg)
+        validate_launch(launch, cfg.parallel.tp, cfg.parallel.pp,
+                        _user_resume(job_overrides, base_cfg))
+        _trainer_validate(cfg, launch.nodes * launch.gpus_per_node)
+        ckpt_dir = os.path.abspath(OmegaConf.to_container(cfg, resolve=True)["checkpoint"]["dir"])
+        if len(jobs) > 1 and not ckpt_dir.startswith(run_dir + os.sep):
+            raise LaunchError(f"checkpoint.dir={ckpt_dir} is shared by every job of the sweep; keep "
+                              f"checkpoint.dir=${{run_dir}}/checkpoints so each job has its own")
+        spec = JobSpec(
+            job_name=f"{launch.job_name}-{suffix}" if suffix else launch.job_name,
+            run_dir=run_dir,
+            log_dir=os.path.abspath(launch.log_dir),
+            # The trainer never reads launch.*: leave those out of its command line.
+            train_overrides=[p.input_line for p in _parse(kept) if not _is_launch_override(p)]
+            + pinned,
+        )
+        python = launch.python or sys.executable
+        planned.append(PlannedJob(spec, launch, render(launch, spec, python, workdir, submit_command)))
+    if check_cluster:
+        for job in planned:
+            validate_against_cluster(job.launch)
+    return planned
+
+
+def _user_resume(job_overrides: list[str], base_cfg) -> str:
+    for parsed in _parse(job_overrides):
+        if parsed.key_or_group == "checkpoint.resume":
+            return str(parsed.value())
+    return str(base_cfg.checkpoint.resume)
+
+
+# --------------------------------------------------------------------------------- sbatch
+def sbatch(script_path: str, dependency: str | None = None) -> str:
+    argv = ["sbatch", "--parsable"]
+    if dependency:
+        argv.append(f"--dependency={dependency}")
+    result = subprocess.run([*argv, script_path], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LaunchError(f"`{' '.join(argv)} {script_path}` failed: {result.stderr.strip()}")
+    return result.stdout.strip().split(";")[0]
+
+
+def submit(overrides: list[str], dry_run: bool = False) -> list[list[str]]:
+    """Submit (or print) every job and its follow-ups; returns the job ids, one chain per job."""
+    planned = plan(overrides, check_cluster=not dry_run)
+    chains = []
+    for number, job in enumerate(planned, 1):
+        script_path = os.path.join(job.spec.log_dir, f"{job.spec.job_name}.sbatch")
+        if dry_run:
+            print(f"# ---- job {number}/{len(planned)}: {job.spec.job_name}, run_dir={job.spec.run_dir}")
+            print(f"# sbatch {script_path}" + "".join(
+                f"\n# sbatch --dependency=afterany:<previous> {script_path}"
+                for _ in range(job.launch.chain)))
+            print(job.script)
+            continue
+        os.makedirs(job.spec.log_dir, exist_ok=True)   # sbatch does not create --output's folder
+        with open(script_path, "w") as stream:
+            stream.write(job.script)
+        ids = [sbatch(script_path)]
+        for _ in range(job.launch.chain):
+            ids.append(sbatch(script_path, dependency=f"afterany:{ids[-1]}"))
+        chains.append(ids)
+        follow = f" follow-ups {','.join(ids[1:])}" if len(ids) > 1 else ""
+        print(f"submitted job {ids[0]} ({job.spec.job_name}){follow} run_dir={job.spec.run_dir} "
+              f"log={job.spec.log_dir}/{job.spec.job_name}-{ids[0]}.out")
+    return chains
+
+
+def followups(job_id: str) -> list[str]:
+    """Pending jobs that wait (directly or through each other) on `job_id`."""
+    out = subprocess.run(["squeue", "--noheader", "--states=PENDING", "--format=%i|%E"],
+                         capture_output=True, text=True, check=True).stdout
+    waits_on = {}
+    for line in out.splitlines():
+        jid, _, dependency = line.strip().partition("|")
+        waits_on[jid] = set(re.findall(r"after\w*:(\d+)", dependency))
+    found, frontier = [], {job_id}
+    while frontier:
+        frontier = {jid for jid, deps in waits_on.items() if deps & frontier and jid not in found}
+        found += sorted(frontier)
+    return found
+
+
+def cancel_followups(job_id: str) -> None:
+    ids = followups(job_id)
+    if ids:
+        subprocess.run(["scancel", *ids], check=True)
+        print(f"[launch] run complete: cancelled follow-up job(s) {', '.join(ids)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "submit":
+            dry_run = "--dry-run" in rest
+            submit([a for a in rest if a != "--dry-run"], dry_run=dry_run)
+        elif command == "cancel-followups" and len(rest) == 1:
+            cancel_followups(rest[0])
+        else:
+            print(f"unknown command {' '.join(argv)!r}\n{__doc__}", file=sys.stderr)
+            return 2
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as err:  # unknown key, wrong type, bad group
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        print(f"error: config: {err}{cause}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
