@@ -26,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def compose(overrides: list[str]):
     """The training config for these overrides (same files and schema as `pretrain.train`)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    import pretrain.config  # noqa: F401  (registers the schema `base_config` with Hydra)
+    with warnings.catch_warnings():  # megatron-core's import-time notes about TE/Apex: not ours
+        warnings.simplefilter("ignore")
+        import pretrain.config  # noqa: F401  (registers the schema `base_config` with Hydra)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=_with_launch_group(overrides))
@@ -148,6 +151,8 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
         launch = launch_config(cfg)
         validate_launch(launch, cfg.parallel.tp, cfg.parallel.pp,
                         _user_resume(job_overrides, base_cfg))
+        if check_cluster:
+            validate_against_cluster(launch)
         _trainer_validate(cfg, launch.nodes * launch.gpus_per_node)
         ckpt_dir = os.path.abspath(OmegaConf.to_container(cfg, resolve=True)["checkpoint"]["dir"])
         if len(jobs) > 1 and not ckpt_dir.startswith(run_dir + os.sep):
@@ -163,9 +168,6 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
         )
         python = launch.python or sys.executable
         planned.append(PlannedJob(spec, launch, render(launch, spec, python, workdir, submit_command)))
-    if check_cluster:
-        for job in planned:
-            validate_against_cluster(job.launch)
     return planned
 
 
