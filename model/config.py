@@ -68,9 +68,19 @@ class ModelConfig:
         use_cpu_initialization: bool = True,
         perform_initialization: bool = True,
     ) -> "PLTConfig":
-        """The megatron-core config of this architecture under a parallel layout and precision."""
+        """The megatron-core config of this architecture under a parallel layout and precision.
+
+        With pipeline parallelism the loops are the virtual pipeline chunks (model/pipeline.py),
+        so ``virtual_pipeline_parallel`` may only be unset or ``num_loops``; it is set to
+        ``num_loops`` whenever pp > 1 and R > 1 (megatron's schedules read it from this config).
+        """
         if self.recompute not in ("none", "full"):
             raise ConfigError(f"model.recompute={self.recompute!r}; use 'none' or 'full'")
+        if virtual_pipeline_parallel not in (None, self.num_loops) and pipeline_parallel > 1:
+            raise ConfigError(
+                f"parallel.vpp={virtual_pipeline_parallel} but PLT pipelines its loops as the "
+                f"virtual chunks: use parallel.vpp=null or parallel.vpp={self.num_loops} "
+                f"(model.num_loops)")
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.pop("name")
         recompute = fields.pop("recompute")
@@ -80,13 +90,19 @@ class ModelConfig:
             layernorm_epsilon=eps,
             tensor_model_parallel_size=tensor_parallel,
             pipeline_model_parallel_size=pipeline_parallel,
-            virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
+            virtual_pipeline_model_parallel_size=(
+                self.num_loops if pipeline_parallel > 1 and self.num_loops > 1 else None),
             sequence_parallel=sequence_parallel,
             params_dtype=params_dtype,
             bf16=params_dtype == torch.bfloat16,
             pipeline_dtype=params_dtype,
             use_cpu_initialization=use_cpu_initialization,
             perform_initialization=perform_initialization,
+            # gloo's batch_isend_irecv pairs the sends and receives between two ranks in issue
+            # order; with pp=2 both pipeline neighbours are one rank, and megatron's batched order
+            # then hands a stage the gradient where it expects the activation. The unbatched path
+            # orders them by rank parity. NCCL (GPU) keeps megatron's batched default.
+            batch_p2p_comm=torch.cuda.is_available(),
             recompute_granularity="full" if recompute == "full" else None,
             recompute_method="uniform" if recompute == "full" else None,
             recompute_num_layers=1 if recompute == "full" else None,

@@ -133,6 +133,8 @@ class LoopDecoder:
         if mode == "parallel" and model.config.num_loops > 1 and not model.config.clp:
             raise ValueError("a clp=false model has no cross-loop parallelism: loop r needs loop "
                              "r-1 at the same position; decode it with mode='sequential'")
+        if model.config.pipeline_model_parallel_size > 1:
+            raise ValueError("decoding runs on a model built with parallel.pp=1")
         if model.config.sequence_parallel:
             raise ValueError("decoding runs one token per step; build the model with "
                              "sequence_parallel=False for generation")
@@ -184,7 +186,8 @@ class LoopDecoder:
             if loop == 0:
                 return embeddings
             if model.config.clp:
-                return model.combine_loop_input(embeddings, cache.saved_hidden[loop - 1][None])
+                previous = cache.saved_hidden[loop - 1][None]  # h_{r-1} at position t-1
+                return model.clp_combine(embeddings, model.per_loop_norm(previous))
             return outputs[loop - 1]  # clp=false: the same position's previous loop
 
         if self.mode == "parallel":

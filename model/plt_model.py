@@ -12,10 +12,13 @@ Every loop uses the same absolute RoPE positions. With ``num_loops=1`` this is a
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import List, NamedTuple, Optional
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.enums import ModelType
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.common.language_module.language_module import LanguageModule
@@ -26,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from model.config import PLTConfig
 from model.layer import plt_layer_spec
 from model.norm import RMSNorm
+from model.pipeline import LoopKVExchange
 
 
 class LoopStates(NamedTuple):
@@ -36,14 +40,19 @@ class LoopStates(NamedTuple):
 class PLTBlock(MegatronModule):
     """The shared block f (its layers) and the final norm; runs one loop per call."""
 
-    def __init__(self, config: PLTConfig, spec: ModuleSpec):
+    def __init__(self, config: PLTConfig, spec: ModuleSpec, num_layers: int,
+                 final_norm: bool = True, init_seed: int = 0, first_layer: int = 0):
         super().__init__(config=config)
-        self.layers = torch.nn.ModuleList(
-            build_module(spec, config=config, layer_number=i + 1) for i in range(config.num_layers)
-        )
-        # The final norm is also the per-loop norm of loops >= 2 (PLT_SPEC: "the same weights as
-        # the final norm"), so every stage that runs a loop transition needs it.
-        self.final_layernorm = RMSNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
+        # megatron's TransformerLayer adds this pipeline stage's layer offset to layer_number.
+        layers = []
+        for i in range(num_layers):
+            with seeded_init(init_seed, 1 + first_layer + i):
+                layers.append(build_module(spec, config=config, layer_number=i + 1))
+        self.layers = torch.nn.ModuleList(layers)
+        # The final norm is also the per-loop norm between loops (PLT_SPEC: "the same weights as
+        # the final norm"); under pipeline parallelism the last stage applies both.
+        self.final_layernorm = RMSNorm(config, config.hidden_size, eps=config.layernorm_epsilon
+                                       ) if final_norm else None
 
     def forward(self, hidden_states, rotary_pos_emb, loop_index: int, first_loop_kv=None):
         """One loop through every layer. Returns (hidden_states, this loop's K/V per layer)."""
@@ -59,6 +68,19 @@ class PLTBlock(MegatronModule):
                 hidden_states, kv = layer(hidden_states, rotary_pos_emb, loop_index, kv_in)
             kvs.append(kv)
         return hidden_states, kvs
+
+
+@contextlib.contextmanager
+def seeded_init(base_seed: int, part: int):
+    """Initialise one part of the model (embedding, layer g, head) from its own seed.
+
+    With CPU initialisation megatron builds every tensor-parallel weight from the full master
+    weight, so this makes the initial weights the same for every layout (TP, PP, DP), which is what
+    lets a run be compared with, or resumed under, another layout. It restores the RNG after.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(base_seed + part)
+        yield
 
 
 def shift_one_position(hidden_states: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
@@ -81,43 +103,75 @@ class PLTModel(LanguageModule):
     ``forward(input_ids, position_ids=None, attention_mask=None, labels=None)`` returns logits
     ``[batch, seq, vocab]`` without labels and the per-token loss ``[batch, seq]`` with labels
     (megatron's convention). The loss is on the last loop only (PLT_SPEC DECISION).
+
+    With pipeline parallelism this module is one stage (its L/P layers; the embedding on the first
+    stage, final norm and head on the last) and its forward runs loop 1 only: the later loops are
+    the views of model/pipeline.py, which call ``forward_loop_chunk``.
     """
 
     def __init__(self, config: PLTConfig, layer_spec: Optional[ModuleSpec] = None,
-                 parallel_output: bool = True):
+                 parallel_output: bool = True, pre_process: Optional[bool] = None,
+                 post_process: Optional[bool] = None):
         super().__init__(config=config)
-        if config.pipeline_model_parallel_size != 1:
-            raise NotImplementedError(
-                "PLTModel runs with parallel.pp=1 only so far; pipeline parallelism over the loops "
-                "is not built yet. Use parallel.pp=1."
-            )
-        self.pre_process = self.post_process = True
+        pipelined = config.pipeline_model_parallel_size > 1
+        if pipelined and not config.untie_embeddings_and_output_weights:
+            raise ValueError("parallel.pp > 1 needs model.untie_embeddings_and_output_weights=true"
+                             " (see model/pipeline.py)")
+        self.pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True) if (
+            pre_process is None) else pre_process
+        self.post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True) if (
+            post_process is None) else post_process
         self.vocab_size = config.vocab_size
         self.max_sequence_length = config.max_position_embeddings
         self.share_embeddings_and_output_weights = not config.untie_embeddings_and_output_weights
         self.parallel_output = parallel_output
         self.position_embedding_type = "rope"
+        self.model_type = ModelType.encoder_or_decoder  # what megatron's schedules read
 
-        self.embedding = LanguageModelEmbedding(
-            config=config, vocab_size=config.vocab_size,
-            max_sequence_length=config.max_position_embeddings, position_embedding_type="rope",
-            tp_group=self.pg_collection.tp,
-        )
+        # One draw from the caller's RNG (seeded alike on every rank) seeds every part.
+        init_seed = int(torch.randint(0, 2**31 - 1, (1,), device="cpu"))
+        if self.pre_process:
+            with seeded_init(init_seed, 0):
+                self.embedding = LanguageModelEmbedding(
+                    config=config, vocab_size=config.vocab_size,
+                    max_sequence_length=config.max_position_embeddings,
+                    position_embedding_type="rope", tp_group=self.pg_collection.tp,
+                )
         self.rotary_pos_emb = RotaryEmbedding(
             kv_channels=config.kv_channels, rotary_percent=1.0, rotary_base=config.rotary_base,
             use_cpu_initialization=config.use_cpu_initialization,
         )
-        self.decoder = PLTBlock(config, layer_spec or plt_layer_spec())
-        self.output_layer = tensor_parallel.ColumnParallelLinear(
-            config.hidden_size, config.vocab_size, config=config, init_method=config.init_method,
-            bias=False, skip_bias_add=False, gather_output=not parallel_output,
-            skip_weight_param_allocation=self.share_embeddings_and_output_weights,
-            tp_group=self.pg_collection.tp,
+        stage_layers = config.num_layers // config.pipeline_model_parallel_size
+        # Each stage holds one contiguous slice of L/P layers that every loop (virtual chunk)
+        # reuses: megatron's non-interleaved layer numbering, so the layers are built without
+        # the virtual pipeline size that the schedules read from this model's config.
+        layer_config = dataclasses.replace(config, virtual_pipeline_model_parallel_size=None) if (
+            config.virtual_pipeline_model_parallel_size) else config
+        self.decoder = PLTBlock(
+            layer_config, layer_spec or plt_layer_spec(), num_layers=stage_layers,
+            final_norm=self.post_process, init_seed=init_seed,
+            first_layer=parallel_state.get_pipeline_model_parallel_rank() * stage_layers,
         )
+        if self.post_process:
+            with seeded_init(init_seed, 1 + config.num_layers):
+                self.output_layer = tensor_parallel.ColumnParallelLinear(
+                    config.hidden_size, config.vocab_size, config=config,
+                    init_method=config.init_method, bias=False, skip_bias_add=False,
+                    gather_output=not parallel_output,
+                    skip_weight_param_allocation=self.pre_process
+                    and self.share_embeddings_and_output_weights,
+                    tp_group=self.pg_collection.tp,
+                )
         self.setup_embeddings_and_output_layer()
+        self.input_tensor = None
+        self.kv_exchange = LoopKVExchange(config.num_loops) if (
+            pipelined and config.has_gated_loops) else None
 
     def set_input_tensor(self, input_tensor) -> None:
-        """megatron's pipeline schedules call this; with pp=1 there is never an input tensor."""
+        """What megatron's pipeline schedules received from the previous stage for this chunk."""
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0]
+        self.input_tensor = input_tensor
 
     # -- pieces ------------------------------------------------------------------------------
     def _rotary(self, seq_len: int, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
@@ -127,27 +181,29 @@ class PLTModel(LanguageModule):
         freqs = self.rotary_pos_emb(int(position_ids.max()) + 1)  # [S, 1, 1, d]
         return freqs[position_ids.t()].squeeze(2)  # [s, b, 1, d]
 
-    def combine_loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """a * E(x_i) + b * RMSNorm_final(h_{r-1, i-1}), given h_{r-1} already at position i-1.
+    def per_loop_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """RMSNorm_final applied between loops (flag ``normalize_per_loop``, default on)."""
+        return self.decoder.final_layernorm(hidden) if self.config.normalize_per_loop else hidden
 
-        Training shifts the whole sequence first (``loop_input``); decoding passes the hidden state
-        it saved at the previous position (model/decoding.py).
-        """
+    def clp_combine(self, embeddings: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
+        """a * E(x_i) + b * t_i, where t_i = RMSNorm_final(h_{r-1, i-1}) (PLT_SPEC)."""
         cfg = self.config
-        if cfg.normalize_per_loop:
-            previous = self.decoder.final_layernorm(previous)
-        return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * previous
+        return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * transition
+
+    def loop_transition(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What loop r hands to loop r+1 besides E(x): shift(RMSNorm_final(h_r)), or h_r itself
+        in the clp=false ablation (the vanilla sequential looped transformer: PLT_SPEC
+        "Ablation flag": B = h_{r-1}, no shift, no embedding term, no per-loop norm)."""
+        if not self.config.clp:
+            return hidden
+        return shift_one_position(self.per_loop_norm(hidden), self.config.sequence_parallel)
+
+    def next_loop_input(self, embeddings: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
+        return self.clp_combine(embeddings, transition) if self.config.clp else transition
 
     def loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """B_r for loop r >= 2 from E(x) and h_{r-1} over the sequence (PLT_SPEC "Forward pass")."""
-        if not self.config.clp:
-            # Ablation clp=false: the vanilla sequential looped transformer, B = h_{r-1} exactly
-            # (no shift, no embedding term, no per-loop norm): PLT_SPEC "Ablation flag".
-            return previous
-        # shift(h)_0 = 0 and RMSNorm(0) = 0, so shifting before the per-loop norm is the same as
-        # shifting after it.
-        shifted = shift_one_position(previous, self.config.sequence_parallel)
-        return self.combine_loop_input(embeddings, shifted)
+        return self.next_loop_input(embeddings, self.loop_transition(previous))
 
     def run_loops(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                   keep_kv: bool = False) -> "LoopStates":
@@ -186,7 +242,40 @@ class PLTModel(LanguageModule):
             # DECISION: PLT is causal by construction (the CLP shift assumes it); a custom mask
             # would silently disagree with the shifted inputs, so refuse it.
             raise ValueError("PLTModel is causal-only: pass attention_mask=None")
-        logits = self.head(self.run_loops(input_ids, position_ids).hidden[-1])
+        if self.config.pipeline_model_parallel_size > 1:
+            return self.forward_loop_chunk(0, input_ids, labels)
+        return self._output(self.head(self.run_loops(input_ids, position_ids).hidden[-1]), labels)
+
+    def _output(self, logits: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         if labels is None:
             return logits.transpose(0, 1).contiguous()  # [b, s, vocab]
         return self.compute_language_model_loss(labels, logits)  # [b, s]
+
+    def forward_loop_chunk(self, loop_index: int, input_ids: Optional[torch.Tensor],
+                           labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """One loop over this pipeline stage's layers (a virtual chunk, model/pipeline.py).
+
+        The first stage builds the loop's input (E(x), or E(x) combined with the transition the
+        last stage sent); the last stage ends the loop with the transition to the next loop, or,
+        after the last loop, the head and loss. Positions are 0..s-1 on every stage.
+        """
+        cfg = self.config
+        if self.pre_process:
+            embeddings = self.embedding(input_ids=input_ids, position_ids=None)
+            hidden = embeddings if loop_index == 0 else self.next_loop_input(
+                embeddings, self.input_tensor)
+        else:
+            hidden = self.input_tensor
+        seq_len = hidden.shape[0] * (cfg.tensor_model_parallel_size if cfg.sequence_parallel
+                                     else 1)
+        rotary = self.rotary_pos_emb(seq_len)
+        exchange = self.kv_exchange
+        first_loop_kv = exchange.take(loop_index) if exchange and loop_index > 0 else None
+        hidden, kv = self.decoder(hidden, rotary, loop_index, first_loop_kv)
+        if exchange and loop_index == 0:
+            hidden = exchange.publish(hidden, kv)
+        if not self.post_process:
+            return hidden
+        if loop_index < cfg.num_loops - 1:
+            return self.loop_transition(hidden)
+        return self._output(self.head(hidden), labels)
