@@ -115,3 +115,32 @@ def test_metrics_rows_are_json_with_step_and_loop():
                                             {"step": 40, "loop": 2, "offset_cost": 1.5}]
     assert D.scalars_for_wandb(rows) == {"diagnostics/loop1/step_size": 2.0,
                                          "diagnostics/loop2/offset_cost": 1.5}
+
+
+def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
+    # A checkpoint in the trainer's layout (pretrain/checkpoint.py), model part only.
+    from dataclasses import asdict
+
+    from megatron.core import dist_checkpointing
+    from omegaconf import OmegaConf
+
+    from scripts import diagnose
+    from model_helpers import small_config
+
+    model = build_small(num_loops=2)
+    folder = tmp_path / "checkpoints" / "iter_0000010"
+    folder.mkdir(parents=True)
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(folder),
+                            sharded_strategy=("torch_dist", 1))
+    config = {"model": asdict(small_config(num_loops=2)), "train": {"seq_length": 24, "seed": 1}}
+    OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
+    (folder / "loopcoder.json").write_text(json.dumps({"step": 10}))
+    (folder.parent / "latest").write_text("iter_0000010\n")
+
+    out = tmp_path / "rows.jsonl"
+    rows = diagnose.main([str(folder.parent), "--batch", "2", "--random-tokens", "--seed", "3",
+                          "--attention-queries", "0", "--out", str(out)])
+    expected = D.compute_loop_diagnostics(model, torch.randint(
+        0, 128, (2, 24), generator=torch.Generator().manual_seed(3)), attention_queries=0)
+    assert rows == expected  # the same weights, so the same numbers
+    assert [json.loads(line)["step"] for line in out.read_text().splitlines()] == [10, 10]

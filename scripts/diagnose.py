@@ -1,0 +1,112 @@
+"""Loop diagnostics of a saved checkpoint (shared/PLT_SPEC.md "Loop diagnostics").
+
+    python scripts/diagnose.py CHECKPOINT [--batch 4] [--seq-length 512] [--random-tokens] [--out rows.jsonl]
+
+CHECKPOINT is an `iter_XXXXXXX/` folder or a checkpoint dir holding a `latest` file. The model is
+rebuilt from the checkpoint's own config.yaml in one process (tensor parallel 1, fp32; dist
+checkpointing reshards whatever layout it was saved with), only the model weights are loaded, and the
+held-out batch is global batch 0 of the run's validation split (data/loader.py `held_out_batch`), the
+batch the trainer's periodic diagnostics use. `--random-tokens` skips the data (a quick look at an
+untrained or data-less checkpoint). Prints one line per loop; `--out` also writes metrics.jsonl rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+from omegaconf import OmegaConf
+
+import model  # noqa: F401  (CPU compatibility layer for megatron-core when CUDA is absent)
+from model import ModelConfig, PLTModel
+from model.diagnostics import METRICS, compute_loop_diagnostics, flatten_for_metrics
+
+
+def single_process_world() -> None:
+    """A gloo world of one and megatron's parallel state at TP=PP=1, unless a caller set one up."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+        model_parallel_cuda_manual_seed(1234)
+
+
+def load_model(folder: str) -> tuple:
+    """(PLTModel with the checkpoint's weights, the checkpoint's resolved config, its step)."""
+    from megatron.core import dist_checkpointing
+    from pretrain import checkpoint as ckpt
+
+    config = OmegaConf.load(os.path.join(folder, "config.yaml"))
+    fields = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), config.model))
+    fields.attention_backend = "auto"  # the saved run may have said flash; the math is the same
+    plt = PLTModel(fields.build())
+    ckpt._install_safe_metadata_loading()  # the trainer's safe unpickler for the dist format
+    loaded = dist_checkpointing.load({"model": plt.sharded_state_dict()}, folder,
+                                     sharded_strategy=("torch_dist", 1))
+    plt.load_state_dict(loaded["model"])
+    return plt.eval(), config, ckpt.read_trainer_state(folder)["step"]
+
+
+def held_out_tokens(config, batch: int, seq_length: int) -> torch.Tensor:
+    """The first `batch` sequences of the validation split's global batch 0, as the trainer sees it."""
+    from data.config import DataConfig
+    from data.loader import build_loader
+    from data.prepare import prepare_data
+
+    data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), config.data))
+    prepared = prepare_data(data_cfg, seq_length)
+    loader = build_loader(data_cfg, prepared, "valid", seq_length, batch, batch, 0, 1,
+                          int(config.train.seed))
+    return loader.held_out_batch()[0]["tokens"]
+
+
+def format_table(rows: list) -> str:
+    names = [name for name in METRICS if any(row.get(name) is not None for row in rows)]
+    lines = ["loop " + " ".join(f"{name:>16.16}" for name in names)]
+    for row in rows:
+        cells = [f"{row[n]:16.4f}" if row.get(n) is not None else f"{'-':>16}" for n in names]
+        lines.append(f"{row['loop']:>4} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="an iter_XXXXXXX folder or a dir with a `latest` file")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-length", type=int, default=None, help="default: train.seq_length")
+    parser.add_argument("--attention-queries", type=int, default=64, help="0 skips attention metrics")
+    parser.add_argument("--random-tokens", action="store_true", help="uniform random ids, no data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="also write the rows here as JSON lines")
+    args = parser.parse_args(argv)
+
+    from pretrain.checkpoint import resolve_resume
+
+    folder = resolve_resume(args.checkpoint, args.checkpoint)
+    single_process_world()
+    plt, config, step = load_model(folder)
+    seq_length = args.seq_length or int(config.train.seq_length)
+    if args.random_tokens:
+        generator = torch.Generator().manual_seed(args.seed)
+        tokens = torch.randint(0, plt.vocab_size, (args.batch, seq_length), generator=generator)
+    else:
+        tokens = held_out_tokens(config, args.batch, seq_length)
+    rows = compute_loop_diagnostics(plt, tokens, attention_queries=args.attention_queries)
+    print(f"{folder}: step {step}, R={plt.config.num_loops}, clp={plt.config.clp}, "
+          f"{tokens.shape[0]} x {tokens.shape[1]} tokens")
+    print(format_table(rows))
+    if args.out:
+        with open(args.out, "w") as stream:
+            stream.writelines(json.dumps(row) + "\n" for row in flatten_for_metrics(rows, step))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
