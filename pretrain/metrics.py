@@ -1,0 +1,109 @@
+"""What is logged where: one console line, one row of `<run_dir>/metrics.jsonl`, and wandb.
+
+Rows carry at least step, consumed_samples, loss, lr, grad_norm and tokens_per_s (the contract in
+shared/ARCHITECTURE.md), plus mfu, step_time_s, memory_gb and, on eval steps, val_loss. Only rank 0
+writes; the values are already global (reduced over data-parallel ranks by the engine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+
+import torch
+
+logger = logging.getLogger("pretrain")
+
+
+def peak_memory_gb() -> float:
+    """Peak CUDA memory allocated on GPU, else this process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss_kb / 2**20 if sys.platform != "darwin" else rss_kb / 2**30
+
+
+def format_row(row: dict, max_steps: int) -> str:
+    parts = [f"step {row['step']:>{len(str(max_steps))}}/{max_steps}"]
+    if "loss" in row:
+        parts.append(f"loss {row['loss']:.4f}")
+    if "val_loss" in row:
+        parts.append(f"val {row['val_loss']:.4f}")
+    if "lr" in row:
+        parts.append(f"lr {row['lr']:.2e}")
+    if "grad_norm" in row:
+        parts.append(f"grad {row['grad_norm']:.2f}")
+    if "tokens_per_s" in row:
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    if "mfu" in row:
+        parts.append(f"mfu {100 * row['mfu']:.1f}%")
+    if "step_time_s" in row:
+        parts.append(f"{row['step_time_s']:.2f} s/step")
+    if "memory_gb" in row:
+        parts.append(f"mem {row['memory_gb']:.2f} GB")
+    return " | ".join(parts)
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, is_main: bool, max_steps: int, wandb_cfg, config_dict: dict,
+                 resume_step: int = 0):
+        self.is_main, self.max_steps = is_main, max_steps
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.wandb_run = None
+        if not is_main:
+            return
+        _truncate_after(self.path, resume_step)
+        if wandb_cfg.mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self.wandb_run = wandb.init(
+                mode=wandb_cfg.mode, project=wandb_cfg.project, entity=wandb_cfg.entity,
+                name=wandb_cfg.name or os.path.basename(os.path.normpath(run_dir)),
+                dir=run_dir, config=config_dict, resume="allow",
+                id=_wandb_id(run_dir),
+            )
+
+    def log(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        logger.info(format_row(row, self.max_steps))
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def finish(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def _wandb_id(run_dir: str) -> str:
+    """One wandb run per run folder, so a resumed run continues the same wandb run."""
+    path = os.path.join(run_dir, ".wandb_id")
+    if os.path.isfile(path):
+        with open(path) as stream:
+            return stream.read().strip()
+    import wandb
+
+    run_id = wandb.util.generate_id()
+    with open(path, "w") as stream:
+        stream.write(run_id)
+    return run_id
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """On resume from `step`, drop rows logged after it by the interrupted run (they recur)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as stream:
+        rows = [line for line in stream if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(rows):
+        with open(path + ".tmp", "w") as stream:
+            stream.writelines(kept)
+        os.replace(path + ".tmp", path)

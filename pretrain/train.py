@@ -1,0 +1,163 @@
+"""Entry point: `python -m pretrain.train [hydra overrides]` (also under torchrun or srun).
+
+Wires the pieces together and nothing more: config -> process groups -> data -> engine (model,
+optimizer, schedule) -> resume -> the loop (pretrain/trainer.py) -> final checkpoint -> a code sample.
+Exit status: 0 done, 2 a config error (the message names the key), 75 (EXIT_REQUEUE) stopped by
+SIGUSR1/SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+# megatron-core's notes about optional GPU packages and a deprecated default: noise in every run.
+for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is not installed.*",
+                 "full scope is deprecated.*"):
+    warnings.filterwarnings("ignore", message=_message)
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from pretrain.config import Config, ConfigError, data_parallel_size, validate  # noqa: E402
+from pretrain.distributed import (broadcast_object, env_world, init_distributed,  # noqa: E402
+                                  shutdown_distributed)
+
+log = logging.getLogger("pretrain")
+for noisy in ("megatron", "torch.distributed.checkpoint"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_dir(cfg: DictConfig) -> str:
+    # Hydra's output dir is derived from run_dir (conf/config.yaml): run_dir itself for a single
+    # run, run_dir/<job> in a sweep. That folder is the run's folder.
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.output_dir
+    return os.path.abspath(cfg.run_dir)
+
+
+def run(cfg: DictConfig) -> int:
+    cfg.run_dir = _run_dir(cfg)
+    config: Config = OmegaConf.to_object(cfg)
+    _, world_size, _ = env_world()
+    validate(config, world_size)
+    world = init_distributed(config.parallel, config.train.seed)
+    try:
+        # ${now:...} may differ by a second between ranks: rank 0's folder is the run's folder.
+        config.run_dir = broadcast_object(config.run_dir)
+        cfg.run_dir = config.run_dir
+        return _train(config, OmegaConf.to_yaml(cfg, resolve=True), world)
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: Config, config_yaml: str, world) -> int:
+    # Imported here so that `--help` and config errors stay fast.
+    from data.loader import build_loader
+    from data.prepare import prepare_data
+    from data.tokenizer import CodeTokenizer
+    from pretrain import checkpoint
+    from pretrain.engine import MegatronEngine
+    from pretrain.metrics import MetricsLogger
+    from pretrain.signals import StopRequest
+    from pretrain.trainer import train_loop
+
+    t, ckpt = config.train, config.checkpoint
+    run_dir = config.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    if world.is_main:
+        with open(os.path.join(run_dir, "config.yaml"), "w") as stream:
+            stream.write(config_yaml)
+        log.info("run folder %s (world %d: tp=%d pp=%d dp=%d, %s)", run_dir, world.world_size,
+                 config.parallel.tp, config.parallel.pp, data_parallel_size(config, world.world_size),
+                 world.device)
+    stop = StopRequest.install()
+    try:
+        prepared = prepare_data(config.data, t.seq_length)
+        tokenizer = CodeTokenizer(prepared.tokenizer_model)
+        tokenizer.check_model_vocab(config.model.vocab_size)
+
+        from megatron.core import parallel_state
+        dp_rank = parallel_state.get_data_parallel_rank()
+        dp_size = parallel_state.get_data_parallel_world_size()
+        train_loader = build_loader(config.data, prepared, "train", t.seq_length,
+                                    t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
+        valid_loader = build_loader(config.data, prepared, "valid", t.seq_length,
+                                    t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
+        held_out = valid_loader.held_out_batch() if config.eval.interval > 0 else None
+
+        engine = MegatronEngine(config, world.device)
+        model_fields = checkpoint.model_fields_of(config.model)
+        start_step = 0
+        resume_path = checkpoint.resolve_resume(ckpt.resume, ckpt.dir)
+        if resume_path is not None:
+            state = checkpoint.load_checkpoint(resume_path, engine, train_loader, model_fields)
+            start_step = state["step"]
+            if world.is_main:
+                log.info("resumed from %s: step %d, %d samples consumed", resume_path, start_step,
+                         train_loader.consumed_samples)
+        elif world.is_main:
+            num_params = sum(p.numel() for p in engine.inference_model.parameters())
+            log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
+                     num_params / 1e6, config.model.num_loops)
+
+        metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
+                                OmegaConf.to_container(OmegaConf.create(config_yaml)),
+                                resume_step=start_step)
+
+        def save(step: int) -> None:
+            path = checkpoint.save_checkpoint(ckpt.dir, step, engine, train_loader, config_yaml,
+                                              ckpt.keep, model_fields)
+            if world.is_main:
+                log.info("checkpoint %s", path)
+
+        try:
+            status = train_loop(config, engine, train_loader, held_out, metrics, save, stop,
+                                start_step, world.world_size)
+        finally:
+            metrics.finish()
+        if status != 0:
+            if world.is_main:
+                log.warning("stopped by %s at a checkpoint; exit %d so the job is requeued. "
+                            "Continue with: python -m pretrain.train run_dir=%s", stop.signal_name,
+                            status, run_dir)
+            return status
+        _print_sample(config, engine, tokenizer, world)
+        return 0
+    finally:
+        stop.restore()
+
+
+def _print_sample(config: Config, engine, tokenizer, world) -> None:
+    s = config.sample
+    if s.max_new_tokens <= 0:
+        return
+    from model.generation import sample
+
+    prompt = torch.tensor([tokenizer.encode(s.prompt)], dtype=torch.long, device=world.device)
+    generator = torch.Generator(device=world.device).manual_seed(config.train.seed)
+    tokens = sample(engine.inference_model, prompt, s.max_new_tokens, temperature=s.temperature,
+                    top_p=s.top_p, eos_id=tokenizer.eod_id, generator=generator)
+    if world.is_main:
+        text = tokenizer.decode([i for i in tokens[0].tolist() if i != tokenizer.eod_id])
+        log.info("sample (%d new tokens, temperature %s):\n%s\n%s\n%s", tokens.shape[1] -
+                 prompt.shape[1], s.temperature, "-" * 60, text, "-" * 60)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        status = run(cfg)
+    except ConfigError as error:
+        log.error("config error: %s", error)
+        sys.exit(2)
+    if status:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The training loop, and nothing else: step, log, evaluate, checkpoint, stop on request.
+
+    status = train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop, start_step)
+
+`status` is 0 when train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived:
+then the step in flight finished and a checkpoint was saved. Ranks agree on stopping through an
+all-reduce of the flag every step (the scheduler may signal only some of them).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from pretrain.distributed import all_reduce_max
+from pretrain.flops import flops_per_token, peak_flops_per_device
+from pretrain.metrics import peak_memory_gb
+from pretrain.signals import EXIT_REQUEUE
+
+
+def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int], None], stop,
+               start_step: int, world_size: int) -> int:
+    t = cfg.train
+    tokens_per_step = t.global_batch_size * t.seq_length
+    model_flops = flops_per_token(cfg.model, t.seq_length)
+    peak = peak_flops_per_device(t.peak_tflops) * world_size
+    step, last_saved = start_step, start_step
+    window_time, window_steps = 0.0, 0
+
+    while step < t.max_steps:
+        micro_batches = next(train_loader)
+        started = time.perf_counter()
+        result = engine.train_step(micro_batches)
+        window_time += time.perf_counter() - started
+        window_steps += 1
+        step += 1
+        stopping = all_reduce_max(stop.requested) > 0
+
+        log_due = step % cfg.logging.interval == 0 or step == t.max_steps or stopping
+        eval_due = cfg.eval.interval > 0 and (step % cfg.eval.interval == 0 or step == t.max_steps)
+        if log_due or eval_due:
+            tokens_per_s = window_steps * tokens_per_step / window_time
+            row = {
+                "step": step,
+                "consumed_samples": train_loader.consumed_samples,
+                "loss": result.loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * model_flops / peak,
+                "step_time_s": window_time / window_steps,
+                "memory_gb": peak_memory_gb(),
+            }
+            if result.skipped:
+                row["skipped"] = True
+            if eval_due:
+                row["val_loss"] = engine.evaluate(held_out)
+            metrics.log(row)
+            window_time, window_steps = 0.0, 0
+
+        if stopping:
+            save(step)
+            return EXIT_REQUEUE
+        if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+            save(step)
+            last_saved = step
+
+    if cfg.checkpoint.save_final and last_saved != step:
+        save(step)
+    return 0
