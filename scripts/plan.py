@@ -1,0 +1,99 @@
+"""Plan a run before submitting it: parameters, FLOPs per token, memory per GPU, expected step time.
+
+    python scripts/plan.py model=plt_7b train=plt_7b parallel=node8_tp2 --gpus 8
+    python scripts/plan.py model=plt_7b train=plt_7b parallel=node8_tp2 --gpus 64 --loops 1,2,3,4
+    python scripts/plan.py model=plt_7b train=plt_7b parallel=node8_tp2 launch=slurm launch.nodes=8
+
+The positional arguments are the training run's Hydra overrides (conf/, composed exactly as
+`python -m pretrain.train` composes them, so a typo fails the same way). The options:
+  --gpus N            world size (default: launch.nodes x launch.gpus_per_node when launch=... is
+                      given, else parallel.tp x parallel.pp, i.e. one data-parallel replica)
+  --loops 1,2,3,4     one column per model.num_loops, side by side
+  --utilization U     assumed share of peak FLOP/s for the time estimate (default 0.45)
+  --gpu-memory 80,141 GPU sizes in GB to warn against
+  --terms             also print the activation bytes term by term
+The numbers come from pretrain/planner.py (formulas and sources in its docstring); FLOPs from
+pretrain/flops.py, the function the trainer's logged MFU uses. Exit status 1 when the layout is
+invalid (the message names the key), 0 otherwise; a layout that does not fit prints WARNING lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def compose_config(overrides):
+    """The run config (pretrain.config.Config) for these overrides, as the trainer composes it."""
+    import pretrain.config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg.run_dir = "plan"  # never resolved to a folder; keeps ${now:} out of the way
+    return cfg
+
+
+def default_world_size(cfg) -> int:
+    launch = cfg.get("launch")
+    if launch is not None and "nodes" in launch and "gpus_per_node" in launch:
+        return int(launch.nodes) * int(launch.gpus_per_node)
+    return cfg.parallel.tp * cfg.parallel.pp
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[-1])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for pretrain.train")
+    parser.add_argument("--gpus", type=int, default=None)
+    parser.add_argument("--loops", default=None, help="comma-separated num_loops, e.g. 1,2,3,4")
+    parser.add_argument("--utilization", type=float, default=None)
+    parser.add_argument("--gpu-memory", default="80,141")
+    parser.add_argument("--terms", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from pretrain import planner
+    from pretrain.config import ConfigError, validate
+
+    cfg = compose_config(args.overrides)
+    world_size = args.gpus or default_world_size(cfg)
+    loop_counts = ([int(r) for r in args.loops.split(",")] if args.loops
+                   else [cfg.model.num_loops])
+    gpu_memory = {f"{gb}GB": planner.GPU_MEMORY_GIB.get(f"{gb}GB", float(gb) * 1e9 / 2**30)
+                  for gb in args.gpu_memory.split(",")}
+    plans = []
+    for loops in loop_counts:
+        config = OmegaConf.to_object(OmegaConf.merge(cfg, {"model": {"num_loops": loops}}))
+        try:
+            validate(config, world_size)
+            config.model.build(tensor_parallel=config.parallel.tp,
+                               pipeline_parallel=config.parallel.pp,
+                               virtual_pipeline_parallel=config.parallel.vpp,
+                               sequence_parallel=config.parallel.sequence_parallel,
+                               perform_initialization=False)
+        except ConfigError as error:
+            print(f"invalid layout on {world_size} GPUs: {error}", file=sys.stderr)
+            return 1
+        kwargs = {} if args.utilization is None else {"hardware_utilization": args.utilization}
+        plans.append(planner.make_plan(config, world_size, gpu_memory_gib=gpu_memory, **kwargs))
+    print(planner.format_table(plans))
+    if args.terms:
+        for plan, loops in zip(plans, loop_counts):
+            config = OmegaConf.to_object(OmegaConf.merge(cfg, {"model": {"num_loops": loops}}))
+            terms = planner.activation_terms(config.model, plan.layout)
+            print(f"\nactivations per micro-batch, R={loops} (GiB): " + ", ".join(
+                f"{k} {v / planner.GIB:.3f}" for k, v in terms.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
