@@ -62,6 +62,20 @@ def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype) ->
     raise ValueError(f"attention backend {requested!r}; use auto, torch or flash")
 
 
+def describe_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """One line for the start-of-run log: which kernel the attention will run, and why."""
+    chosen = resolve_backend(requested, device, dtype)
+    if chosen == "flash":
+        import flash_attn
+
+        return (f"attention: flash-attn {flash_attn.__version__} (causal; local branch "
+                f"window_size=(swa_window, 0)); decoding uses torch SDPA with cache masks")
+    reason = ("requested" if requested == "torch" else
+              "flash-attn not installed" if not flash_available() else
+              f"flash-attn needs CUDA fp16/bf16 tensors, these are {device.type} {dtype}")
+    return f"attention: torch scaled_dot_product_attention ({reason})"
+
+
 def causal_window_mask(
     q_len: int, k_len: int, window: Optional[int], device: torch.device
 ) -> torch.Tensor:

@@ -60,3 +60,9 @@ def test_forced_flash_on_cpu_tensors_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(kernels, "flash_available", lambda: True)
     with pytest.raises(FlashAttentionUnavailable, match="CUDA tensors"):
         resolve_backend("flash", torch.device("cpu"), torch.float32)
+
+
+def test_the_start_of_run_line_says_which_kernel_and_why(monkeypatch):
+    monkeypatch.setattr(kernels, "flash_available", lambda: False)
+    line = kernels.describe_backend("auto", torch.device("cpu"), torch.float32)
+    assert "torch scaled_dot_product_attention" in line and "not installed" in line
