@@ -22,10 +22,11 @@ metrics recompute probabilities in float32 from the q/k the kernel receives, for
 ``attention_queries`` evenly spaced query positions only, so their memory is heads x queries x seq
 per layer, not seq^2.
 
-Tensor parallelism: hidden states are replicated over TP ranks (gathered first under sequence
-parallelism); logits are vocab-sharded and gathered per sequence; gate and attention means are over
-local heads and averaged over the TP group (every rank holds the same number of heads). Every TP rank
-must call ``compute_loop_diagnostics`` (collectives inside); all ranks get the same rows.
+Parallelism: pipeline parallelism is refused (parallel.pp=1 only). Tensor parallelism: hidden
+states are replicated over TP ranks (gathered first under sequence parallelism); logits are
+vocab-sharded and gathered per sequence; gate and attention means are over local heads and averaged
+over the TP group (every rank holds the same number of heads). This path is written, not yet run
+under TP > 1 (no multi-process test). Every TP rank must call ``compute_loop_diagnostics`` (collectives inside); all ranks get the same rows.
 """
 
 from __future__ import annotations
@@ -199,8 +200,14 @@ def compute_loop_diagnostics(model, input_ids: torch.Tensor,
 
     model = _unwrap(model)
     config, was_training = model.config, model.training
+    if config.pipeline_model_parallel_size > 1:
+        # Each stage holds only some loops' layers; the hidden states of every loop are not on one rank.
+        raise NotImplementedError(f"loop diagnostics need parallel.pp=1, got "
+                                  f"{config.pipeline_model_parallel_size}; run scripts/diagnose.py "
+                                  f"on a checkpoint instead (it loads it with pp=1)")
     group, tp = _tp_group(model)
-    device = input_ids.device
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)  # held-out batches live on the CPU until used
     model.eval()
     try:
         with torch.no_grad(), _Recorder(model, attention_queries) as recorder:

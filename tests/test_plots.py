@@ -97,12 +97,13 @@ def test_plots_of_a_real_two_run_sweep(tmp_path, capsys):
             "checkpoint.interval=0", "checkpoint.save_final=false", "logging.wandb.mode=disabled",
             "sample.max_new_tokens=0"]
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run([sys.executable, "-m", "pretrain.train", "-m", f"run_dir={sweep_dir}",
-                             "model.num_loops=1,2", *tiny], cwd=REPO, capture_output=True,
+    # The loop-sweep experiment cut to two variants by a command-line sweep (which wins over its own).
+    result = subprocess.run([sys.executable, "-m", "pretrain.train", "-m", "+experiment=loop_sweep",
+                             f"run_dir={sweep_dir}", "model.num_loops=1,2", *tiny], cwd=REPO, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(str(p.parent) for p in sweep_dir.glob("*/metrics.jsonl"))
-    assert len(runs) == 2
+    assert [os.path.basename(r) for r in runs] == ["R1_clp_True", "R2_clp_True"]
     assert _is_png(plot_run.main([runs[1]]))
     assert _is_png(plot_sweep.main(runs + ["--out", str(tmp_path / "sweep.png")]))
     printed = capsys.readouterr().out
