@@ -171,8 +171,9 @@ def validate(cfg: Config, world_size: int) -> None:
     need(0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
     need(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}; it must be >= 0")
     decay = t.decay_steps if t.decay_steps is not None else t.max_steps
+    decay_key = "train.decay_steps" if t.decay_steps is not None else "train.max_steps (the decay length)"
     need(decay > t.warmup_steps,
-         f"train.decay_steps={decay} must exceed train.warmup_steps={t.warmup_steps}")
+         f"{decay_key}={decay} must exceed train.warmup_steps={t.warmup_steps}; lower the warm-up")
     need(cfg.checkpoint.keep >= 0, f"checkpoint.keep={cfg.checkpoint.keep}; it must be >= 0")
     need(cfg.checkpoint.interval >= 0, f"checkpoint.interval={cfg.checkpoint.interval}; use >= 0")
     resume = cfg.checkpoint.resume

@@ -1,0 +1,75 @@
+"""The run config: Hydra + pretrain/config.py refuse typos, wrong types and impossible combinations
+at start, naming the key. Composition is checked in-process (no training); one CLI run checks the
+exit status a user sees."""
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pretrain.config import Config, ConfigError, validate
+from tests.trainer_fixtures import REPO, output_of, run_trainer
+
+CONF = os.path.join(REPO, "conf")
+
+
+def composed(*overrides) -> Config:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["run_dir=/tmp/unused", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+def test_defaults_compose_to_the_default_job():
+    cfg = composed()
+    assert cfg.model.name == "plt_tiny" and cfg.model.num_loops == 2
+    assert cfg.checkpoint.dir == "/tmp/unused/checkpoints"
+    assert cfg.logging.wandb.mode == "offline"
+    assert cfg.data.vocab_size <= cfg.model.vocab_size
+    validate(cfg, world_size=1)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises((HydraException, OmegaConfBaseException), match="max_stepz"):
+        composed("train.max_stepz=3")
+
+
+def test_wrong_type_is_named():
+    with pytest.raises((HydraException, OmegaConfBaseException), match="train.seq_length"):
+        composed("train.seq_length=abc")
+
+
+def test_global_batch_must_divide_by_micro_batch_times_dp():
+    cfg = composed("train.global_batch_size=12", "train.micro_batch_size=4")
+    validate(cfg, world_size=1)
+    with pytest.raises(ConfigError, match=r"train.global_batch_size=12 is not divisible by "
+                                          r"train.micro_batch_size \* data-parallel size = 4 \* 2"):
+        validate(cfg, world_size=2)
+
+
+def test_tp_must_divide_heads():
+    cfg = composed("parallel.tp=3")
+    with pytest.raises(ConfigError, match="parallel.tp=3 does not divide "
+                                          "model.num_attention_heads=4"):
+        validate(cfg, world_size=3)
+
+
+def test_world_must_divide_by_tp_times_pp():
+    cfg = composed("parallel.tp=2")
+    with pytest.raises(ConfigError, match="world size 3 is not divisible by parallel.tp"):
+        validate(cfg, world_size=3)
+
+
+def test_cli_config_error_exits_2_with_the_message(tmp_path):
+    result = run_trainer(tmp_path, "train.global_batch_size=6", "train.micro_batch_size=4",
+                         "logging.wandb.mode=disabled")
+    assert result.returncode == 2, output_of(result)
+    assert "train.global_batch_size=6 is not divisible" in output_of(result)
+
+
+def test_cli_typo_fails_naming_the_key(tmp_path):
+    result = run_trainer(tmp_path, "train.max_stepz=3")
+    assert result.returncode != 0
+    assert "max_stepz" in output_of(result)
