@@ -90,7 +90,7 @@ SlurmdUser=root
 # cred_expire also sets how long a requeued job waits before it may start again (default ~121 s).
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={munge_socket},cred_expire=10
+AuthInfo=socket={munge_socket},cred_expire=5
 # No systemd and no cgroups on this kind of machine.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
