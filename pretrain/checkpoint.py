@@ -42,11 +42,14 @@ from model.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-try:  # megatron-core's checkpoint writer processes need it, and hang (not fail) without it
+try:
     import psutil  # noqa: F401
-except ImportError as error:
-    raise ImportError("saving checkpoints with megatron-core needs psutil: pip install psutil "
-                      "(it is in setup.cfg's install_requires)") from error
+except ImportError:
+    # megatron-core's checkpoint writer processes call psutil only to log their memory use, and
+    # without it they die before reporting back, so the save hangs for ever. Log 0 instead.
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    filesystem_async._process_memory = lambda: 0
 
 LATEST = "latest"
 STATE_FILE = "loopcoder.json"

@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import sys
+import uuid
 
 import torch
 
@@ -88,9 +89,7 @@ def _wandb_id(run_dir: str) -> str:
     if os.path.isfile(path):
         with open(path) as stream:
             return stream.read().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = uuid.uuid4().hex[:8]
     with open(path, "w") as stream:
         stream.write(run_id)
     return run_id

@@ -1,0 +1,90 @@
+"""Training throughput of the default job for R=1 vs R=2 (or any loop counts), side by side in one run.
+
+    python -m bench.bench_train [--loops 1,2] [--steps 10] [hydra overrides, e.g. train.seq_length=256]
+
+Builds the trainer's own engine (megatron DDP, optimizer, LR schedule, forward-backward function)
+once per loop count from the composed run config (conf/config.yaml plus the overrides), on the real
+data of the default job, then times full optimizer steps in rounds: each round runs one step of every
+loop count in turn, so drift of the machine (other processes on a shared box) hits all alike. Prints
+the median tokens/s per R, the model FLOPs (pretrain/flops.py), and the ratios to the first R.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+
+for _message in (".*Transformer Engine and Apex.*", "Apex is not installed.*", "full scope is depr.*"):
+    warnings.filterwarnings("ignore", message=_message)
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pretrain.config import validate  # noqa: E402
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loops", default="1,2")
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds (after 2 warm-up)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    from data.loader import build_loader
+    from data.prepare import prepare_data
+    from pretrain.distributed import init_distributed, shutdown_distributed
+    from pretrain.engine import MegatronEngine
+    from pretrain.flops import flops_per_token, peak_flops_per_device
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        base = compose("config", overrides=["run_dir=/tmp/unused", *args.overrides])
+    loop_counts = [int(r) for r in args.loops.split(",")]
+    configs = {r: OmegaConf.to_object(OmegaConf.merge(base, {"model": {"num_loops": r}}))
+               for r in loop_counts}
+    first = configs[loop_counts[0]]
+    validate(first, world_size=1)
+    world = init_distributed(first.parallel, first.train.seed)
+    t = first.train
+    prepared = prepare_data(first.data, t.seq_length)
+    loader = build_loader(first.data, prepared, "train", t.seq_length, t.global_batch_size,
+                          t.micro_batch_size, 0, 1, t.seed)
+    engines = {}
+    for r, cfg in configs.items():
+        torch.manual_seed(t.seed)
+        engines[r] = MegatronEngine(cfg, world.device)
+
+    batches = [next(loader) for _ in range(args.steps + 2)]
+    times = {r: [] for r in loop_counts}
+    for i, batch in enumerate(batches):
+        for r, engine in engines.items():
+            start = time.perf_counter()
+            engine.train_step(batch)
+            if i >= 2:
+                times[r].append(time.perf_counter() - start)
+
+    tokens = t.global_batch_size * t.seq_length
+    peak = peak_flops_per_device(t.peak_tflops)
+    params = sum(p.numel() for p in engines[loop_counts[0]].inference_model.parameters())
+    print(f"{first.model.name}: {params / 1e6:.2f}M parameters, global batch {t.global_batch_size} x "
+          f"seq {t.seq_length} (micro {t.micro_batch_size}), {torch.get_num_threads()} threads, "
+          f"{world.device}, median of {args.steps} rounds")
+    print(f"{'R':>3} {'s/step':>8} {'tokens/s':>10} {'GFLOP/token':>12} {'MFU':>6} "
+          f"{'time vs R=' + str(loop_counts[0]):>13} {'tokens/s vs R=' + str(loop_counts[0]):>17}")
+    base_time = statistics.median(times[loop_counts[0]])
+    for r in loop_counts:
+        median = statistics.median(times[r])
+        flops = flops_per_token(configs[r].model, t.seq_length)
+        print(f"{r:>3} {median:>8.3f} {tokens / median:>10.0f} {flops / 1e9:>12.4f} "
+              f"{tokens / median * flops / peak:>6.1%} {median / base_time:>13.2f} "
+              f"{base_time / median:>17.2f}")
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()
