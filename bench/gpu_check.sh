@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One GPU check for a lent H200 (or any CUDA machine): kernels vs float64, then a 1B PLT at R=1 and
+# R=2 in bf16 (tokens/s, MFU). See bench/gpu_check.py for what is checked and the tolerances.
+#
+# The device machine has torch but no megatron-core and no internet, so the wheel travels with
+# the working tree. Two steps:
+#   1. here (with pip access), once:       bash bench/gpu_check.sh prepare
+#      -> .whl/megatron_core-0.16.1-cp312-...whl (Python 3.12 x86-64, the device image's), ignored
+#         by git through .git/info/exclude
+#   2. on the device (run tool, carry [".whl"], timeout_s ~540):
+#         bash bench/gpu_check.sh run [gpu_check.py options]
+#      installs the wheels into /tmp/site (no deps: torch, numpy, packaging, pyyaml are there),
+#      then runs the check; the log is also written to $OUT/gpu_check.log when $OUT is set.
+# Budget: a fresh machine starts in a minute or two; the check itself takes about 3-5 minutes
+# (kernels ~10 s, two 1B models x 7 steps at seq 8192). `run --steps 3` halves the model part.
+# CPU dry run of the same code path (no wheels needed here): bash bench/gpu_check.sh cpu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"; shift || true
+
+case "$mode" in
+  prepare)
+    exclude="$(git rev-parse --git-path info/exclude)"
+    mkdir -p "$(dirname "$exclude")"
+    grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
+    mkdir -p .whl
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+      --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1
+    ls -l .whl
+    ;;
+  run)
+    if ls .whl/*.whl >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+      export PYTHONPATH="/tmp/site:${PWD}${PYTHONPATH:+:$PYTHONPATH}"
+    else
+      python3 -c 'import megatron.core' 2>/dev/null || {
+        echo "megatron-core is missing: run 'bash bench/gpu_check.sh prepare' where pip works and" \
+             "carry .whl to this machine" >&2; exit 2; }
+      export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    log="${OUT:-/tmp}/gpu_check.log"
+    python3 bench/gpu_check.py --device cuda "$@" 2>&1 | grep -v -E 'warnings.warn|UserWarning' | tee "$log"
+    exit "${PIPESTATUS[0]}"
+    ;;
+  cpu)
+    py="${PYTHON:-.venv/bin/python}"
+    [ -x "$py" ] || py=python3
+    "$py" bench/gpu_check.py --device cpu --tiny --steps 2 "$@"
+    ;;
+  *)
+    echo "usage: bash bench/gpu_check.sh prepare | run [options] | cpu [options]" >&2; exit 2 ;;
+esac
