@@ -279,6 +279,7 @@ class Plan:
     hardware_utilization: float = ASSUMED_HARDWARE_UTILIZATION
     peak_tflops: float = 0.0
     warnings: List[str] = field(default_factory=list)
+    gpu_sizes: List[str] = field(default_factory=lambda: list(GPU_MEMORY_GIB))
 
     @property
     def total_bytes(self) -> float:
@@ -345,6 +346,7 @@ def make_plan(cfg, world_size: int, *, bf16: Optional[bool] = None,
         step_time_s=step_time, tokens_per_s_per_gpu=tokens_per_step / step_time / world_size,
         hardware_utilization=hardware_utilization, peak_tflops=peak,
     )
+    plan.gpu_sizes = list(gpu_memory_gib or GPU_MEMORY_GIB)
     plan.warnings = fit_warnings(plan, gpu_memory_gib or GPU_MEMORY_GIB)
     return plan
 
@@ -411,8 +413,8 @@ def format_table(plans: List[Plan]) -> str:
         ("  total", lambda p: _gib(p.total_bytes)),
         (f"  activations if recompute={other}", lambda p: _gib(p.activations_other_recompute)),
         ("decode KV cache GiB/sequence", lambda p: f"{p.decode_kv_cache_per_sequence / GIB:.3f}"),
-        ("fits 80GB / 141GB", lambda p: "/".join(
-            "no" if any(gpu in w for w in p.warnings) else "yes" for gpu in GPU_MEMORY_GIB)),
+        ("fits " + " / ".join(first.gpu_sizes), lambda p: "/".join(
+            "no" if any(f"a {gpu} GPU" in w for w in p.warnings) else "yes" for gpu in p.gpu_sizes)),
         ("step time s (est.)", lambda p: f"{p.step_time_s:.2f}"),
         ("tokens/s per GPU (est.)", lambda p: f"{p.tokens_per_s_per_gpu:,.0f}"),
     ]
