@@ -99,6 +99,9 @@ SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+# Look at the queue every second (defaults: 60 s / 30 s), so a requeued job restarts as soon as
+# cred_expire allows instead of at the next periodic pass.
+SchedulerParameters=sched_interval=1,bf_interval=1
 # No accounting daemon: finished jobs stay visible to `scontrol show job` for MinJobAge seconds.
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none

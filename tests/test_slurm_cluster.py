@@ -30,7 +30,8 @@ def tiny(cache_dir, **extra) -> list[str]:
         "train.seq_length": 64, "train.global_batch_size": 4, "train.micro_batch_size": 2,
         "train.max_steps": STEPS, "train.warmup_steps": 2, "logging.interval": 1,
         "eval.interval": 0, "sample.max_new_tokens": 0, "logging.wandb.mode": "disabled",
-        "checkpoint.interval": 0, "data.stdlib_max_files": 40, "data.vocab_size": 600,
+        # No periodic or final checkpoint (each costs seconds here); a stop signal still saves one.
+        "checkpoint.interval": 0, "checkpoint.save_final": "false", "data.stdlib_max_files": 40, "data.vocab_size": 600,
         "data.num_workers": 1, "data.cache_dir": cache_dir,
     }
     overrides.update(extra)
@@ -39,6 +40,8 @@ def tiny(cache_dir, **extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster runs slurmd as root (CI runs as root)")
     try:
         ensure_installed()
     except ClusterUnavailable as err:
@@ -60,14 +63,27 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data-cache"))
 
 
-def submit(cluster, overrides) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.slurm", "submit", *overrides],
-                          env=cluster.env, capture_output=True, text=True, timeout=300)
-
-
-def job_ids(result) -> list[str]:
+def submit(cluster, overrides) -> list[str]:
+    """`python -m launch.slurm submit ...` in a fresh process, as a user runs it; the job ids."""
+    result = subprocess.run([sys.executable, "-m", "launch.slurm", "submit", *overrides],
+                            env=cluster.env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    return re.findall(r"submitted job (\d+)", result.stdout)
+    return all_job_ids(result.stdout)
+
+
+def submit_in_process(capsys, overrides) -> list[str]:
+    """The same CLI through its main(): saves the ~8 s import of the trainer's schema per call."""
+    capsys.readouterr()
+    status = launch.slurm.main(["submit", *overrides])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    return all_job_ids(out.out)
+
+
+def all_job_ids(output: str) -> list[str]:
+    """Submitted and follow-up job ids, in submission order."""
+    found = re.findall(r"(?:submitted job|follow-ups) ([\d,]+)", output)
+    return [job_id for group in found for job_id in group.split(",")]
 
 
 def job_info(cluster, job_id) -> dict:
@@ -104,14 +120,14 @@ def losses(run_dir) -> dict[int, float]:
 def reference_run(cluster, cache_dir, tmp_path_factory):
     """2 nodes x 1 rank, STEPS steps, one chained follow-up job (launch.chain=1)."""
     run_dir = str(tmp_path_factory.mktemp("reference"))
-    ids = job_ids(submit(cluster, tiny(cache_dir, **{"launch.nodes": 2, "launch.chain": 1,
-                                                    "run_dir": run_dir})))
+    ids = submit(cluster, tiny(cache_dir, **{"launch.nodes": 2, "launch.chain": 1, "run_dir": run_dir}))
+    assert len(ids) == 2, ids
     info = wait_job(cluster, ids[0], run_dir)
-    return run_dir, ids[0], info
+    return run_dir, ids, info
 
 
 def test_two_rank_job_trains_to_max_steps(reference_run):
-    run_dir, job_id, info = reference_run
+    run_dir, (job_id, _), info = reference_run
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", job_logs(run_dir)
     assert sorted(losses(run_dir)) == list(range(1, STEPS + 1)), job_logs(run_dir)
     log = Path(run_dir, "slurm", f"loopcoder-{job_id}.out").read_text()
@@ -119,17 +135,17 @@ def test_two_rank_job_trains_to_max_steps(reference_run):
 
 
 def test_follow_up_job_is_cancelled_once_the_run_is_complete(cluster, reference_run):
-    run_dir, job_id, _ = reference_run
-    follow_up = job_info(cluster, str(int(job_id) + 1))
+    run_dir, (_, follow_up_id), _ = reference_run
+    follow_up = job_info(cluster, follow_up_id)
     assert follow_up["JobState"] == "CANCELLED", job_logs(run_dir)
     assert follow_up["RunTime"] == "00:00:00"  # it never started
 
 
 # ------------------------------------------------------------------------------- signal
 def test_usr1_checkpoints_requeues_and_resumes_with_exact_losses(cluster, cache_dir, reference_run,
-                                                                  tmp_path):
+                                                                  tmp_path, capsys):
     run_dir = str(tmp_path)
-    (job_id,) = job_ids(submit(cluster, tiny(cache_dir, **{"launch.nodes": 2, "run_dir": run_dir})))
+    (job_id,) = submit_in_process(capsys, tiny(cache_dir, **{"launch.nodes": 2, "run_dir": run_dir}))
     metrics = Path(run_dir, "metrics.jsonl")
     deadline = time.monotonic() + 240
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -149,11 +165,11 @@ def test_usr1_checkpoints_requeues_and_resumes_with_exact_losses(cluster, cache_
 
 
 # ------------------------------------------------------------------------------- sweep
-def test_loop_sweep_submits_one_job_per_loop_count(cluster, cache_dir, tmp_path):
-    result = submit(cluster, tiny(cache_dir, **{"train.max_steps": 3, "train.warmup_steps": 1,
-                                                "run_dir": tmp_path, "model.num_loops": "1,2,3"}))
-    ids = job_ids(result)
-    assert len(ids) == 3, result.stdout
+def test_loop_sweep_submits_one_job_per_loop_count(cluster, cache_dir, tmp_path, capsys):
+    ids = submit_in_process(capsys, tiny(cache_dir, **{
+        "train.max_steps": 3, "train.warmup_steps": 1, "run_dir": tmp_path,
+        "model.num_loops": "1,2,3"}))
+    assert len(ids) == 3
     for loops, job_id in zip([1, 2, 3], ids):
         run_dir = tmp_path / f"model.num_loops={loops}"
         info = wait_job(cluster, job_id, run_dir)
