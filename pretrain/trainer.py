@@ -36,7 +36,9 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
         step += 1
         stopping = all_reduce_max(stop.requested) > 0
 
-        log_due = step % cfg.logging.interval == 0 or step == t.max_steps or stopping
+        # The first step of a run is logged too: it shows the starting loss (ln(vocab) when fresh).
+        log_due = (step % cfg.logging.interval == 0 or step in (start_step + 1, t.max_steps)
+                   or stopping)
         eval_due = cfg.eval.interval > 0 and (step % cfg.eval.interval == 0 or step == t.max_steps)
         if log_due or eval_due:
             tokens_per_s = window_steps * tokens_per_step / window_time

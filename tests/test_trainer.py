@@ -25,13 +25,14 @@ def test_default_job_trains_and_its_loss_falls(tmp_path):
                          f"data.cache_dir={data_cache_dir()}-default", timeout=900)
     assert result.returncode == 0, output_of(result)
     rows = read_metrics(tmp_path)
-    assert [row["step"] for row in rows] == [10, 15, 20, 30]
+    assert [row["step"] for row in rows] == [1, 10, 15, 20, 30]
     for field in ("step", "consumed_samples", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
         assert field in rows[0]
     assert rows[-1]["consumed_samples"] == 30 * 8
-    # From ln(4096) = 8.3 at initialisation a 4.9M-parameter model reaches ~7 within 30 steps at
-    # LR 3e-3 (measured 6.99 at step 20); 0.7 below the step-10 loss leaves room for noise.
-    assert rows[-1]["loss"] < rows[0]["loss"] - 0.7, rows
+    # From ln(4096) = 8.3 at step 1 the 4.9M-parameter model reaches ~7.0 within 20-30 steps at
+    # LR 3e-3 (measured 6.97-7.10 in several runs); 0.8 below the first loss leaves room for noise.
+    assert rows[0]["loss"] > 8.0
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.8, rows
     assert "val_loss" in rows[-1]
     assert "sample (" in output_of(result)
     with open(tmp_path / "checkpoints" / "latest") as stream:
