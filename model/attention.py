@@ -82,6 +82,9 @@ class PLTSelfAttention(SelfAttention):
     def _project(self, hidden_states, rotary_pos_emb):
         """Q, K, V in flash layout [b, s, heads, d], RoPE applied to Q and K."""
         q, k, v = self.get_query_key_value_tensors(hidden_states)  # each [s, b, heads, d]
+        # V is a view of the fused QKV output; a copy of its own lets that output (h + 2 kv wide)
+        # be freed: autograd, recomputation and loop 1's kept K/V then hold only V itself.
+        v = v.contiguous()
         if rotary_pos_emb is not None:
             q = apply_rotary_pos_emb(q, rotary_pos_emb, config=self.config)
             k = apply_rotary_pos_emb(k, rotary_pos_emb, config=self.config)

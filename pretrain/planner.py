@@ -169,7 +169,7 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
     terms = {
         "norms": 2 * norm,
         "qkv_input": st * h * B,
-        "qkv_output": tok * (q + 2 * kv) * B,   # kept whole: V is a view of it
+        "v_copy": tok * kv * B,                 # V's own copy (model/attention.py _project)
         "rope_qk": tok * (q + kv) * B + 4 * seq * d["head_dim"] * B,
         "attention_output": tok * q * B + lse,  # also o_proj's input (a view) in the plain loop
         "mlp_input": st * h * B,
@@ -202,10 +202,10 @@ def head_activation_terms(m, layout: Layout) -> Dict[str, int]:
 
 
 def loop1_kv_bytes(m, layout: Layout) -> int:
-    """Loop 1's K (after RoPE) and V (a view of the QKV output) over the layers of a rank, held
-    for the later loops; with recomputation they are what the block keeps besides its inputs."""
+    """Loop 1's K (after RoPE) and V (its own copy) over the layers of a rank, held for the later
+    loops; with recomputation they are what the block keeps besides its inputs."""
     d = _dims(m, layout)
-    per_layer = d["tokens"] * (d["kv_local"] + d["q_local"] + 2 * d["kv_local"]) * d["act_bytes"]
+    per_layer = d["tokens"] * 2 * d["kv_local"] * d["act_bytes"]
     return per_layer * m.num_layers // layout.pp
 
 
