@@ -100,7 +100,12 @@ class SampleConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: int = 1
+    """Read only under engine=deepspeed (pretrain/deepspeed_engine.py)."""
+
+    zero_stage: int = 1                  # 0 (plain DP) | 1 optimizer | 2 + gradients | 3 + weights
+    offload_optimizer: str = "none"      # none | cpu (ZeRO-Offload: optimizer state and step on CPU)
+    offload_param: str = "none"          # none | cpu (ZeRO-3 only: weights on CPU between uses)
+    overlap_comm: bool = False           # overlap gradient reduction with the backward pass
 
 
 @dataclass
@@ -185,6 +190,6 @@ def validate(cfg: Config, world_size: int) -> None:
          f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")
     need(cfg.engine in ("megatron", "deepspeed"),
          f"engine={cfg.engine!r}; use megatron or deepspeed")
-    need(cfg.engine == "megatron",
-         "engine=deepspeed is not built yet; use engine=megatron (ZeRO-1: "
-         "parallel.distributed_optimizer=true)")
+    if cfg.engine == "deepspeed":
+        from pretrain.deepspeed_engine import validate_deepspeed
+        validate_deepspeed(cfg)

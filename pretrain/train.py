@@ -90,18 +90,25 @@ def _train(config: Config, config_yaml: str, world) -> int:
                                     t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
         held_out = valid_loader.held_out_batch() if config.eval.interval > 0 else None
 
-        engine = MegatronEngine(config, world.device)
+        if config.engine == "deepspeed":
+            from pretrain.deepspeed_engine import DeepSpeedEngine, save_checkpoint
+            engine = DeepSpeedEngine(config, world.device)
+        else:
+            engine, save_checkpoint = MegatronEngine(config, world.device), checkpoint.save_checkpoint
         model_fields = checkpoint.model_fields_of(config.model)
         start_step = 0
         resume_path = checkpoint.resolve_resume(ckpt.resume, ckpt.dir)
         if resume_path is not None:
-            state = checkpoint.load_checkpoint(resume_path, engine, train_loader, model_fields)
+            # Either engine's own checkpoints, or weights converted from the other engine's.
+            from pretrain.engine_convert import load_for_engine
+            state = load_for_engine(resume_path, config.engine, engine, train_loader, model_fields)
             start_step = state["step"]
             if world.is_main:
                 log.info("resumed from %s: step %d, %d samples consumed", resume_path, start_step,
                          train_loader.consumed_samples)
         elif world.is_main:
-            num_params = sum(p.numel() for p in engine.inference_model.parameters())
+            num_params = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3: p holds a partition
+                             for p in engine.inference_model.parameters())
             log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
                      num_params / 1e6, config.model.num_loops)
 
@@ -110,8 +117,8 @@ def _train(config: Config, config_yaml: str, world) -> int:
                                 resume_step=start_step)
 
         def save(step: int) -> None:
-            path = checkpoint.save_checkpoint(ckpt.dir, step, engine, train_loader, config_yaml,
-                                              ckpt.keep, model_fields)
+            path = save_checkpoint(ckpt.dir, step, engine, train_loader, config_yaml, ckpt.keep,
+                                   model_fields)
             if world.is_main:
                 log.info("checkpoint %s", path)
 

@@ -1,0 +1,43 @@
+"""Convert a checkpoint's model weights between the engines (pretrain/engine_convert.py).
+
+    python -m scripts.convert_checkpoint SRC DST
+
+SRC is an `iter_XXXXXXX/` folder or a checkpoint dir holding a `latest` file, written by either
+engine; the direction follows from it (deepspeed -> megatron, megatron -> deepspeed). DST is a
+checkpoint dir: the converted `iter_XXXXXXX/` (same step) and a `latest` file are written there.
+Continue the run under the other engine with `checkpoint.resume=DST` (or `checkpoint.dir=DST`):
+weights, step, LR schedule, data position and RNG carry over; the Adam moments restart from zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is not installed.*",
+                 "full scope is deprecated.*"):
+    warnings.filterwarnings("ignore", message=_message)
+
+from model.config import ConfigError  # noqa: E402
+from pretrain.engine_convert import checkpoint_engine, convert_checkpoint  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("src", help="iter_ folder or checkpoint dir (its `latest`)")
+    parser.add_argument("dst", help="checkpoint dir to write the converted iter_ folder into")
+    args = parser.parse_args(argv)
+    try:
+        path = convert_checkpoint(args.src, args.dst)
+    except (ConfigError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (engine={checkpoint_engine(path)}, weights only)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
