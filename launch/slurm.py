@@ -12,7 +12,7 @@ keys, the partition), renders one sbatch script per job (launch/script.py), writ
 resume from `latest`. `--dry-run` prints the scripts and the sbatch commands instead.
 
 A sweep value (Hydra's `key=a,b,c` syntax, any key) gives one job per value (per combination) with
-its own run folder `<run_dir>/<key>=<value>`. Every job trains with an absolute `run_dir` and
+its own run folder `<run_dir>/<job number>_R<num_loops>`, as `pretrain.train -m` names them. Every job trains with an absolute `run_dir` and
 `checkpoint.resume=auto`, so a requeued or follow-up job finds its checkpoints.
 
     python -m launch.slurm cancel-followups JOBID   # (the batch script) cancel JOBID's chained jobs
@@ -81,25 +81,16 @@ def _is_launch_override(parsed) -> bool:
     return parsed.key_or_group == "launch" or parsed.key_or_group.startswith("launch.")
 
 
-def expand_sweep(overrides: list[str]) -> list[tuple[str, str, list[str]]]:
-    """[(label, suffix, overrides)] one per combination of the sweep overrides: label names the run
-    folder (`model.num_loops=2`), suffix the job (`num_loops2`); both "" without a sweep."""
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """One override list per combination of the sweep overrides (`key=a,b,c`), in Hydra's order."""
     fixed, axes = [], []
     for parsed in _parse(overrides):
         if parsed.is_sweep_override():
             key = parsed.get_key_element()
-            axes.append([(key, value) for value in parsed.sweep_string_iterator()])
+            axes.append([f"{key}={value}" for value in parsed.sweep_string_iterator()])
         else:
             fixed.append(parsed.input_line)
-    if not axes:
-        return [("", "", fixed)]
-    jobs = []
-    for combo in itertools.product(*axes):
-        keys = [(key.lstrip("+~"), value) for key, value in combo]
-        label = ",".join(f"{key}={value}" for key, value in keys)
-        suffix = "-".join(re.sub(r"[^\w.]", "", key.rsplit(".", 1)[-1] + value) for key, value in keys)
-        jobs.append((label, suffix, fixed + [f"{key}={value}" for key, value in combo]))
-    return jobs
+    return [fixed + list(combo) for combo in itertools.product(*axes)]
 
 
 # --------------------------------------------------------------------------------- config
@@ -138,14 +129,17 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
     """Compose, check and render every job of this request. Raises LaunchError before any sbatch."""
     workdir = os.getcwd()
     jobs = expand_sweep(overrides)
-    base_cfg = compose(jobs[0][2])
+    base_cfg = compose(jobs[0])
     base_run_dir = os.path.abspath(OmegaConf.to_container(base_cfg, resolve=True)["run_dir"])
     submit_command = " ".join(["python -m launch.slurm submit", *map(shlex.quote, overrides)])
     planned = []
-    for label, suffix, job_overrides in jobs:
-        run_dir = os.path.join(base_run_dir, label) if label else base_run_dir
+    for number, job_overrides in enumerate(jobs):
         kept = [p.input_line for p in _parse(job_overrides)
                 if p.key_or_group not in ("run_dir", "checkpoint.resume")]
+        # A sweep job's folder is named as `pretrain.train -m` names it (conf/config.yaml:
+        # hydra.sweep.subdir), so tools read SLURM sweeps and local sweeps alike.
+        subdir = f"{number}_R{compose(kept).model.num_loops}" if len(jobs) > 1 else ""
+        run_dir = os.path.join(base_run_dir, subdir) if subdir else base_run_dir
         pinned = [_path_override("run_dir", run_dir), "checkpoint.resume=auto"]
         cfg = compose(kept + pinned)
         launch = launch_config(cfg)
@@ -159,7 +153,7 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
             raise LaunchError(f"checkpoint.dir={ckpt_dir} is shared by every job of the sweep; keep "
                               f"checkpoint.dir=${{run_dir}}/checkpoints so each job has its own")
         spec = JobSpec(
-            job_name=f"{launch.job_name}-{suffix}" if suffix else launch.job_name,
+            job_name=f"{launch.job_name}-{subdir}" if subdir else launch.job_name,
             run_dir=run_dir,
             log_dir=os.path.abspath(launch.log_dir),
             # The trainer never reads launch.*: leave those out of its command line.

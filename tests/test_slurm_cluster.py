@@ -170,10 +170,10 @@ def test_loop_sweep_submits_one_job_per_loop_count(cluster, cache_dir, tmp_path,
         "train.max_steps": 3, "train.warmup_steps": 1, "run_dir": tmp_path,
         "model.num_loops": "1,2,3"}))
     assert len(ids) == 3
-    for loops, job_id in zip([1, 2, 3], ids):
-        run_dir = tmp_path / f"model.num_loops={loops}"
+    for number, (loops, job_id) in enumerate(zip([1, 2, 3], ids)):
+        run_dir = tmp_path / f"{number}_R{loops}"
         info = wait_job(cluster, job_id, run_dir)
-        assert info["JobName"] == f"loopcoder-num_loops{loops}"
+        assert info["JobName"] == f"loopcoder-{number}_R{loops}"
         assert info["JobState"] == "COMPLETED", job_logs(run_dir)
         assert f"num_loops: {loops}\n" in (run_dir / "config.yaml").read_text()
         assert sorted(losses(run_dir)) == [1, 2, 3]

@@ -56,17 +56,17 @@ def test_gpu_job_requests_gpus_partition_and_account():
 
 def test_loop_sweep_gives_one_job_per_loop_count_each_with_its_run_dir():
     jobs = plan(CPU_JOB + ["model.num_loops=1,2,3"], check_cluster=False)
-    assert [j.spec.job_name for j in jobs] == ["loopcoder-num_loops1", "loopcoder-num_loops2",
-                                               "loopcoder-num_loops3"]
+    # Folders as `pretrain.train -m` names them (conf/config.yaml hydra.sweep.subdir).
+    assert [j.spec.run_dir for j in jobs] == ["/tmp/lc-render/0_R1", "/tmp/lc-render/1_R2",
+                                              "/tmp/lc-render/2_R3"]
+    assert [j.spec.job_name for j in jobs] == ["loopcoder-0_R1", "loopcoder-1_R2", "loopcoder-2_R3"]
     for loops, job in zip([1, 2, 3], jobs):
-        assert job.spec.run_dir == f"/tmp/lc-render/model.num_loops={loops}"
         assert f"model.num_loops={loops}" in job.spec.train_overrides
 
 
 def test_expand_sweep_keeps_fixed_overrides():
-    assert expand_sweep(["a=1", "b=2,3"]) == [("b=2", "b2", ["a=1", "b=2"]),
-                                              ("b=3", "b3", ["a=1", "b=3"])]
-    assert expand_sweep(["a=1"]) == [("", "", ["a=1"])]
+    assert expand_sweep(["a=1", "b=2,3"]) == [["a=1", "b=2"], ["a=1", "b=3"]]
+    assert expand_sweep(["a=1"]) == [["a=1"]]
 
 
 # ---- rendezvous: a loopback address on a multi-node job is the classic silent hang
