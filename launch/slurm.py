@@ -57,8 +57,9 @@ def _parse(overrides: list[str]):
 
 
 def _defaults_have_launch() -> bool:
-    defaults = OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", [])
-    return any(isinstance(d, dict) and "launch" in d for d in defaults)
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")).get("defaults", [])
+    return any(isinstance(d, dict) and any(k.split("@")[0].lstrip("/") in ("launch", "override launch")
+                                           for k in d) for d in defaults)
 
 
 def _with_launch_group(overrides: list[str]) -> list[str]:
