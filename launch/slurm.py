@@ -73,8 +73,7 @@ def _with_launch_group(overrides: list[str]) -> list[str]:
 
 
 def _path_override(key: str, path: str) -> str:
-    # Hydra reads `=`, `,` and brackets in a value as syntax: quote paths that hold any (a sweep
-    # folder is named `model.num_loops=2`).
+    # Hydra reads `=`, `,`, spaces and brackets in a value as syntax: quote a path that holds any.
     return f"{key}={path}" if re.fullmatch(r"[\w/.~+-]+", path) else f'{key}="{path}"'
 
 
