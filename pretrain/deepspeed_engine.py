@@ -144,10 +144,11 @@ class DeepSpeedEngine:
         t = cfg.train
         bf16 = use_bf16(cfg)
         on_gpu = device.type == "cuda"
-        # fp32 weights at build time whatever the precision: DeepSpeed casts the module to bf16 and
-        # keeps fp32 masters itself; the init is then the megatron engine's bit for bit.
-        self.model_config = cfg.model.build(params_dtype=torch.float32,
-                                            use_cpu_initialization=not on_gpu)
+        # Built as the megatron engine builds it (same dtype, same init device), so both start from
+        # the same weights; under bf16 DeepSpeed keeps the fp32 master copies, as megatron does.
+        self.model_config = cfg.model.build(
+            params_dtype=torch.bfloat16 if bf16 else torch.float32,
+            use_cpu_initialization=not on_gpu)
         module = PLTModel(self.model_config)
         if on_gpu:
             module.cuda(device)
@@ -161,6 +162,10 @@ class DeepSpeedEngine:
                                       betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
         if not on_gpu:
             skip_shm_comm_build(deepspeed)
+        # DeepSpeed asserts torchrun's LOCAL_RANK, which a single process or srun does not set;
+        # torch.distributed is already up (pretrain/distributed.py), so it only describes it.
+        from pretrain.distributed import env_world
+        os.environ.setdefault("LOCAL_RANK", str(env_world()[2]))
         data_parallel = parallel_state.get_data_parallel_world_size()
         self.ds_config = deepspeed_config(cfg, data_parallel, bf16)
         self.model, self.optimizer, _, _ = deepspeed.initialize(

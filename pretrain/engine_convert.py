@@ -98,9 +98,9 @@ def read_deepspeed_weights(path: str) -> Dict[str, torch.Tensor]:
 
     path = os.path.normpath(path)
     state = read_trainer_state(path)
-    if state.get("weights_only") or state.get("zero_stage", 0) == 0:
-        # DeepSpeed's module file holds the weights as trained (fp32 here: bf16 runs have stage >= 1
-        # or keep fp32 masters in the optimizer file, which stage 0 + bf16 does not support).
+    partitioned = any(name.endswith("optim_states.pt") for name in os.listdir(path))
+    if state.get("weights_only") or not partitioned:
+        # No ZeRO (or bf16) partitions of fp32 masters: the module file holds the weights.
         module = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu",
                             weights_only=False)["module"]
         return {k: v for k, v in module.items() if not k.endswith(EXTRA_STATE)}
