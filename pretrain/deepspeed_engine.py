@@ -168,6 +168,11 @@ class DeepSpeedEngine:
         os.environ.setdefault("LOCAL_RANK", str(env_world()[2]))
         data_parallel = parallel_state.get_data_parallel_world_size()
         self.ds_config = deepspeed_config(cfg, data_parallel, bf16)
+        # Without ZeRO and bf16 DeepSpeed clips through torch but drops the norm it measured; then
+        # we clip (after its gradient all-reduce, before its optimizer step) and keep the norm.
+        self._clip_here = cfg.deepspeed.zero_stage == 0 and not bf16
+        if self._clip_here:
+            self.ds_config["gradient_clipping"] = 0.0
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.ds_config,
             dist_init_required=False)
@@ -215,14 +220,19 @@ class DeepSpeedEngine:
         lr = self.current_lr
         skipped_before = self.model.skipped_steps
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for batch in micro_batches:
+        grad_norm = None
+        for index, batch in enumerate(micro_batches):
             loss, sum_and_count = self._losses(batch)
             # DeepSpeed divides by gradient_accumulation_steps (the number of micro-batches) and
             # steps the optimizer on the last one (the accumulation boundary).
             self.model.backward(loss)
+            if self._clip_here and index == len(micro_batches) - 1:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.module.parameters(),
+                                                           self.cfg.train.clip_grad)
             self.model.step()
             totals += sum_and_count.to(torch.float64)
-        grad_norm = self.model.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = self.model.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else 0.0
         return StepResult(loss=self._global_mean(totals), grad_norm=grad_norm, lr=lr,
                           skipped=self.model.skipped_steps > skipped_before)
