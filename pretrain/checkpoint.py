@@ -184,10 +184,33 @@ def _unwrapped(model):
     return model
 
 
+def _check_distributed_optimizer_loadable(optimizer) -> None:
+    """megatron-core 0.16 cannot load a DistributedOptimizer's state without Apex/TE: its state_dict()
+    needs a per-parameter Adam `step` that exists only after a first step, and its fully_reshardable
+    load then copies `step` from a source that lacks it (KeyError). Say so instead of crashing."""
+    from megatron.core.optimizer import distrib_optimizer
+
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    if (not distrib_optimizer.HAVE_APEX_OR_TE
+            and any(isinstance(o, distrib_optimizer.DistributedOptimizer) for o in chained)):
+        raise ConfigError(
+            "resuming with parallel.distributed_optimizer=true needs Transformer Engine or Apex "
+            "(megatron-core 0.16 cannot load distributed-optimizer state with torch's Adam); install "
+            "one, or train with parallel.distributed_optimizer=false")
+
+
 def _sharded_state(engine, is_loading: bool) -> dict:
     model_state = _without_empty_extra_state(_unwrapped(engine.model).sharded_state_dict())
-    return {"model": model_state,
-            "optimizer": engine.optimizer.sharded_state_dict(model_state, is_loading=is_loading)}
+    # Distributed optimizer (parallel.distributed_optimizer): its state in the canonical per-parameter
+    # layout (reloadable under another TP/PP/DP). megatron-core 0.16's default,
+    # fully_sharded_model_space, fails ("flattened_range is not supported") and dp_reshardable
+    # stores pickled ShardedObjects.
+    metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
+    if is_loading:
+        _check_distributed_optimizer_loadable(engine.optimizer)
+    optimizer_state = engine.optimizer.sharded_state_dict(model_state, is_loading=is_loading,
+                                                          metadata=metadata)
+    return {"model": model_state, "optimizer": optimizer_state}
 
 
 def save_checkpoint(root: str, step: int, engine, loader, config_yaml: str, keep: int,
