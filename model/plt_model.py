@@ -18,12 +18,14 @@ from typing import List, NamedTuple, Optional
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 from megatron.core.enums import ModelType
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.common.language_module.language_module import LanguageModule
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.utils import sharded_state_dict_default
 from torch.utils.checkpoint import checkpoint
 
 from model.config import PLTConfig
@@ -53,6 +55,24 @@ class PLTBlock(MegatronModule):
         # the final norm"); under pipeline parallelism the last stage applies both.
         self.final_layernorm = RMSNorm(config, config.hidden_size, eps=config.layernorm_epsilon
                                        ) if final_norm else None
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: dict = None):
+        """Checkpoint keys by global layer index (``decoder.layers.<g>.``), with each layer's own
+        tensor-parallel sharding: the same keys for every TP/PP layout, so a checkpoint reshards.
+        (MegatronModule's default would see the ModuleList as plain tensors and mark them whole.)
+        """
+        sharded = {}
+        for local_index, layer in enumerate(self.layers):
+            local_prefix = f"{prefix}layers.{local_index}."
+            layer_sharded = layer.sharded_state_dict(local_prefix, (), metadata)
+            replace_prefix_for_sharding(layer_sharded, local_prefix,
+                                        f"{prefix}layers.{layer.layer_number - 1}.")
+            sharded.update(layer_sharded)
+        if self.final_layernorm is not None:
+            sharded.update(sharded_state_dict_default(
+                self.final_layernorm, f"{prefix}final_layernorm.", sharded_offsets, metadata))
+        return sharded
 
     def forward(self, hidden_states, rotary_pos_emb, loop_index: int, first_loop_kv=None):
         """One loop through every layer. Returns (hidden_states, this loop's K/V per layer)."""
