@@ -103,9 +103,10 @@ class PLTLoopChunk(torch.nn.Module):
     checkpoints see the stage's weights once, through chunk 0.
     """
 
-    def __init__(self, owner, loop_index: int):
+    def __init__(self, owner, loop_index: int, ddp_config=None):
         super().__init__()
         self._owner = [owner]  # a list keeps it out of nn.Module's registry
+        self.ddp_config = ddp_config  # chunk 0's; megatron's finalize_model_grads reads it
         self.loop_index = loop_index
         self.config = owner.config
         self.model_type = owner.model_type
@@ -114,6 +115,15 @@ class PLTLoopChunk(torch.nn.Module):
     @property
     def owner(self):
         return self._owner[0]
+
+    # megatron's finalize_model_grads looks these up on the first and last chunks.
+    @property
+    def pre_process(self) -> bool:
+        return self.owner.pre_process
+
+    @property
+    def post_process(self) -> bool:
+        return self.owner.post_process
 
     def set_input_tensor(self, input_tensor) -> None:
         self.owner.set_input_tensor(input_tensor)
@@ -144,4 +154,5 @@ def loop_chunks(chunk0) -> list:
         owner = owner.module
     if owner.config.pipeline_model_parallel_size == 1:
         return [chunk0]
-    return [chunk0] + [PLTLoopChunk(owner, r) for r in range(1, owner.config.num_loops)]
+    ddp_config = getattr(chunk0, "ddp_config", None)
+    return [chunk0] + [PLTLoopChunk(owner, r, ddp_config) for r in range(1, owner.config.num_loops)]

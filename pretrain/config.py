@@ -161,9 +161,15 @@ def validate(cfg: Config, world_size: int) -> None:
          f"parallel.tp={p.tp} does not divide model.num_attention_heads={m.num_attention_heads}")
     need(m.num_layers % p.pp == 0,
          f"parallel.pp={p.pp} does not divide model.num_layers={m.num_layers}")
-    need(p.pp == 1 or p.vpp is None or m.num_layers % (p.pp * p.vpp) == 0,
-         f"parallel.pp * parallel.vpp = {p.pp} * {p.vpp} does not divide "
-         f"model.num_layers={m.num_layers}")
+    # PLT pipelines its loops: each loop is a virtual chunk over the stage's layers
+    # (model/pipeline.py), so the only virtual pipeline size is model.num_loops.
+    need(p.pp == 1 or p.vpp is None or p.vpp == m.num_loops,
+         f"parallel.vpp={p.vpp}: with parallel.pp > 1 the loops are the virtual pipeline chunks; "
+         f"use parallel.vpp=null or parallel.vpp={m.num_loops} (model.num_loops)")
+    need(not (p.pp > 1 and m.num_loops > 1 and p.overlap_grad_reduce),
+         "parallel.overlap_grad_reduce=true with parallel.pp > 1 and model.num_loops > 1: every "
+         "loop's chunk adds to the same shared weights, so a gradient bucket is complete only "
+         "after the last loop's backward; set parallel.overlap_grad_reduce=false")
     need(not p.sequence_parallel or p.tp > 1,
          "parallel.sequence_parallel=true needs parallel.tp > 1")
     need(p.backend in ("auto", "nccl", "gloo"),

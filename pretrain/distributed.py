@@ -1,6 +1,6 @@
 """Process groups: torchrun, SLURM (srun) or a single process; then megatron's parallel state.
 
-    world = init_distributed(cfg.parallel, seed)   # torch.distributed + megatron parallel_state
+    world = init_distributed(cfg.parallel, seed, cfg.model.num_loops)   # + megatron parallel_state
     ...
     shutdown_distributed()
 
@@ -22,6 +22,8 @@ import torch
 import model  # noqa: F401  (the megatron-core CPU compatibility layer, when CUDA is absent)
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from model.pipeline import virtual_pipeline_size
 
 
 @dataclass
@@ -60,8 +62,12 @@ def _slurm_master() -> tuple[str, str]:
     return addr, port
 
 
-def init_distributed(parallel, seed: int) -> World:
-    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker."""
+def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
+    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker.
+
+    With pipeline parallelism the PLT loops are megatron's virtual pipeline chunks
+    (model/pipeline.py), so the virtual pipeline size is ``num_loops``.
+    """
     rank, world_size, local_rank = env_world()
     use_cuda = torch.cuda.is_available()
     backend = parallel.backend if parallel.backend != "auto" else ("nccl" if use_cuda else "gloo")
@@ -82,7 +88,7 @@ def init_distributed(parallel, seed: int) -> World:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.vpp,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_size(num_loops, parallel.pp),
     )
     model_parallel_cuda_manual_seed(seed)
     return World(rank, world_size, local_rank, device, backend)

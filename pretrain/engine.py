@@ -33,6 +33,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from model import PLTModel
+from model.pipeline import loop_chunks
 from pretrain.config import Config
 
 
@@ -86,7 +87,11 @@ class MegatronEngine:
             use_distributed_optimizer=p.distributed_optimizer,
         )
         self.model = DistributedDataParallel(self.model_config, ddp_config, module)
+        # What DDP, the optimizer and checkpoints see: the stage's one model, each weight once.
         self.model_chunks = [self.model]
+        # What the schedules run: with pp > 1 one chunk per loop, the later ones parameter-free
+        # views of the same stage (model/pipeline.py); with pp = 1 just the model.
+        self.schedule_chunks = loop_chunks(self.model)
         # What megatron's schedules call: skip the DP all-reduce on all but the last micro-batch,
         # then finish it (and the TP/PP reductions) once per step.
         self.model_config.no_sync_func = self.model.no_sync
@@ -129,10 +134,14 @@ class MegatronEngine:
 
     def _run(self, micro_batches: List[Dict[str, torch.Tensor]], forward_only: bool) -> float:
         t = self.cfg.train
+        chunks = self.schedule_chunks
+        # Each virtual chunk (loop) reads the same micro-batches: stage 0 embeds them in every
+        # loop, the last stage takes the labels in the last loop.
+        iterators = [iter(micro_batches) for _ in chunks]
         outputs = self.forward_backward_func(
             forward_step_func=self._forward_step,
-            data_iterator=iter(micro_batches),
-            model=self.model_chunks,
+            data_iterator=iterators if len(chunks) > 1 else iterators[0],
+            model=chunks,
             num_microbatches=len(micro_batches),
             seq_length=t.seq_length,
             micro_batch_size=t.micro_batch_size,

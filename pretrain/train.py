@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> int:
     config: Config = OmegaConf.to_object(cfg)
     _, world_size, _ = env_world()
     validate(config, world_size)
-    world = init_distributed(config.parallel, config.train.seed)
+    world = init_distributed(config.parallel, config.train.seed, config.model.num_loops)
     try:
         # ${now:...} may differ by a second between ranks: rank 0's folder is the run's folder.
         config.run_dir = broadcast_object(config.run_dir)
