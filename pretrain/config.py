@@ -75,6 +75,14 @@ class EvalConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    # Steps between the per-loop diagnostics on the held-out batch (model/diagnostics.py; 0: never).
+    # Computed with parallel.pp = 1 only (every loop's hidden states must be on one rank).
+    interval: int = 0
+    attention_queries: int = 64          # query positions for the attention metrics (0: skip them)
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"                # offline (files under run_dir/wandb) | online | disabled
     project: str = "loopcoder"
@@ -116,6 +124,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     engine: str = "megatron"             # megatron | deepspeed

@@ -77,6 +77,26 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
+    def log_diagnostics(self, rows: list, step: int) -> None:
+        """Per-loop diagnostics: one metrics.jsonl row per loop (with its ``loop`` key), wandb
+        scalars named diagnostics/loop<r>/<metric>, and one console line."""
+        if not self.is_main:
+            return
+        from model.diagnostics import flatten_for_metrics, scalars_for_wandb
+
+        with open(self.path, "a") as stream:
+            for row in flatten_for_metrics(rows, step):
+                stream.write(json.dumps(row) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars_for_wandb(rows), step=step)
+        parts = []
+        for row in rows:
+            shown = [f"{name} {row[key]:.3g}" for key, name in (
+                ("step_size", "step"), ("offset_cost", "offset"), ("output_shift", "shift"),
+                ("gate_mean", "gate")) if row.get(key) is not None]
+            parts.append(f"loop {row['loop']}: " + " ".join(shown))
+        logger.info(f"diagnostics step {step} | " + " | ".join(parts))
+
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()

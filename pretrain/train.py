@@ -61,7 +61,8 @@ def _train(config: Config, config_yaml: str, world) -> int:
     from data.prepare import prepare_data
     from data.tokenizer import CodeTokenizer
     from pretrain import checkpoint
-    from pretrain.engine import MegatronEngine
+    from model.kernels import describe_backend
+    from pretrain.engine import MegatronEngine, use_bf16
     from pretrain.metrics import MetricsLogger
     from pretrain.signals import StopRequest
     from pretrain.trainer import train_loop
@@ -88,7 +89,8 @@ def _train(config: Config, config_yaml: str, world) -> int:
                                     t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
         valid_loader = build_loader(config.data, prepared, "valid", t.seq_length,
                                     t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
-        held_out = valid_loader.held_out_batch() if config.eval.interval > 0 else None
+        held_out = valid_loader.held_out_batch() if (
+            config.eval.interval > 0 or config.diagnostics.interval > 0) else None
 
         if config.engine == "deepspeed":
             from pretrain.deepspeed_engine import DeepSpeedEngine, save_checkpoint
@@ -111,6 +113,12 @@ def _train(config: Config, config_yaml: str, world) -> int:
                              for p in engine.inference_model.parameters())
             log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
                      num_params / 1e6, config.model.num_loops)
+
+        if world.is_main:
+            dtype = torch.bfloat16 if use_bf16(config) else torch.float32
+            log.info(describe_backend(config.model.attention_backend, world.device, dtype))
+            if config.diagnostics.interval > 0 and config.parallel.pp > 1:
+                log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")
 
         metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
                                 OmegaConf.to_container(OmegaConf.create(config_yaml)),

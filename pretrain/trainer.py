@@ -12,10 +12,19 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from model.diagnostics import compute_loop_diagnostics
 from pretrain.distributed import all_reduce_max
 from pretrain.flops import flops_per_token, peak_flops_per_device
 from pretrain.metrics import peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE
+
+
+def diagnostics_due(cfg, step: int) -> bool:
+    """Loop diagnostics need every loop's hidden states on one rank: pipeline stages don't have
+    them, so a pp > 1 run skips them (train.py says so at start)."""
+    interval = cfg.diagnostics.interval
+    return (interval > 0 and cfg.parallel.pp == 1
+            and (step % interval == 0 or step == cfg.train.max_steps))
 
 
 def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int], None], stop,
@@ -59,6 +68,11 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
                 row["val_loss"] = engine.evaluate(held_out)
             metrics.log(row)
             window_time, window_steps = 0.0, 0
+
+        if diagnostics_due(cfg, step):
+            rows = compute_loop_diagnostics(engine.inference_model, held_out[0]["tokens"],
+                                            attention_queries=cfg.diagnostics.attention_queries)
+            metrics.log_diagnostics(rows, step)
 
         if stopping:
             save(step)

@@ -93,7 +93,7 @@ def test_plots_of_a_real_two_run_sweep(tmp_path, capsys):
     tiny = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
             "model.num_query_groups=2", "model.ffn_hidden_size=128", "train.max_steps=4",
             "train.seq_length=64", "train.global_batch_size=2", "train.micro_batch_size=2",
-            "train.warmup_steps=1", "logging.interval=2", "eval.interval=4",
+            "train.warmup_steps=1", "logging.interval=2", "eval.interval=4", "diagnostics.interval=2",
             "checkpoint.interval=0", "checkpoint.save_final=false", "logging.wandb.mode=disabled",
             "sample.max_new_tokens=0"]
     sweep_dir = tmp_path / "sweep"
@@ -104,6 +104,12 @@ def test_plots_of_a_real_two_run_sweep(tmp_path, capsys):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(str(p.parent) for p in sweep_dir.glob("*/metrics.jsonl"))
     assert [os.path.basename(r) for r in runs] == ["R1_clp_True", "R2_clp_True"]
+    # The trainer logged the loop diagnostics: one row per loop at steps 2 and 4.
+    with open(os.path.join(runs[1], "metrics.jsonl")) as stream:
+        rows = [json.loads(line) for line in stream]
+    loop_rows = [(r["step"], r["loop"]) for r in rows if "loop" in r]
+    assert loop_rows == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert all("output_shift" in r for r in rows if r.get("loop") == 2)
     assert _is_png(plot_run.main([runs[1]]))
     assert _is_png(plot_sweep.main(runs + ["--out", str(tmp_path / "sweep.png")]))
     printed = capsys.readouterr().out
