@@ -191,8 +191,9 @@ class DeepSpeedEngine:
 
     @property
     def inference_model(self) -> torch.nn.Module:
-        """The bare PLTModel. Under ZeRO-3 its parameters are partitions: gather them first
-        (`deepspeed.zero.GatheredParameters`), as full_state_dict() does."""
+        """The bare PLTModel. Under ZeRO-3 its parameters are partitions that DeepSpeed's module
+        hooks gather around each forward, so every rank must call it together (the trainer's
+        end-of-run sample does); reading weights directly needs full_state_dict()."""
         return self.model.module
 
     @property
