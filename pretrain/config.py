@@ -20,6 +20,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
+from launch.config import LaunchConfig
 from model.config import ConfigError, ModelConfig
 
 __all__ = ["Config", "ConfigError", "validate", "data_parallel_size", "register"]
@@ -47,6 +48,9 @@ class TrainConfig:
     # Peak dense FLOP/s per device (in TFLOP/s) for MFU. None: 989 on GPU (H100/H200 dense bf16), on
     # CPU an assumed 0.1 per thread (pretrain/flops.py says why).
     peak_tflops: Optional[float] = None
+    # Steps with a non-finite loss or gradient norm are skipped (no update) and counted; this many
+    # in a row stop the run with a message naming the last checkpoint.
+    max_skipped_steps: int = 5
 
 
 @dataclass
@@ -67,6 +71,9 @@ class CheckpointConfig:
     keep: int = 2                        # newest iter_* folders kept (0: keep all)
     resume: str = "auto"                 # auto (latest in dir, if any) | none | PATH of an iter_ folder
     save_final: bool = True
+    # Write the tensors in the background (megatron-core's async dist_checkpointing) while training
+    # goes on; `latest` moves once every rank's part is on disk and verified. bench/bench_checkpoint.py.
+    async_save: bool = False
 
 
 @dataclass
@@ -129,8 +136,9 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     engine: str = "megatron"             # megatron | deepspeed
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    # Owned by the SLURM launcher (launch/, conf/launch/); the trainer never reads it.
-    launch: Any = None
+    # Owned by the SLURM launcher (launch/, conf/launch/); the trainer never reads it, but it is
+    # typed here like every other node so a typo in launch.* fails at start too.
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     # Everything a run writes: config.yaml, metrics.jsonl, checkpoints/, wandb/, the Hydra log.
     run_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ import model  # noqa: F401  (the megatron-core CPU compatibility layer, when CUD
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+from launch.rendezvous import check_environment, rendezvous_address
 from model.pipeline import virtual_pipeline_size
 
 
@@ -50,16 +50,11 @@ def env_world() -> tuple[int, int, int]:
 
 
 def _slurm_master() -> tuple[str, str]:
-    addr = os.environ.get("MASTER_ADDR")
-    if not addr:
-        nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
-        try:
-            addr = subprocess.run(["scontrol", "show", "hostnames", nodes], check=True,
-                                  capture_output=True, text=True).stdout.split()[0]
-        except (OSError, subprocess.CalledProcessError, IndexError):
-            addr = nodes.split(",")[0]
+    """Rendezvous of an srun-per-rank job: the first node's address (launch/rendezvous.py, which
+    also refuses loopback in a multi-node job) and one port per job id (a requeued job, same id,
+    gets its port back; launch/script.py exports the same formula)."""
     port = os.environ.get("MASTER_PORT") or str(20000 + int(os.environ.get("SLURM_JOB_ID", 0)) % 20000)
-    return addr, port
+    return rendezvous_address(), port
 
 
 def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
@@ -81,6 +76,9 @@ def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
             torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
                                                  rank=0, world_size=1, timeout=timeout)
         else:
+            # A multi-node SLURM job whose rendezvous resolves to loopback would hang in the
+            # first collective: fail here, before any, with the reason.
+            check_environment()
             if "RANK" not in os.environ:  # srun: torch reads the rendezvous from these
                 os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = _slurm_master()
             torch.distributed.init_process_group(backend, init_method="env://", rank=rank,
