@@ -213,45 +213,186 @@ def _sharded_state(engine, is_loading: bool) -> dict:
     return {"model": model_state, "optimizer": optimizer_state}
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; raised on every rank together."""
+
+
+# Async saves in flight (megatron-core's AsyncCallsQueue: the sharded tensors are written by a
+# forked process per rank while training goes on). At most one save is in flight: a new save, and
+# the end of training, first wait for the previous one to land.
+_async_queue = None
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any: failure decisions are collective, so no rank
+    raises while the others wait in a barrier."""
+    if not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _collectively(what: str, fn, *args) -> None:
+    """Run fn on every rank; if it failed anywhere, every rank raises CheckpointError together."""
+    error = None
+    try:
+        fn(*args)
+    except Exception as caught:  # noqa: BLE001 (re-raised below, on every rank)
+        error = caught
+    if _any_rank(error is not None):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        detail = f"{type(error).__name__}: {error}" if error is not None else "failed on another rank"
+        raise CheckpointError(f"{what} (rank {rank}: {detail})") from error
+
+
+def finalize_async_saves(blocking: bool) -> None:
+    """Finish the async saves whose writers are done on every rank: verify, rename, move `latest`.
+
+    Call on every rank at the same points (each step, blocking at the end); without a save in
+    flight it does nothing and communicates nothing.
+    """
+    if _async_queue is not None and _async_queue.get_num_unfinalized_calls():
+        try:
+            _async_queue.maybe_finalize_async_calls(blocking=blocking)
+        except CheckpointError:
+            raise
+        except Exception as error:  # megatron raises the writers' errors on every rank
+            raise CheckpointError(f"async checkpoint save failed: {error}") from error
+
+
 def save_checkpoint(root: str, step: int, engine, loader, config_yaml: str, keep: int,
-                    model_fields: dict) -> str:
-    """Write iter_<step>/ on every rank, then move `latest` to it. Call on every rank."""
+                    model_fields: dict, async_save: bool = False) -> str:
+    """Write iter_<step>/ on every rank, then move `latest` to it. Call on every rank.
+
+    With async_save the tensors are written in the background: this returns once they are copied
+    out of the model, and the folder is renamed into place and `latest` moved by
+    finalize_async_saves, after every rank's writer finished and the files were verified.
+    """
+    global _async_queue
+    finalize_async_saves(blocking=True)
     name = iter_name(step)
     final, tmp = os.path.join(root, name), os.path.join(root, f".tmp_{name}")
-    if _is_main():
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    _barrier()
+
+    def prepare():
+        if _is_main():
+            os.makedirs(root, exist_ok=True)
+            # Half-written folders of earlier runs (killed mid-save): no save is in flight now.
+            for stale in os.listdir(root):
+                if stale.startswith(".tmp_iter_"):
+                    shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
+            os.makedirs(tmp)
+
+    _collectively(f"cannot create {tmp}", prepare)
     state = _sharded_state(engine, is_loading=False)
     _refuse_pickled_objects(state)
-    dist_checkpointing.save(state, tmp, sharded_strategy=("torch_dist", 1))
+    request = None
 
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-    torch.save(rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
-    if _is_main():
-        trainer_state = {
-            "step": step,
-            "consumed_samples": loader.consumed_samples,
-            "scheduler": engine.scheduler.state_dict(),
-            "data": loader.state_dict(),
-            "model": model_fields,
-            "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-        }
-        with open(os.path.join(tmp, STATE_FILE), "w") as stream:
-            json.dump(trainer_state, stream, indent=1)
-        with open(os.path.join(tmp, "config.yaml"), "w") as stream:
-            stream.write(config_yaml)
-    _barrier()
-    if _is_main():
-        if os.path.exists(final):  # e.g. a run resumed at this step saves it again
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_latest(root, name)
-        _apply_retention(root, keep, protect=name)
-    _barrier()
+    def write():
+        nonlocal request
+        request = dist_checkpointing.save(state, tmp, sharded_strategy=("torch_dist", 1),
+                                          async_sharded_save=async_save)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+        _write_durably(os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"),
+                       lambda stream: torch.save(rng_state(), stream), binary=True)
+        if _is_main():
+            trainer_state = {
+                "step": step,
+                "consumed_samples": loader.consumed_samples,
+                "scheduler": engine.scheduler.state_dict(),
+                "data": loader.state_dict(),
+                "model": model_fields,
+                "world_size": (torch.distributed.get_world_size()
+                               if torch.distributed.is_initialized() else 1),
+            }
+            _write_durably(os.path.join(tmp, STATE_FILE),
+                           lambda stream: json.dump(trainer_state, stream, indent=1))
+            _write_durably(os.path.join(tmp, "config.yaml"), lambda stream: stream.write(config_yaml))
+
+    try:
+        _collectively(f"cannot write checkpoint {name} into {tmp}", write)
+    except CheckpointError:
+        _discard(tmp)
+        raise
+    if request is None:  # synchronous: written (megatron's finalize ran inside save)
+        _publish(root, name, tmp, final, keep)
+        return final
+    request.add_finalize_fn(lambda: _publish(root, name, tmp, final, keep))
+    if _async_queue is None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+        _async_queue = AsyncCallsQueue()
+    _async_queue.schedule_async_request(request)
     return final
+
+
+def _write_durably(path: str, write, binary: bool = False) -> None:
+    with open(path, "wb" if binary else "w") as stream:
+        write(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _discard(tmp: str) -> None:
+    """Remove a half-written folder (rank 0, after every rank stopped writing into it)."""
+    _barrier()
+    if _is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+
+
+def verify_complete(folder: str) -> None:
+    """Every file the dist format's `.metadata` refers to exists and is long enough, and the
+    loopcoder files are there: a checkpoint that passes holds every rank's part."""
+    for required in (".metadata", "common.pt", STATE_FILE, "config.yaml"):
+        if not os.path.isfile(os.path.join(folder, required)):
+            raise CheckpointError(f"{folder} is incomplete: {required} is missing")
+    with open(os.path.join(folder, ".metadata"), "rb") as stream:
+        metadata = _MetadataUnpickler(stream).load()
+    needed = {}
+    for info in (metadata.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for relative_path, size in sorted(needed.items()):
+        path = os.path.join(folder, relative_path)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{folder} is incomplete: {relative_path} is missing")
+        if os.path.getsize(path) < size:
+            raise CheckpointError(f"{folder} is incomplete: {relative_path} has "
+                                  f"{os.path.getsize(path)} bytes, the metadata needs {size}")
+
+
+def _publish(root: str, name: str, tmp: str, final: str, keep: int) -> None:
+    """Verify the written folder, rename it into place, move `latest`, apply retention.
+
+    Collective: called on every rank after every rank's writer finished."""
+    _barrier()
+    try:
+        _collectively(f"checkpoint {name} failed verification",
+                      lambda: verify_complete(tmp) if _is_main() else None)
+    except CheckpointError:
+        _discard(tmp)
+        raise
+
+    def rename():
+        if _is_main():
+            if os.path.exists(final):  # e.g. a run resumed at this step saves it again
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            _write_latest(root, name)
+            _apply_retention(root, keep, protect=name)
+
+    _collectively(f"cannot move checkpoint {name} into place", rename)
+    if _is_main():
+        logger.info("checkpoint %s complete", final)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_latest(root: str, name: str) -> None:
@@ -261,6 +402,7 @@ def _write_latest(root: str, name: str) -> None:
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(tmp, os.path.join(root, LATEST))
+    _fsync_dir(root)
 
 
 def list_checkpoints(root: str) -> list[str]:
@@ -290,7 +432,11 @@ def resolve_resume(resume: str, root: str) -> Optional[str]:
     latest = os.path.join(folder, LATEST)
     if os.path.isfile(latest):
         with open(latest) as stream:
-            return os.path.join(folder, stream.read().strip())
+            target = os.path.join(folder, stream.read().strip())
+        if not os.path.isdir(target):
+            raise ConfigError(f"{latest} names {target}, which does not exist; pass "
+                              f"checkpoint.resume=PATH of an iter_ folder or checkpoint.resume=none")
+        return target
     if resume == "auto":
         return None
     if not os.path.isfile(os.path.join(resume, STATE_FILE)):
@@ -315,6 +461,15 @@ def check_model_fields(path: str, saved: dict, config_fields: dict) -> None:
 
 def load_checkpoint(path: str, engine, loader, model_fields: dict) -> dict:
     """Restore model, optimizer, scheduler, data position and RNG from `path`; returns its state."""
+    try:
+        verify_complete(path)
+    except (CheckpointError, pickle.UnpicklingError, EOFError, OSError) as error:
+        older = [n for n in list_checkpoints(os.path.dirname(os.path.normpath(path)))
+                 if n < os.path.basename(os.path.normpath(path))]
+        hint = f"checkpoint.resume={os.path.join(os.path.dirname(path), older[-1])}" if older else ""
+        raise ConfigError(f"cannot resume from {path}: {error}; pass "
+                          f"{hint + ' or ' if hint else ''}checkpoint.resume=none "
+                          f"(nothing was overwritten)") from error
     trainer_state = read_trainer_state(path)
     check_model_fields(path, trainer_state["model"], model_fields)
     _install_safe_metadata_loading()

@@ -18,6 +18,8 @@ clips and steps and the scheduler moves the LR. The model is anything returning 
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Dict, List
@@ -43,6 +45,15 @@ class StepResult:
     grad_norm: float     # global gradient norm before clipping
     lr: float            # the LR this step used
     skipped: bool        # the optimizer refused the step (non-finite gradients)
+
+
+# Test hook: steps (1-based, comma-separated) whose loss is made NaN, e.g.
+# LOOPCODER_INJECT_NAN_AT_STEPS=3,4 (tests/test_checkpoint_robust.py). Read here and nowhere else.
+INJECT_NAN_ENV = "LOOPCODER_INJECT_NAN_AT_STEPS"
+
+
+def _injected_nan_steps() -> set:
+    return {int(step) for step in os.environ.get(INJECT_NAN_ENV, "").split(",") if step.strip()}
 
 
 def use_bf16(cfg: Config) -> bool:
@@ -117,6 +128,7 @@ class MegatronEngine:
             use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True,
         )
         self.forward_backward_func = get_forward_backward_func()
+        self._nan_steps, self._inject_nan = _injected_nan_steps(), False
 
     @property
     def inference_model(self) -> torch.nn.Module:
@@ -130,6 +142,8 @@ class MegatronEngine:
         batch = next(data_iterator)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         output = model(batch["tokens"], position_ids=batch["position_ids"], labels=batch["labels"])
+        if self._inject_nan and model.training:
+            output = output * float("nan")
         return output, partial(_loss_func, batch["loss_mask"])
 
     def _run(self, micro_batches: List[Dict[str, torch.Tensor]], forward_only: bool) -> float:
@@ -168,7 +182,17 @@ class MegatronEngine:
         # update already has a warm-up LR above zero and step `max_steps` ends at min_lr.
         self.scheduler.step(increment=1)
         lr = self.current_lr
+        self._inject_nan = self.scheduler.num_steps in self._nan_steps
         loss = self._run(micro_batches, forward_only=False)
+        # megatron's fp32 (and bf16 without loss scaling) optimizer steps on NaN/inf gradients, and
+        # one such update ruins the weights: check the global norm first (all ranks get the same
+        # all-reduced value, so they agree) and skip the update when it or the loss is not finite.
+        if self.optimizer.prepare_grads():
+            return StepResult(loss=loss, grad_norm=float("nan"), lr=lr, skipped=True)
+        grad_norm = self.optimizer.get_grad_norm()
+        if not (math.isfinite(loss) and grad_norm is not None and math.isfinite(grad_norm)):
+            return StepResult(loss=loss, grad_norm=float(grad_norm if grad_norm is not None
+                                                         else "nan"), lr=lr, skipped=True)
         update_successful, grad_norm, _ = self.optimizer.step()
         return StepResult(loss=loss, grad_norm=float(grad_norm or 0.0), lr=lr,
                           skipped=not update_successful)

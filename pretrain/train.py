@@ -8,6 +8,7 @@ SIGUSR1/SIGTERM after saving a checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from pretrain.config import Config, ConfigError, data_parallel_size, validate  # noqa: E402
 from pretrain.distributed import (broadcast_object, env_world, init_distributed,  # noqa: E402
                                   shutdown_distributed)
+from pretrain.signals import DivergedError  # noqa: E402
 
 log = logging.getLogger("pretrain")
 for noisy in ("megatron", "torch.distributed.checkpoint"):
@@ -96,7 +98,9 @@ def _train(config: Config, config_yaml: str, world) -> int:
             from pretrain.deepspeed_engine import DeepSpeedEngine, save_checkpoint
             engine = DeepSpeedEngine(config, world.device)
         else:
-            engine, save_checkpoint = MegatronEngine(config, world.device), checkpoint.save_checkpoint
+            engine = MegatronEngine(config, world.device)
+            save_checkpoint = functools.partial(checkpoint.save_checkpoint,
+                                                async_save=ckpt.async_save)
         model_fields = checkpoint.model_fields_of(config.model)
         start_step = 0
         resume_path = checkpoint.resolve_resume(ckpt.resume, ckpt.dir)
@@ -170,6 +174,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:
         log.error("config error: %s", error)
         sys.exit(2)
+    except DivergedError as error:
+        log.error("stopped: %s", error)
+        sys.exit(1)
     if status:
         sys.exit(status)
 

@@ -13,10 +13,11 @@ import time
 from typing import Callable
 
 from model.diagnostics import compute_loop_diagnostics
+from pretrain.checkpoint import finalize_async_saves
 from pretrain.distributed import all_reduce_max
 from pretrain.flops import flops_per_token, peak_flops_per_device
 from pretrain.metrics import peak_memory_gb
-from pretrain.signals import EXIT_REQUEUE
+from pretrain.signals import EXIT_REQUEUE, DivergedError
 
 
 def diagnostics_due(cfg, step: int) -> bool:
@@ -35,6 +36,7 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
     peak = peak_flops_per_device(t.peak_tflops) * world_size
     step, last_saved = start_step, start_step
     window_time, window_steps = 0.0, 0
+    skipped_in_a_row = skipped_total = 0
 
     while step < t.max_steps:
         micro_batches = next(train_loader)
@@ -44,10 +46,15 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
         window_steps += 1
         step += 1
         stopping = all_reduce_max(stop.requested) > 0
+        finalize_async_saves(blocking=False)  # an async save whose writers finished: publish it
+        # A non-finite loss or gradient norm: the engine made no update (every rank agrees, the
+        # values are all-reduced). Log it; too many in a row mean the run diverged.
+        skipped_in_a_row = skipped_in_a_row + 1 if result.skipped else 0
+        skipped_total += result.skipped
 
         # The first step of a run is logged too: it shows the starting loss (ln(vocab) when fresh).
         log_due = (step % cfg.logging.interval == 0 or step in (start_step + 1, t.max_steps)
-                   or stopping)
+                   or stopping or result.skipped)
         eval_due = cfg.eval.interval > 0 and (step % cfg.eval.interval == 0 or step == t.max_steps)
         if log_due or eval_due:
             tokens_per_s = window_steps * tokens_per_step / window_time
@@ -64,6 +71,7 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
             }
             if result.skipped:
                 row["skipped"] = True
+                row["skipped_steps"] = skipped_total
             if eval_due:
                 row["val_loss"] = engine.evaluate(held_out)
             metrics.log(row)
@@ -74,8 +82,17 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
                                             attention_queries=cfg.diagnostics.attention_queries)
             metrics.log_diagnostics(rows, step)
 
+        if skipped_in_a_row > t.max_skipped_steps:
+            finalize_async_saves(blocking=True)
+            raise DivergedError(
+                f"steps {step - skipped_in_a_row + 1}-{step}: {skipped_in_a_row} steps in a row had a "
+                f"non-finite loss or gradient norm (train.max_skipped_steps={t.max_skipped_steps}); "
+                f"the weights are those of step {step - skipped_in_a_row}. Resume from the last "
+                f"checkpoint in {cfg.checkpoint.dir} with a lower train.lr, or skip the data "
+                f"(nothing was saved after the divergence)")
         if stopping:
             save(step)
+            finalize_async_saves(blocking=True)
             return EXIT_REQUEUE
         if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             save(step)
@@ -83,4 +100,5 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
 
     if cfg.checkpoint.save_final and last_saved != step:
         save(step)
+    finalize_async_saves(blocking=True)
     return 0
