@@ -10,7 +10,6 @@ of the block plus the embedding and head once, so the ratio should approach R fr
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -19,17 +18,7 @@ from omegaconf import OmegaConf
 
 import model  # noqa: F401  (CPU compatibility layer)
 from model import ModelConfig, PLTModel
-
-
-def init_single_process():
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29591")
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    model_parallel_cuda_manual_seed(0)
+from pretrain.inference import single_process_world
 
 
 def main():
@@ -40,7 +29,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--loops", default="1,2,3,4")
     args = parser.parse_args()
-    init_single_process()
+    single_process_world()
 
     preset = OmegaConf.merge(OmegaConf.structured(ModelConfig),
                              OmegaConf.load(f"conf/model/{args.preset}.yaml"))

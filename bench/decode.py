@@ -20,10 +20,10 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from bench.bench_model import init_single_process
 from model import ModelConfig, PLTModel
 from model.decoding import DecodeCache, LoopDecoder
 from model.generation import choose_next_token
+from pretrain.inference import single_process_world
 
 
 def build(preset: str, **overrides) -> PLTModel:
@@ -49,7 +49,7 @@ def main():
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=256)
     args = parser.parse_args()
-    init_single_process()
+    single_process_world()
     print(f"{torch.get_num_threads()} threads; prompt {args.prompt}, {args.new} new tokens; "
           "latency = mean per-token decode step")
     print(f"{'preset':>9} {'batch':>5} {'R':>2} {'mode':>10} {'ms/token':>9} {'vs R=1':>7} "
