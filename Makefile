@@ -12,6 +12,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first and pinned: on CPU machines 2.13.0 is a local CPU wheel; never a CUDA download.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# The DeepSpeed engine's tests run on CPU too. No build isolation: pip's isolated build
+	# environment would fetch a torch of its own (a CUDA build); this keeps the pinned one.
+	$(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8 torch==2.13.0
 	touch $(STAMP)
 
 setup: $(STAMP)
