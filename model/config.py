@@ -30,7 +30,29 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelConfig:
+class PLTFields:
+    """What PLT adds to megatron's TransformerConfig (PLT_SPEC "Forward pass", "Attention in loops
+    r >= 2"), and the model-shape arguments megatron passes to GPTModel instead. One declaration
+    for both dataclasses below."""
+
+    num_loops: int = 2
+    clp: bool = True
+    clp_emb_scale: float = 1.0
+    clp_hidden_scale: float = 1.0
+    normalize_per_loop: bool = True
+    shared_kv: bool = True
+    swa_window: int = 64
+    # auto|torch|flash. In PLTConfig it replaces megatron's AttnBackend enum field of the same
+    # name: PLT brings its own core attention (model/kernels.py), megatron's selection never applies.
+    attention_backend: str = "auto"
+    vocab_size: int = 4096
+    max_position_embeddings: int = 1024
+    rotary_base: float = 10000.0
+    untie_embeddings_and_output_weights: bool = True
+
+
+@dataclass
+class ModelConfig(PLTFields):
     """The ``model`` group of the run config (``conf/model/*.yaml``)."""
 
     name: str = "plt_tiny"
@@ -39,21 +61,8 @@ class ModelConfig:
     num_attention_heads: int = 4
     num_query_groups: int = 2
     ffn_hidden_size: int = 352
-    vocab_size: int = 4096
-    max_position_embeddings: int = 1024
-    rotary_base: float = 10000.0
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02
-    untie_embeddings_and_output_weights: bool = True
-    # PLT (shared/PLT_SPEC.md "Forward pass")
-    num_loops: int = 2
-    clp: bool = True
-    clp_emb_scale: float = 1.0
-    clp_hidden_scale: float = 1.0
-    normalize_per_loop: bool = True
-    shared_kv: bool = True
-    swa_window: int = 64
-    attention_backend: str = "auto"
     # Activation recomputation: none | full (recompute each layer's forward in backward).
     recompute: str = "none"
 
@@ -110,23 +119,8 @@ class ModelConfig:
 
 
 @dataclass
-class PLTConfig(TransformerConfig):
+class PLTConfig(PLTFields, TransformerConfig):
     """megatron-core TransformerConfig plus the Parallel Loop Transformer fields."""
-
-    num_loops: int = 1
-    clp: bool = True
-    clp_emb_scale: float = 1.0
-    clp_hidden_scale: float = 1.0
-    normalize_per_loop: bool = True
-    shared_kv: bool = True
-    swa_window: int = 64
-    # Replaces megatron's AttnBackend enum field of the same name: PLT brings its own core
-    # attention (model/kernels.py), so megatron's backend selection never applies. auto|torch|flash.
-    attention_backend: str = "auto"
-    vocab_size: int = 32000
-    max_position_embeddings: int = 4096
-    rotary_base: float = 10000.0
-    untie_embeddings_and_output_weights: bool = True
 
     # The fixed LoopCoder-v2 architecture (PLT_SPEC "Notation").
     normalization: str = "RMSNorm"
