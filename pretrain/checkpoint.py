@@ -238,7 +238,9 @@ def _collectively(what: str, fn, *args) -> None:
     error = None
     try:
         fn(*args)
-    except Exception as caught:  # noqa: BLE001 (re-raised below, on every rank)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as caught:  # noqa: BLE001 torch's CheckpointException is a BaseException
         error = caught
     if _any_rank(error is not None):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -255,9 +257,9 @@ def finalize_async_saves(blocking: bool) -> None:
     if _async_queue is not None and _async_queue.get_num_unfinalized_calls():
         try:
             _async_queue.maybe_finalize_async_calls(blocking=blocking)
-        except CheckpointError:
+        except (CheckpointError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as error:  # megatron raises the writers' errors on every rank
+        except BaseException as error:  # megatron raises the writers' errors on every rank
             raise CheckpointError(f"async checkpoint save failed: {error}") from error
 
 

@@ -1,0 +1,131 @@
+"""Checkpoints that survive things: async saves, non-finite steps, incomplete or missing checkpoint
+parts, a full disk. Every run is `python -m pretrain.train` in a subprocess, as a user runs it.
+
+Resumed runs must equal a straight run exactly (the same fp32 arithmetic in one process, the same
+data order and RNG states): `==` on the losses, no tolerance.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from pretrain.checkpoint import verify_complete
+from pretrain.engine import INJECT_NAN_ENV
+from tests.trainer_fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
+                                    trainer_command, trainer_env)
+
+# A fixed LR schedule length so that a run stopped early and a straight run share it.
+RESUMABLE = SMALL + small_data() + ["train.decay_steps=20"]
+
+
+def loss_rows(run_dir):
+    return [row for row in read_metrics(run_dir) if "loss" in row]  # not the diagnostics rows
+
+
+def losses_by_step(run_dir):
+    return {row["step"]: row["loss"] for row in loss_rows(run_dir)}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = run_trainer(run_dir, "train.max_steps=8", "checkpoint.interval=2", *RESUMABLE)
+    assert result.returncode == 0, output_of(result)
+    return run_dir
+
+
+def test_async_save_resumes_like_a_straight_run(straight_run, tmp_path):
+    """Async saves every 2 steps up to step 4, then a resume to step 8: same losses as straight."""
+    first = run_trainer(tmp_path, "train.max_steps=4", "checkpoint.interval=2",
+                        "checkpoint.async_save=true", *RESUMABLE)
+    assert first.returncode == 0, output_of(first)
+    root = tmp_path / "checkpoints"
+    assert sorted(os.listdir(root)) == ["iter_0000002", "iter_0000004", "latest"]
+    assert (root / "latest").read_text() == "iter_0000004\n"
+    verify_complete(str(root / "iter_0000004"))
+    second = run_trainer(tmp_path, "train.max_steps=8", "checkpoint.interval=2",
+                         "checkpoint.async_save=true", *RESUMABLE)
+    assert second.returncode == 0, output_of(second)
+    assert "resumed from" in output_of(second)
+    assert losses_by_step(tmp_path) == losses_by_step(straight_run)
+
+
+def test_nan_step_is_skipped_and_the_run_finishes(tmp_path):
+    env = dict(trainer_env(), **{INJECT_NAN_ENV: "3"})
+    result = subprocess.run(trainer_command(tmp_path, "train.max_steps=6", *RESUMABLE), cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, output_of(result)
+    rows = {row["step"]: row for row in loss_rows(tmp_path)}
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+    assert rows[3]["skipped"] and rows[3]["skipped_steps"] == 1
+    # No update at step 3: the weights stayed finite and training went on.
+    for step in (4, 5, 6):
+        assert rows[step]["loss"] == pytest.approx(rows[step]["loss"])  # not NaN
+        assert "skipped" not in rows[step]
+
+
+def test_too_many_skipped_steps_in_a_row_stop_the_run(tmp_path):
+    env = dict(trainer_env(), **{INJECT_NAN_ENV: "3,4,5"})
+    result = subprocess.run(trainer_command(tmp_path, "train.max_steps=8", "checkpoint.interval=2",
+                                            "train.max_skipped_steps=2", *RESUMABLE),
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, output_of(result)
+    assert "steps 3-5: 3 steps in a row had a non-finite loss or gradient norm " \
+           "(train.max_skipped_steps=2)" in output_of(result)
+    # The checkpoint of step 4 (a skipped step: the weights of step 2) is the newest; nothing later.
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "iter_0000004\n"
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_incomplete_checkpoint_is_refused_and_left_alone(straight_run, tmp_path, damage):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(straight_run / "checkpoints", root)
+    part = root / "iter_0000008" / "__0_1.distcp"
+    if damage == "missing":
+        part.unlink()
+    else:
+        with open(part, "r+b") as stream:
+            stream.truncate(1000)
+    before = sorted(os.listdir(root / "iter_0000008"))
+    result = run_trainer(tmp_path, "train.max_steps=10", *RESUMABLE)
+    assert result.returncode == 2, output_of(result)
+    assert "cannot resume from" in output_of(result)
+    assert "iter_0000008 is incomplete: __0_1.distcp" in output_of(result)
+    assert "checkpoint.resume=" in output_of(result)  # names the way out (an older one, or none)
+    assert sorted(os.listdir(root / "iter_0000008")) == before
+    assert (root / "latest").read_text() == "iter_0000008\n"
+
+
+def test_latest_naming_a_missing_folder_is_a_clear_error(tmp_path):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (root / "latest").write_text("iter_0000042\n")
+    result = run_trainer(tmp_path, "train.max_steps=2", *RESUMABLE)
+    assert result.returncode == 2, output_of(result)
+    assert "names" in output_of(result) and "iter_0000042, which does not exist" in output_of(result)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs: one checkpoint of the small model (2.2 MB) fits, a second does not."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, small_disk):
+    result = run_trainer(tmp_path / "run", "train.max_steps=6", "checkpoint.interval=2",
+                         "checkpoint.keep=1", f"checkpoint.dir={small_disk}", *RESUMABLE)
+    assert result.returncode != 0, output_of(result)
+    assert "cannot write checkpoint iter_0000004" in output_of(result)
+    # The half-written folder is gone, `latest` and the checkpoint it names are intact.
+    assert sorted(os.listdir(small_disk)) == ["iter_0000002", "latest"]
+    assert (small_disk / "latest").read_text() == "iter_0000002\n"
+    verify_complete(str(small_disk / "iter_0000002"))
