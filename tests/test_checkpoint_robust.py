@@ -129,3 +129,35 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, small_dis
     assert sorted(os.listdir(small_disk)) == ["iter_0000002", "latest"]
     assert (small_disk / "latest").read_text() == "iter_0000002\n"
     verify_complete(str(small_disk / "iter_0000002"))
+
+
+@pytest.mark.parametrize("async_save", ["false", "true"])
+def test_second_signal_while_the_stop_checkpoint_is_written(tmp_path, async_save):
+    """SIGUSR1, then SIGTERM the moment the checkpoint's .tmp_ folder appears: the save finishes,
+    `latest` names a complete checkpoint, exit 75."""
+    import signal
+    import time
+
+    from pretrain.signals import EXIT_REQUEUE
+
+    process = subprocess.Popen(
+        trainer_command(tmp_path, "train.max_steps=200", "checkpoint.interval=0",
+                        f"checkpoint.async_save={async_save}", *RESUMABLE),
+        cwd=REPO, env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, root = tmp_path / "metrics.jsonl", tmp_path / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGUSR1)
+    while time.time() < deadline and process.poll() is None:
+        if root.exists() and any(n.startswith(".tmp_") for n in os.listdir(root)):
+            break
+        time.sleep(0.001)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == EXIT_REQUEUE, output
+    latest = root / (root / "latest").read_text().strip()
+    verify_complete(str(latest))
+    assert not [n for n in os.listdir(root) if n.startswith(".tmp_")]
