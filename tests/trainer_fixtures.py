@@ -56,9 +56,18 @@ def run_trainer(run_dir, *overrides, multirun=False, timeout=300) -> subprocess.
                           env=trainer_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def read_metrics(run_dir) -> list:
+def _rows(run_dir) -> list:
     with open(os.path.join(run_dir, "metrics.jsonl")) as stream:
         return [json.loads(line) for line in stream if line.strip()]
+
+
+def read_metrics(run_dir) -> list:
+    """The step rows of metrics.jsonl (loss, lr, ...); diagnostics rows carry a `loop` key."""
+    return [row for row in _rows(run_dir) if "loop" not in row]
+
+
+def read_diagnostics(run_dir) -> list:
+    return [row for row in _rows(run_dir) if "loop" in row]
 
 
 def losses_by_step(run_dir) -> dict:
