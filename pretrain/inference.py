@@ -25,9 +25,9 @@ def single_process_world() -> None:
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29517")
-        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+        # A world of one needs no rendezvous: an in-memory store, so no port can collide.
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0,
+                                             world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
         model_parallel_cuda_manual_seed(1234)
