@@ -82,10 +82,9 @@ def _sweep_jobs(*command_line):
     return [(c.model.num_loops, c.model.clp) for c in composed]
 
 
-def test_loop_sweep_runs_r1_to_r4_and_the_clp_controls():
-    first = _sweep_jobs()
-    second = _sweep_jobs("model.num_loops=2,3", "model.clp=false")  # the command in the yaml
-    assert first + second == [(1, True), (2, True), (3, True), (4, True), (2, False), (3, False)]
+def test_loop_sweep_runs_r1_to_r4_and_the_clp_controls_in_one_command():
+    assert _sweep_jobs() == [(1, True), (2, True), (3, True), (4, True), (2, False), (3, False)]
+    assert _sweep_jobs("+loop_variant=R2,R3_noclp") == [(2, True), (3, False)]  # cut from the command line
 
 
 @pytest.mark.slow
@@ -99,7 +98,7 @@ def test_plots_of_a_real_two_run_sweep(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     # The loop-sweep experiment cut to two variants by a command-line sweep (which wins over its own).
     result = subprocess.run([sys.executable, "-m", "pretrain.train", "-m", "+experiment=loop_sweep",
-                             f"run_dir={sweep_dir}", "model.num_loops=1,2", *tiny], cwd=REPO, capture_output=True,
+                             f"run_dir={sweep_dir}", "+loop_variant=R1,R2", *tiny], cwd=REPO, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(str(p.parent) for p in sweep_dir.glob("*/metrics.jsonl"))
