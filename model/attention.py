@@ -124,22 +124,37 @@ class PLTSelfAttention(SelfAttention):
         return out, bias, (k, v)
 
     def _decode(self, hidden_states, residual, rotary_pos_emb, step):
-        """One new token per sequence for the loops in ``step.loops``, whose rows are stacked
-        loop-major along the batch dimension (PLT_SPEC "Decoding"). Rows of loop 1 are handled
-        first, so loop 1's K/V of the new token are in the cache before loops >= 2 read it."""
+        """One new token per sequence for the consecutive loops in ``step.loops``, whose rows are
+        stacked loop-major along the batch dimension (PLT_SPEC "Decoding"). Loop 1's K/V of the new
+        token go into the cache before any loop >= 2 reads it.
+
+        With shared KV the attention takes two kernel calls whatever R is: every loop's query
+        attends over loop 1's cache with the same per-sequence mask, so all loops' queries go in one
+        call (R queries per sequence); the later loops' local branches over their own rings go in
+        a second. That batching is what keeps PLT's per-token cost near R=1's."""
         q, k, v = self._project(hidden_states, rotary_pos_emb)  # [rows, 1, heads, d]
-        outputs = []
-        for j, loop in enumerate(step.loops):
-            rows = slice(j * step.batch_size, (j + 1) * step.batch_size)
-            if loop == 0 or not self.config.shared_kv:
+        b, loops = step.batch_size, list(step.loops)
+        if not self.config.shared_kv:  # the vanilla looped transformer: a full cache per loop
+            outputs = []
+            for j, loop in enumerate(loops):
+                rows = slice(j * b, (j + 1) * b)
                 keys, values, mask = step.write_full(loop, k[rows], v[rows])
                 outputs.append(self.core_attention.masked(q[rows], keys, values, mask))
-                continue
-            global_keys, global_values, global_mask = step.read_full(0)
-            local_keys, local_values, local_mask = step.write_window(loop, k[rows], v[rows])
-            y_global = self.core_attention.masked(q[rows], global_keys, global_values, global_mask)
-            y_local = self.core_attention.masked(q[rows], local_keys, local_values, local_mask)
-            outputs.append(self.mix_branches(residual[:, rows], y_global, y_local))
-        y = torch.cat(outputs, dim=0).transpose(0, 1).flatten(2)  # [1, rows, local_heads * d]
+            y = torch.cat(outputs, dim=0)
+        else:
+            if loops[0] == 0:
+                step.write_full(0, k[:b], v[:b])
+            keys, values, mask = step.read_full(0)
+            per_sequence = q.view(len(loops), b, *q.shape[2:]).transpose(0, 1)  # [b, R, heads, d]
+            y = self.core_attention.masked(per_sequence, keys, values, mask)
+            y = y.transpose(0, 1).reshape(q.shape)  # back to loop-major rows [R*b, 1, heads, d]
+            local = slice(b if loops[0] == 0 else 0, None)  # rows of loops >= 2
+            if loops[-1] > 0:
+                ring_keys, ring_values, ring_mask = step.write_windows(
+                    [loop for loop in loops if loop > 0], k[local], v[local])
+                y_local = self.core_attention.masked(q[local], ring_keys, ring_values, ring_mask)
+                y = torch.cat([y[:local.start], self.mix_branches(residual[:, local], y[local],
+                                                                   y_local)], dim=0)
+        y = y.transpose(0, 1).flatten(2)  # [1, rows, local_heads * d]
         out, bias = self.linear_proj(y)
         return out, bias, None

@@ -7,8 +7,10 @@ loops >= 2 read it. The cache holds
 
 - the full loop-1 K/V per layer (``full_k/full_v``: [loops with a full cache, layers, batch,
   max_length, kv_heads, head_dim]);
-- for each loop >= 2, a ring of the last ``swa_window + 1`` tokens' K/V per layer (``window_k/v``)
-  and the position held by each slot (``window_pos``, -1 = empty);
+- for each loop >= 2, a ring of the last ``swa_window + 1`` tokens' K/V per layer (``window_k/v``:
+  [layers, loops >= 2, batch, swa_window + 1, kv_heads, head_dim], layer-major so that one layer's
+  rings of all loops are one contiguous block for a single attention call) and the position held by
+  each slot (``window_pos``, -1 = empty);
 - the R-1 hidden vectors saved from the previous position (``saved_hidden``),
 
 so it grows with R only by the windows and the saved vectors. Without shared KV
@@ -49,10 +51,10 @@ class DecodeCache:
         self.full_k = torch.zeros(full_loops, layers, batch_size, max_length, kv_heads, head_dim,
                                   **like)
         self.full_v = torch.zeros_like(self.full_k)
-        self.window_k = torch.zeros(self.windowed_loops, layers, batch_size, self.window_slots,
+        self.window_k = torch.zeros(layers, self.windowed_loops, batch_size, self.window_slots,
                                     kv_heads, head_dim, **like)
         self.window_v = torch.zeros_like(self.window_k)
-        self.window_pos = torch.full((self.windowed_loops, layers, batch_size, self.window_slots),
+        self.window_pos = torch.full((layers, self.windowed_loops, batch_size, self.window_slots),
                                      -1, dtype=torch.long, device=param.device)
         self.saved_hidden = torch.zeros(loops - 1, batch_size, cfg.hidden_size, **like)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=param.device)
@@ -73,9 +75,9 @@ class DecodeCache:
             positions = torch.arange(max(0, length - self.window_slots), length,
                                      device=keys.device)
             slots = positions % self.window_slots
-            self.window_k[w, layer, row, slots] = keys[positions]
-            self.window_v[w, layer, row, slots] = values[positions]
-            self.window_pos[w, layer, row, slots] = positions
+            self.window_k[layer, w, row, slots] = keys[positions]
+            self.window_v[layer, w, row, slots] = values[positions]
+            self.window_pos[layer, w, row, slots] = positions
         else:
             self.full_k[loop, layer, row, :length] = keys
             self.full_v[loop, layer, row, :length] = values
@@ -110,18 +112,24 @@ class DecodeStep:
         mask = torch.arange(span, device=t.device)[None, :] <= t[:, None]
         return c.full_k[loop, self.layer, :, :span], c.full_v[loop, self.layer, :, :span], mask
 
-    def write_window(self, loop: int, k: torch.Tensor, v: torch.Tensor):
-        c, t = self.cache, self.cache.lengths
-        w = loop - (c.num_loops - c.windowed_loops)
+    def write_windows(self, loops: Sequence[int], k: torch.Tensor, v: torch.Tensor):
+        """Write the new token's K/V of consecutive loops >= 2 (rows loop-major, [W*b, 1, kv_heads,
+        d]) into their rings; return the rings stacked the same way ([W*b, slots, kv_heads, d],
+        views) and which slots each row sees ([W*b, slots])."""
+        c, t, b = self.cache, self.cache.lengths, self.cache.batch_size
+        first = loops[0] - (c.num_loops - c.windowed_loops)
+        rings = slice(first, first + len(loops))
         slots = t % c.window_slots
-        c.window_k[w, self.layer, self._rows(), slots] = k[:, 0]
-        c.window_v[w, self.layer, self._rows(), slots] = v[:, 0]
-        c.window_pos[w, self.layer, self._rows(), slots] = t
+        shape = (len(loops), b) + tuple(k.shape[2:])
+        c.window_k[self.layer, rings][:, self._rows(), slots] = k[:, 0].view(shape)
+        c.window_v[self.layer, rings][:, self._rows(), slots] = v[:, 0].view(shape)
+        c.window_pos[self.layer, rings][:, self._rows(), slots] = t
         # The ring holds only positions <= t; a slot is visible when it is filled and at most
         # swa_window positions back (PLT_SPEC: 65 keys including the query).
-        pos = c.window_pos[w, self.layer]
-        mask = (pos >= 0) & (pos >= (t - (c.window_slots - 1))[:, None])
-        return c.window_k[w, self.layer], c.window_v[w, self.layer], mask
+        pos = c.window_pos[self.layer, rings]  # [W, b, slots]
+        mask = (pos >= 0) & (pos >= (t - (c.window_slots - 1))[None, :, None])
+        return (c.window_k[self.layer, rings].flatten(0, 1),
+                c.window_v[self.layer, rings].flatten(0, 1), mask.flatten(0, 1))
 
 
 class LoopDecoder:
