@@ -19,14 +19,14 @@ for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is n
                  "full scope is deprecated.*"):
     warnings.filterwarnings("ignore", message=_message)
 
+# Only light imports at module level: megatron-core's checkpoint writer starts a helper process
+# with multiprocessing's "spawn", which re-imports this (the main) module; importing torch and
+# megatron here cost every saving process ~7 s more. The heavy modules are imported where they
+# are used, and the config schema is registered in the `__main__` guard below.
 import hydra  # noqa: E402
-import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pretrain.config import Config, ConfigError, data_parallel_size, validate  # noqa: E402
-from pretrain.distributed import (broadcast_object, env_world, init_distributed,  # noqa: E402
-                                  shutdown_distributed)
 from pretrain.signals import DivergedError  # noqa: E402
 
 log = logging.getLogger("pretrain")
@@ -43,6 +43,10 @@ def _run_dir(cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig) -> int:
+    from pretrain.config import Config, validate
+    from pretrain.distributed import (broadcast_object, env_world, init_distributed,
+                                      shutdown_distributed)
+
     cfg.run_dir = _run_dir(cfg)
     config: Config = OmegaConf.to_object(cfg)
     _, world_size, _ = env_world()
@@ -57,12 +61,14 @@ def run(cfg: DictConfig) -> int:
         shutdown_distributed()
 
 
-def _train(config: Config, config_yaml: str, world) -> int:
-    # Imported here so that `--help` and config errors stay fast.
+def _train(config, config_yaml: str, world) -> int:
+    import torch
+
     from data.loader import build_loader
     from data.prepare import prepare_data
     from data.tokenizer import CodeTokenizer
     from pretrain import checkpoint
+    from pretrain.config import data_parallel_size
     from model.kernels import describe_backend
     from pretrain.engine import MegatronEngine, use_bf16
     from pretrain.metrics import MetricsLogger
@@ -151,10 +157,12 @@ def _train(config: Config, config_yaml: str, world) -> int:
         stop.restore()
 
 
-def _print_sample(config: Config, engine, tokenizer, world) -> None:
+def _print_sample(config, engine, tokenizer, world) -> None:
     s = config.sample
     if s.max_new_tokens <= 0:
         return
+    import torch
+
     from model.generation import sample
 
     prompt = torch.tensor([tokenizer.encode(s.prompt)], dtype=torch.long, device=world.device)
@@ -169,6 +177,8 @@ def _print_sample(config: Config, engine, tokenizer, world) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from pretrain.config import ConfigError
+
     try:
         status = run(cfg)
     except ConfigError as error:
@@ -182,4 +192,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import pretrain.config  # noqa: F401  (registers the schema, conf/config.yaml's base_config)
+
     main()
