@@ -33,6 +33,7 @@ def worker(out_path: str, overrides: list) -> None:
     sys.path.insert(0, REPO)
     from hydra import compose, initialize_config_dir
 
+    import pretrain.config  # noqa: F401  (registers the config schema with Hydra)
     from pretrain import checkpoint, train, trainer
 
     timings = {"save_s": 0.0, "saves": 0, "finalize_s": 0.0, "loop_s": 0.0}
