@@ -22,8 +22,12 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(PY) -m pretrain.train $(ARGS)
 
+# Two pytest workers, whole files each (module fixtures and the SLURM test cluster stay in one
+# process): most tests wait on a single-threaded subprocess's start-up, so two overlap on 2 cores.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 clean:

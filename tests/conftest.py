@@ -1,10 +1,21 @@
-"""Shared pytest fixtures: a one-process gloo world for megatron-core's parallel state."""
+"""Shared pytest fixtures: a one-process gloo world for megatron-core's parallel state; the order
+in which `make test`'s workers take the test files."""
 
 import os
 import socket
 
 import pytest
 import torch
+
+
+# The longest files first: `make test` runs `pytest -n 2 --dist loadfile`, and a file of several
+# minutes taken last would run alone at the end while the other worker idles.
+LONGEST_FIRST = ("test_checkpoint_robust_kill.py", "test_resharding.py", "test_deepspeed.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name)
+               if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST))  # stable: files stay whole
 
 
 def free_port() -> int:
