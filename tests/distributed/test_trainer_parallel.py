@@ -1,8 +1,8 @@
 """Every parallel layout trains like one process: the trainer (`torchrun -m pretrain.train`) on
 TP=2, PP=2 (1F1B, one loop), PP=2 with the loops as virtual chunks, DP=2 with the distributed
-optimizer, and TP=2 x DP=2, against the single-process run with the same initial weights (the
-model's initialisation is seeded per part, so it is the same for every layout) and the same global
-batches: the loss and the gradient norm at every step.
+optimizer, TP=2 x DP=2 and PP=2 x DP=2, against the single-process run with the same initial
+weights (the model's initialisation is seeded per part, so it is the same for every layout) and the
+same global batches: the loss and the gradient norm at every step.
 
 Tolerance: 1e-5 relative (the issue's aim). The layouts compute the same fp32 function with
 reductions split across processes; differences start at ~1e-7 and grow slowly over 6 Adam steps.
@@ -55,6 +55,9 @@ LAYOUTS = [
     pytest.param(2, ["parallel.distributed_optimizer=true"], 2, id="dp2-distopt"),
     pytest.param(4, ["parallel.tp=2", "parallel.distributed_optimizer=true"], 2, id="tp2xdp2",
                  marks=pytest.mark.slow),
+    # The loops' shared weights must be reduced over DP once per step, not once per virtual
+    # chunk (a view that also synced them would double their gradients: this layout fails then).
+    pytest.param(4, ["parallel.pp=2"], 2, id="pp2xdp2-loops-as-chunks", marks=pytest.mark.slow),
 ]
 
 
