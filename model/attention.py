@@ -131,7 +131,8 @@ class PLTSelfAttention(SelfAttention):
         With shared KV the attention takes two kernel calls whatever R is: every loop's query
         attends over loop 1's cache with the same per-sequence mask, so all loops' queries go in one
         call (R queries per sequence); the later loops' local branches over their own rings go in
-        a second. That batching is what keeps PLT's per-token cost near R=1's."""
+        a second. Batching the loops' rows is what keeps PLT's per-token cost close to R=1's
+        where decoding is bound by memory reads and kernel launches (GPUs)."""
         q, k, v = self._project(hidden_states, rotary_pos_emb)  # [rows, 1, heads, d]
         b, loops = step.batch_size, list(step.loops)
         if not self.config.shared_kv:  # the vanilla looped transformer: a full cache per loop
