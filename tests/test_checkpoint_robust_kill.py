@@ -62,7 +62,9 @@ def kill_when(process, root, rng):
     if process.poll() is not None:
         return None  # it finished first
     mid_save = bool(tmp_folders(root, since=started))
-    process.send_signal(signal.SIGKILL)
+    # The whole process group, as a dead node or the scheduler takes it: the trainer and its
+    # helpers (megatron's checkpoint writer processes), which would otherwise live on as orphans.
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     return mid_save
 
@@ -78,10 +80,11 @@ def test_kill_nine_at_random_moments_loses_nothing(tmp_path, tmp_path_factory):
     while True:
         lives += 1
         assert lives <= KILLS + 5, "the run did not finish"
-        log = open(tmp_path / f"life{lives}.log", "w")
-        process = subprocess.Popen(trainer_command(tmp_path, *COMMON), cwd=REPO, env=trainer_env(),
-                                   stdout=log, stderr=subprocess.STDOUT)
-        landed = kill_when(process, root, rng) if kills < KILLS else None
+        with open(tmp_path / f"life{lives}.log", "w") as log:
+            process = subprocess.Popen(trainer_command(tmp_path, *COMMON), cwd=REPO,
+                                       env=trainer_env(), stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            landed = kill_when(process, root, rng) if kills < KILLS else None
         if landed is None:
             assert process.wait(timeout=600) == 0, (tmp_path / f"life{lives}.log").read_text()
             break
@@ -92,7 +95,6 @@ def test_kill_nine_at_random_moments_loses_nothing(tmp_path, tmp_path_factory):
             latest = root / (root / "latest").read_text().strip()
             verify_complete(str(latest))
             resumed_from.append(latest.name)
-    log.close()
 
     print(f"{kills} kills, {mid_save} while a save was in flight, {lives} lives, resumed from "
           f"{resumed_from}")
