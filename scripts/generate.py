@@ -39,7 +39,9 @@ def main(argv=None) -> list:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", choices=("parallel", "sequential"), default="parallel")
+    parser.add_argument("--mode", choices=("parallel", "sequential"), default=None,
+                        help="loops decoded in one forward (PLT) or one after another; default: "
+                        "parallel, or sequential for a clp=false model")
     args = parser.parse_args(argv)
 
     from model.generation import generate

@@ -89,6 +89,19 @@ def test_generate_continues_prompts_greedily_like_the_full_forward():
         assert torch.equal(sequence, expected)
 
 
+def test_generate_decodes_a_clp_false_model_sequentially_by_default():
+    """The trainer's end-of-run sample calls generate without a mode: a clp=false run (the loop
+    sweep's control) must not fail there."""
+    model = build_small(num_loops=2, clp=False, swa_window=WINDOW)
+    prompts, _ = _prompts_and_continuations(0)
+    for prompt, sequence in zip(prompts, generate(model, prompts, max_new_tokens=4)):
+        expected = prompt
+        with torch.no_grad():
+            for _ in range(4):
+                expected = torch.cat([expected, model(expected[None])[0, -1].argmax()[None]])
+        assert torch.equal(sequence, expected)
+
+
 def test_sample_takes_a_batch_tensor_and_top_p_keeps_the_top_token():
     model = build_small(num_loops=2)
     prompt_ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(3))
