@@ -28,7 +28,7 @@ full forward that training runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from megatron.core import parallel_state
@@ -135,7 +135,11 @@ class DecodeStep:
 class LoopDecoder:
     """Prefill and per-token decode of a PLT model with a ``DecodeCache``."""
 
-    def __init__(self, model, batch_size: int, max_length: int, mode: str = "parallel"):
+    def __init__(self, model, batch_size: int, max_length: int, mode: Optional[str] = None):
+        # mode None: parallel when the model has cross-loop parallelism (clp, or one loop), else
+        # sequential, the only way a clp=false model decodes.
+        if mode is None:
+            mode = "parallel" if model.config.clp or model.config.num_loops == 1 else "sequential"
         if mode not in ("parallel", "sequential"):
             raise ValueError(f"decode mode {mode!r}; use 'parallel' or 'sequential'")
         if mode == "parallel" and model.config.num_loops > 1 and not model.config.clp:

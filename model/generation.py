@@ -41,11 +41,8 @@ def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperatur
              top_p: float = 1.0, mode: Optional[str] = None, eos_id: Optional[int] = None,
              generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
     """Continue each prompt (1-D token tensors, any lengths) by up to ``max_new_tokens``.
-    ``mode`` None: parallel loops when the model has cross-loop parallelism, else sequential (a
-    clp=false model, such as the loop sweep's controls, can only decode that way)."""
+    ``mode`` None lets LoopDecoder choose (sequential for a clp=false model)."""
     model = _unwrap(model)
-    if mode is None:
-        mode = "parallel" if model.config.clp or model.config.num_loops == 1 else "sequential"
     was_training = model.training
     model.eval()
     longest = max(len(p) for p in prompts)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.checkpoint import _MetadataUnpickler, iter_name, resolve_resume
-from tests.trainer_fixtures import SMALL, output_of, run_trainer, small_data
+from tests.trainer_fixtures import REPO, SMALL, output_of, run_trainer, small_data
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,6 @@ def test_entry_module_imports_neither_torch_nor_megatron():
     import sys
 
     probe = "import sys, pretrain.train; print(sorted({'torch', 'megatron.core'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

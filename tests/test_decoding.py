@@ -77,16 +77,21 @@ def test_cache_grows_with_loops_only_by_the_windows():
             assert size == base + extra, (loops, max_length)
 
 
+def _greedy_by_full_forward(model, prompt, new_tokens):
+    """The reference: greedy continuation by the uncached full forward."""
+    sequence = prompt
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            sequence = torch.cat([sequence, model(sequence[None])[0, -1].argmax()[None]])
+    return sequence
+
+
 def test_generate_continues_prompts_greedily_like_the_full_forward():
     model = build_small(num_loops=2, swa_window=WINDOW)
     prompts, _ = _prompts_and_continuations(0)
     out = generate(model, prompts, max_new_tokens=6)
     for prompt, sequence in zip(prompts, out):
-        expected = prompt
-        with torch.no_grad():
-            for _ in range(6):
-                expected = torch.cat([expected, model(expected[None])[0, -1].argmax()[None]])
-        assert torch.equal(sequence, expected)
+        assert torch.equal(sequence, _greedy_by_full_forward(model, prompt, 6))
 
 
 def test_generate_decodes_a_clp_false_model_sequentially_by_default():
@@ -95,11 +100,7 @@ def test_generate_decodes_a_clp_false_model_sequentially_by_default():
     model = build_small(num_loops=2, clp=False, swa_window=WINDOW)
     prompts, _ = _prompts_and_continuations(0)
     for prompt, sequence in zip(prompts, generate(model, prompts, max_new_tokens=4)):
-        expected = prompt
-        with torch.no_grad():
-            for _ in range(4):
-                expected = torch.cat([expected, model(expected[None])[0, -1].argmax()[None]])
-        assert torch.equal(sequence, expected)
+        assert torch.equal(sequence, _greedy_by_full_forward(model, prompt, 4))
 
 
 def test_sample_takes_a_batch_tensor_and_top_p_keeps_the_top_token():

@@ -84,7 +84,8 @@ def _sweep_jobs(*command_line):
 
 def test_loop_sweep_runs_r1_to_r4_and_the_clp_controls_in_one_command():
     assert _sweep_jobs() == [(1, True), (2, True), (3, True), (4, True), (2, False), (3, False)]
-    assert _sweep_jobs("+loop_variant=R2,R3_noclp") == [(2, True), (3, False)]  # cut from the command line
+    # Cut from the command line:
+    assert _sweep_jobs("+loop_variant=R2,R3_noclp") == [(2, True), (3, False)]
 
 
 @pytest.mark.slow
