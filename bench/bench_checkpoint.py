@@ -31,29 +31,34 @@ TRAIN = ["train.seq_length=64", "train.global_batch_size=4", "train.micro_batch_
 def worker(out_path: str, overrides: list) -> None:
     """One run in this process, with timers around the save and finalize calls."""
     sys.path.insert(0, REPO)
-    from hydra import compose, initialize_config_dir
-
-    import pretrain.config  # noqa: F401  (registers the config schema with Hydra)
-    from pretrain import checkpoint, train, trainer
+    from pretrain import train, trainer
+    from pretrain.checkpoint import Checkpointer
+    from pretrain.config import compose
 
     timings = {"save_s": 0.0, "saves": 0, "finalize_s": 0.0, "loop_s": 0.0}
+    in_save = []  # a save first finalizes the previous one: that time is the save's, not counted twice
 
     def timed(fn, key, count=None):
         def wrapper(*args, **kwargs):
             started = time.perf_counter()
+            outermost = not in_save
+            if count:
+                in_save.append(True)
             try:
                 return fn(*args, **kwargs)
             finally:
-                timings[key] += time.perf_counter() - started
+                if count:
+                    in_save.pop()
+                if count or outermost:
+                    timings[key] += time.perf_counter() - started
                 if count:
                     timings[count] += 1
         return wrapper
 
-    checkpoint.save_checkpoint = timed(checkpoint.save_checkpoint, "save_s", "saves")
-    trainer.finalize_async_saves = timed(trainer.finalize_async_saves, "finalize_s")
+    Checkpointer.save = timed(Checkpointer.save, "save_s", "saves")
+    Checkpointer.finalize = timed(Checkpointer.finalize, "finalize_s")
     trainer.train_loop = timed(trainer.train_loop, "loop_s")
-    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(overrides)
     assert train.run(cfg) == 0
     with open(out_path, "w") as stream:
         json.dump(timings, stream)

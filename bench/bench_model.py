@@ -16,9 +16,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-import model  # noqa: F401  (CPU compatibility layer)
 from model import ModelConfig, PLTModel
-from pretrain.inference import single_process_world
+from pretrain.distributed import single_process_world
 
 
 def main():

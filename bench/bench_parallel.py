@@ -71,24 +71,21 @@ class CommTimer:
 
 
 def worker(args):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import pretrain.config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+    from pretrain.config import compose
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     overrides = [f"model={args.preset}", "model.num_loops=2", f"train.seq_length={args.seq}",
                  "train.global_batch_size=4", "train.micro_batch_size=2",
                  f"model.max_position_embeddings={max(args.seq, 1024)}", *args.layout]
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = OmegaConf.to_object(compose("config", overrides=["run_dir=/tmp/unused", *overrides]))
+    cfg = OmegaConf.to_object(compose(["run_dir=/tmp/unused", *overrides]))
 
     import torch
     from data.loader import build_loader
     from data.prepare import prepare_data
     from megatron.core import parallel_state
     from pretrain.distributed import init_distributed
-    from pretrain.engine import MegatronEngine
+    from pretrain.engines.megatron import MegatronEngine
 
     t = cfg.train
     world = init_distributed(cfg.parallel, t.seed, cfg.model.num_loops)
@@ -114,14 +111,6 @@ def worker(args):
                        "comm_s": statistics.median(comm_times)}, stream)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="plt_tiny,plt_125m")
@@ -134,6 +123,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    from pretrain.distributed import free_port
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     print(f"R=2, seq {args.seq}, global batch 4 (micro 2), median of {args.steps} steps, "

@@ -6,13 +6,12 @@ Builds the trainer's own engine (megatron DDP, optimizer, LR schedule, forward-b
 once per loop count from the composed run config (conf/config.yaml plus the overrides), on the real
 data of the default job, then times full optimizer steps in rounds: each round runs one step of every
 loop count in turn, so drift of the machine (other processes on a shared box) hits all alike. Prints
-the median tokens/s per R, the model FLOPs (pretrain/flops.py), and the ratios to the first R.
+the median tokens/s per R, the model FLOPs (model/flops.py), and the ratios to the first R.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 import warnings
@@ -21,12 +20,9 @@ for _message in (".*Transformer Engine and Apex.*", "Apex is not installed.*", "
     warnings.filterwarnings("ignore", message=_message)
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from pretrain.config import validate  # noqa: E402
-
-CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+from pretrain.config import compose, validate  # noqa: E402
 
 
 def main():
@@ -39,11 +35,10 @@ def main():
     from data.loader import build_loader
     from data.prepare import prepare_data
     from pretrain.distributed import init_distributed, shutdown_distributed
-    from pretrain.engine import MegatronEngine
-    from pretrain.flops import flops_per_token, peak_flops_per_device
+    from model.flops import flops_per_token, peak_flops_per_device
+    from pretrain.engines.megatron import MegatronEngine
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        base = compose("config", overrides=["run_dir=/tmp/unused", *args.overrides])
+    base = compose(["run_dir=/tmp/unused", *args.overrides])
     loop_counts = [int(r) for r in args.loops.split(",")]
     configs = {r: OmegaConf.to_object(OmegaConf.merge(base, {"model": {"num_loops": r}}))
                for r in loop_counts}

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from model import ModelConfig, PLTModel
 from model.decoding import DecodeCache, LoopDecoder
 from model.generation import choose_next_token
-from pretrain.inference import single_process_world
+from pretrain.distributed import single_process_world
 
 
 def build(preset: str, **overrides) -> PLTModel:

@@ -30,11 +30,11 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import model  # noqa: E402,F401  (CPU compatibility layer when CUDA is absent)
 from model import ModelConfig, PLTModel  # noqa: E402
+from model.flops import GPU_PEAK_TFLOPS, flops_per_token  # noqa: E402
 from model.kernels import attend, causal_window_mask, flash_available, resolve_backend  # noqa: E402
-from pretrain import planner  # noqa: E402
-from pretrain.flops import GPU_PEAK_TFLOPS, flops_per_token  # noqa: E402
+from planning import planner  # noqa: E402
+from pretrain.distributed import single_process_world  # noqa: E402
 
 
 def reference(q, k, v, window):
@@ -151,18 +151,6 @@ def time_model(cfg: ModelConfig, device, dtype, seq, batch, steps, peak_tflops, 
     return tokens_per_s
 
 
-def init_world(device):
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
-                                             rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    model_parallel_cuda_manual_seed(1234)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -186,7 +174,7 @@ def main(argv=None) -> int:
 
     ok = check_kernels(device, dtype, seq=min(seq, 1024) if not args.tiny else 96,
                        head_dim=32 if args.tiny else 128)
-    init_world(device)
+    single_process_world()
     measured = matmul_tflops(device, dtype)
     peak = GPU_PEAK_TFLOPS if device.type == "cuda" else measured
     print(f"matmul: {measured:.3g} TFLOP/s measured ({str(dtype).replace('torch.', '')})", flush=True)

@@ -4,8 +4,15 @@
 multi-corpus blend. Paths are relative to the working directory the job starts in.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import List
+
+
+def default_cache_dir() -> str:
+    """Where the embedded corpus is built: $LOOPCODER_CACHE/data, else .cache/loopcoder/data
+    (relative to the working directory)."""
+    return os.path.join(os.environ.get("LOOPCODER_CACHE", ".cache/loopcoder"), "data")
 
 
 @dataclass
@@ -17,8 +24,7 @@ class DataConfig:
     valid_blend: List = field(default_factory=list)
     # sentencepiece model. Empty: the stdlib job trains one into `cache_dir` (a user blend needs one).
     tokenizer_model: str = ""
-    # Plain default relative to cwd; the YAML group points it at ${oc.env:LOOPCODER_CACHE,...}.
-    cache_dir: str = ".cache/loopcoder/data"
+    cache_dir: str = field(default_factory=default_cache_dir)
     # Vocabulary of the tokenizer trained for the default corpus; 4096 = conf/model/plt_tiny (a model
     # vocab may be padded larger, never smaller).
     vocab_size: int = 4096

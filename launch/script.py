@@ -36,12 +36,6 @@ class JobSpec:
     train_overrides: list[str]
 
 
-def master_port_expr() -> str:
-    # Same formula as pretrain/distributed.py (_slurm_master): one port per job id, so two jobs
-    # sharing a node do not collide, and a requeued job (same id) gets its port back.
-    return "$(( 20000 + SLURM_JOB_ID % 20000 ))"
-
-
 def sbatch_directives(launch, job: JobSpec, workdir: str) -> list[str]:
     flags = [
         f"--job-name={job.job_name}",
@@ -98,10 +92,11 @@ echo "[launch] job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}) on $SLURM
 # --- environment (launch.env_setup)
 {env_setup}
 
-# --- rendezvous: the first node's address, refused if loopback on a multi-node job (launch/rendezvous.py)
-MASTER_ADDR=$({q(python)} -m launch.rendezvous) || {{ echo "[launch] no usable rendezvous address: not starting" >&2; exit 1; }}
-export MASTER_ADDR
-export MASTER_PORT={master_port_expr()}
+# --- rendezvous: the first node's address, refused if loopback on a multi-node job, and a port per
+# job id (pretrain/rendezvous.py)
+MASTER_ADDR=$({q(python)} -m pretrain.rendezvous) || {{ echo "[launch] no usable rendezvous address: not starting" >&2; exit 1; }}
+MASTER_PORT=$({q(python)} -m pretrain.rendezvous --port) || exit 1
+export MASTER_ADDR MASTER_PORT
 echo "[launch] rendezvous $MASTER_ADDR:$MASTER_PORT, $SLURM_NNODES node(s) x {launch.gpus_per_node} rank(s)"
 
 # --- stop signal: SLURM warns this shell (--signal=B:USR1, scancel --batch); srun relays it to every rank

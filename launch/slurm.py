@@ -28,18 +28,14 @@ import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from launch.config import LaunchConfig
 from launch.script import JobSpec, render
 from launch.validate import LaunchError, validate_against_cluster, validate_launch
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-DEFAULT_LAUNCH = "slurm"   # conf/launch/slurm.yaml: a GPU cluster
 
 
 @dataclass
@@ -54,22 +50,6 @@ def _parse(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_overrides(overrides)
-
-
-def _defaults_have_launch() -> bool:
-    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")).get("defaults", [])
-    return any(isinstance(d, dict) and any(k.split("@")[0].lstrip("/") in ("launch", "override launch")
-                                           for k in d) for d in defaults)
-
-
-def _with_launch_group(overrides: list[str]) -> list[str]:
-    """While conf/config.yaml has no `launch` default, select the group with `+launch=`."""
-    if _defaults_have_launch():
-        return overrides
-    picked = [o for o in overrides if re.match(r"^\+?launch=", o)]
-    rest = [o for o in overrides if o not in picked]
-    group = picked[-1].split("=", 1)[1] if picked else DEFAULT_LAUNCH
-    return [f"+launch={group}", *rest]
 
 
 def _path_override(key: str, path: str) -> str:
@@ -96,18 +76,17 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 # --------------------------------------------------------------------------------- config
 def compose(overrides: list[str]):
     """The training config for these overrides (same files and schema as `pretrain.train`)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     with warnings.catch_warnings():  # megatron-core's import-time notes about TE/Apex: not ours
         warnings.simplefilter("ignore")
-        import pretrain.config  # noqa: F401  (registers the schema `base_config` with Hydra)
+        from pretrain.config import compose as compose_run_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=_with_launch_group(overrides))
+    return compose_run_config(overrides)
 
 
-def launch_config(cfg) -> LaunchConfig:
+def launch_config(cfg) -> "LaunchConfig":
     """`launch.*` checked against LaunchConfig (an unknown key or wrong type names the key)."""
+    from pretrain.config import LaunchConfig
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(LaunchConfig), resolved.get("launch") or {})

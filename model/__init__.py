@@ -1,14 +1,12 @@
 """The Parallel Loop Transformer on megatron-core, importable without the trainer.
 
-Importing this package applies the CPU compatibility layer for megatron-core when (and only when)
-CUDA is absent; see model/cpu_compat.py.
+On a machine without CUDA, megatron-core needs its CPU compatibility layer (model/cpu_compat.py)
+before a model is built; the entry points apply it explicitly (pretrain.distributed's
+`init_distributed` / `single_process_world`, which every process that builds a model goes through).
 """
 
-from model import cpu_compat
+from model.config import ConfigError, ModelConfig, PLTConfig
+from model.plt_model import PLTModel
+from model.unwrap import unwrap
 
-cpu_compat.apply()
-
-from model.config import ConfigError, ModelConfig, PLTConfig  # noqa: E402
-from model.plt_model import PLTModel  # noqa: E402
-
-__all__ = ["ConfigError", "ModelConfig", "PLTConfig", "PLTModel"]
+__all__ = ["ConfigError", "ModelConfig", "PLTConfig", "PLTModel", "unwrap"]

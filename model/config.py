@@ -22,11 +22,20 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from model.pipeline import virtual_pipeline_size
+
 ATTENTION_BACKENDS = ("auto", "torch", "flash")
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def require(condition: bool, message: str, error: type = ConfigError) -> None:
+    """Raise ``error(message)`` unless ``condition``: every config check of the project reads as
+    a list of ``require(ok, "what is wrong and the fix")`` lines."""
+    if not condition:
+        raise error(message)
 
 
 @dataclass
@@ -46,25 +55,43 @@ class PLTFields:
     # name: PLT brings its own core attention (model/kernels.py), megatron's selection never applies.
     attention_backend: str = "auto"
     vocab_size: int = 4096
-    max_position_embeddings: int = 1024
+    max_position_embeddings: int = 2048
     rotary_base: float = 10000.0
     untie_embeddings_and_output_weights: bool = True
+
+    @property
+    def has_gated_loops(self) -> bool:
+        """Whether loops >= 2 use the gated two-branch attention (and so the layer has a gate)."""
+        return self.num_loops > 1 and self.shared_kv
 
 
 @dataclass
 class ModelConfig(PLTFields):
     """The ``model`` group of the run config (``conf/model/*.yaml``)."""
 
-    name: str = "plt_tiny"
-    num_layers: int = 2
-    hidden_size: int = 128
+    name: str = "plt_tiny"              # the defaults are plt_tiny, the default job's model
+    num_layers: int = 4
+    hidden_size: int = 256
     num_attention_heads: int = 4
     num_query_groups: int = 2
-    ffn_hidden_size: int = 352
+    ffn_hidden_size: int = 640
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02
     # Activation recomputation: none | full (recompute each layer's forward in backward).
     recompute: str = "none"
+
+    def validate(self, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                 virtual_pipeline_parallel: Optional[int] = None) -> None:
+        """Refuse an architecture (or a layout of it) that cannot be built, naming the field:
+        the checks PLTConfig runs when it is built, available without building it (the trainer
+        and the SLURM launcher run them before anything starts)."""
+        require(self.recompute in ("none", "full"),
+                f"model.recompute={self.recompute!r}; use 'none' or 'full'")
+        require(pipeline_parallel == 1 or virtual_pipeline_parallel in (None, self.num_loops),
+                f"parallel.vpp={virtual_pipeline_parallel} but PLT pipelines its loops as the "
+                f"virtual chunks: use parallel.vpp=null or parallel.vpp={self.num_loops} "
+                f"(model.num_loops)")
+        validate_architecture(self, tensor_parallel, pipeline_parallel)
 
     def build(
         self,
@@ -82,14 +109,9 @@ class ModelConfig(PLTFields):
         With pipeline parallelism the loops are the virtual pipeline chunks (model/pipeline.py),
         so ``virtual_pipeline_parallel`` may only be unset or ``num_loops``; it is set to
         ``num_loops`` whenever pp > 1 and R > 1 (megatron's schedules read it from this config).
+        Raises ConfigError naming the field (``validate``).
         """
-        if self.recompute not in ("none", "full"):
-            raise ConfigError(f"model.recompute={self.recompute!r}; use 'none' or 'full'")
-        if virtual_pipeline_parallel not in (None, self.num_loops) and pipeline_parallel > 1:
-            raise ConfigError(
-                f"parallel.vpp={virtual_pipeline_parallel} but PLT pipelines its loops as the "
-                f"virtual chunks: use parallel.vpp=null or parallel.vpp={self.num_loops} "
-                f"(model.num_loops)")
+        self.validate(tensor_parallel, pipeline_parallel, virtual_pipeline_parallel)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.pop("name")
         recompute = fields.pop("recompute")
@@ -99,8 +121,8 @@ class ModelConfig(PLTFields):
             layernorm_epsilon=eps,
             tensor_model_parallel_size=tensor_parallel,
             pipeline_model_parallel_size=pipeline_parallel,
-            virtual_pipeline_model_parallel_size=(
-                self.num_loops if pipeline_parallel > 1 and self.num_loops > 1 else None),
+            virtual_pipeline_model_parallel_size=virtual_pipeline_size(self.num_loops,
+                                                                       pipeline_parallel),
             sequence_parallel=sequence_parallel,
             params_dtype=params_dtype,
             bf16=params_dtype == torch.bfloat16,
@@ -137,54 +159,33 @@ class PLTConfig(PLTFields, TransformerConfig):
     gradient_accumulation_fusion: bool = False
 
     def __post_init__(self):
-        _check_plt_fields(self)
+        validate_architecture(self, self.tensor_model_parallel_size,
+                              self.pipeline_model_parallel_size)
         super().__post_init__()
 
-    @property
-    def has_gated_loops(self) -> bool:
-        """Whether loops >= 2 use the gated two-branch attention (and so the layer has a gate)."""
-        return self.num_loops > 1 and self.shared_kv
 
 
-def _check_plt_fields(cfg: PLTConfig) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
-    need(cfg.num_loops >= 1, f"model.num_loops={cfg.num_loops}; it must be >= 1 (1 = plain GPT)")
-    need(cfg.swa_window >= 1, f"model.swa_window={cfg.swa_window}; it must be >= 1 (keys back)")
-    need(
-        cfg.attention_backend in ATTENTION_BACKENDS,
-        f"model.attention_backend={cfg.attention_backend!r}; use one of {ATTENTION_BACKENDS}",
-    )
-    need(cfg.num_layers >= 1, f"model.num_layers={cfg.num_layers}; it must be >= 1")
-    need(
-        cfg.num_attention_heads >= 1 and cfg.hidden_size % cfg.num_attention_heads == 0,
-        f"model.num_attention_heads={cfg.num_attention_heads} does not divide "
-        f"model.hidden_size={cfg.hidden_size}",
-    )
+def validate_architecture(cfg, tp: int, pp: int) -> None:
+    """The architecture fields (of a ModelConfig or a PLTConfig) against each other and the layout."""
+    require(cfg.num_loops >= 1, f"model.num_loops={cfg.num_loops}; it must be >= 1 (1 = plain GPT)")
+    require(cfg.swa_window >= 1, f"model.swa_window={cfg.swa_window}; it must be >= 1 (keys back)")
+    require(cfg.attention_backend in ATTENTION_BACKENDS,
+            f"model.attention_backend={cfg.attention_backend!r}; use one of {ATTENTION_BACKENDS}")
+    require(cfg.num_layers >= 1, f"model.num_layers={cfg.num_layers}; it must be >= 1")
+    require(cfg.num_attention_heads >= 1 and cfg.hidden_size % cfg.num_attention_heads == 0,
+            f"model.num_attention_heads={cfg.num_attention_heads} does not divide "
+            f"model.hidden_size={cfg.hidden_size}")
     groups = cfg.num_query_groups or cfg.num_attention_heads
-    need(
-        groups >= 1 and cfg.num_attention_heads % groups == 0,
-        f"model.num_query_groups={groups} does not divide "
-        f"model.num_attention_heads={cfg.num_attention_heads}",
-    )
-    tp = cfg.tensor_model_parallel_size
-    need(
-        cfg.num_attention_heads % tp == 0,
-        f"parallel.tp={tp} does not divide model.num_attention_heads={cfg.num_attention_heads}",
-    )
-    need(
-        groups % tp == 0 or tp % groups == 0,
-        f"parallel.tp={tp} and model.num_query_groups={groups}: one must divide the other",
-    )
-    need(
-        cfg.ffn_hidden_size is not None and cfg.ffn_hidden_size % tp == 0,
-        f"parallel.tp={tp} does not divide model.ffn_hidden_size={cfg.ffn_hidden_size}",
-    )
-    need(cfg.vocab_size >= 1, f"model.vocab_size={cfg.vocab_size}; it must be >= 1")
-    need(
-        cfg.num_layers % cfg.pipeline_model_parallel_size == 0,
-        f"parallel.pp={cfg.pipeline_model_parallel_size} does not divide "
-        f"model.num_layers={cfg.num_layers}",
-    )
+    require(groups >= 1 and cfg.num_attention_heads % groups == 0,
+            f"model.num_query_groups={groups} does not divide "
+            f"model.num_attention_heads={cfg.num_attention_heads}")
+    require(cfg.num_attention_heads % tp == 0,
+            f"parallel.tp={tp} does not divide model.num_attention_heads={cfg.num_attention_heads}")
+    require(groups % tp == 0 or tp % groups == 0,
+            f"parallel.tp={tp} and model.num_query_groups={groups}: one must divide the other")
+    require(cfg.ffn_hidden_size is not None and cfg.ffn_hidden_size >= 1
+            and cfg.ffn_hidden_size % tp == 0,
+            f"parallel.tp={tp} does not divide model.ffn_hidden_size={cfg.ffn_hidden_size}")
+    require(cfg.vocab_size >= 1, f"model.vocab_size={cfg.vocab_size}; it must be >= 1")
+    require(cfg.num_layers % pp == 0,
+            f"parallel.pp={pp} does not divide model.num_layers={cfg.num_layers}")

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from model.kernels import causal_window_mask
+from model.unwrap import unwrap
 
 METRICS = ("step_size", "angular_change", "effective_rank", "offset_cost", "output_shift",
            "gate_mean", "attention_entropy_global", "attention_entropy_local",
@@ -157,13 +158,6 @@ class _Recorder:
         return hook
 
 
-def _unwrap(model):
-    """The PLTModel inside megatron's DDP / Float16Module wrappers."""
-    while not hasattr(model, "run_loops") and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def _hidden_states(model, input_ids) -> List[torch.Tensor]:
     """[h_0 = E(x), h_1, ..., h_R] whether run_loops returns the list or LoopStates(.hidden, .kv)."""
     states = model.run_loops(input_ids)
@@ -198,7 +192,7 @@ def compute_loop_diagnostics(model, input_ids: torch.Tensor,
     from megatron.core.tensor_parallel import (gather_from_sequence_parallel_region,
                                                gather_from_tensor_model_parallel_region)
 
-    model = _unwrap(model)
+    model = unwrap(model)
     config, was_training = model.config, model.training
     if config.pipeline_model_parallel_size > 1:
         # Each stage holds only some loops' layers; the hidden states of every loop are not on one rank.

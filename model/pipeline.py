@@ -26,6 +26,8 @@ from typing import List, Optional
 
 import torch
 
+from model.unwrap import unwrap
+
 
 class _ExchangeEntry:
     def __init__(self, kv):
@@ -149,9 +151,7 @@ def virtual_pipeline_size(num_loops: int, pipeline_parallel: int) -> Optional[in
 def loop_chunks(chunk0) -> list:
     """The schedule's model list: chunk 0 (the stage's model, as wrapped for DDP) and one view per
     later loop. With pp = 1 this is just [chunk0]: all loops run inside one forward."""
-    owner = chunk0
-    while hasattr(owner, "module"):
-        owner = owner.module
+    owner = unwrap(chunk0)
     if owner.config.pipeline_model_parallel_size == 1:
         return [chunk0]
     ddp_config = getattr(chunk0, "ddp_config", None)

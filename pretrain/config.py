@@ -6,24 +6,32 @@ value of the wrong type fails at start with the key's full name (`train.max_step
 data-parallel size, tp against the heads) is checked by `validate()` before anything is built; every
 message names the keys and the fix.
 
+Each default is stated here and only here; the YAML files in `conf/` state what a preset changes.
 Nodes: `model` (model/config.py: ModelConfig), `data` (data/config.py: DataConfig), `train`,
-`parallel`, `checkpoint`, `eval`, `logging`, `sample`, `deepspeed`, `launch`, plus `run_dir` and
-`engine`. Key names are a contract (shared/ARCHITECTURE.md): renaming one breaks tools and tests.
+`parallel`, `checkpoint`, `eval`, `diagnostics`, `logging`, `sample`, `deepspeed`, `launch`,
+`debug`, plus `run_dir` and `engine`. Key names are a contract (shared/ARCHITECTURE.md): renaming
+one breaks tools and tests.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
-from launch.config import LaunchConfig
-from model.config import ConfigError, ModelConfig
+from model.config import ConfigError, ModelConfig, require
 
-__all__ = ["Config", "ConfigError", "validate", "data_parallel_size", "register"]
+__all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
+           "register"]
+
+DEEPSPEED_PIN = "deepspeed==0.19.8"
+DEEPSPEED_INSTALL_HINT = (
+    f"engine=deepspeed needs the DeepSpeed package: pip install 'loopcoder[deepspeed]' "
+    f"(or pip install {DEEPSPEED_PIN} --no-build-isolation, torch already installed)")
 
 
 @dataclass
@@ -45,8 +53,8 @@ class TrainConfig:
     clip_grad: float = 1.0
     # auto: bf16 mixed precision (fp32 master weights) on GPU, fp32 on CPU. Or fp32 | bf16.
     precision: str = "auto"
-    # Peak dense FLOP/s per device (in TFLOP/s) for MFU. None: 989 on GPU (H100/H200 dense bf16), on
-    # CPU an assumed 0.1 per thread (pretrain/flops.py says why).
+    # Peak dense FLOP/s per device (in TFLOP/s) for MFU. None: model/flops.py's defaults (989 on a
+    # GPU: H100/H200 dense bf16; on a CPU an assumed 0.1 per thread).
     peak_tflops: Optional[float] = None
     # Steps with a non-finite loss or gradient norm are skipped (no update) and counted; this many
     # in a row stop the run with a message naming the last checkpoint.
@@ -57,7 +65,7 @@ class TrainConfig:
 class ParallelConfig:
     tp: int = 1                          # tensor parallel size
     pp: int = 1                          # pipeline parallel size
-    vpp: Optional[int] = None            # virtual pipeline stages per rank (interleaved schedule)
+    vpp: Optional[int] = None            # virtual pipeline stages per rank (PLT: null or num_loops)
     sequence_parallel: bool = False      # needs tp > 1
     distributed_optimizer: bool = False  # shard optimizer state over data-parallel ranks (ZeRO-1)
     overlap_grad_reduce: bool = False
@@ -85,7 +93,7 @@ class EvalConfig:
 class DiagnosticsConfig:
     # Steps between the per-loop diagnostics on the held-out batch (model/diagnostics.py; 0: never).
     # Computed with parallel.pp = 1 only (every loop's hidden states must be on one rank).
-    interval: int = 0
+    interval: int = 50
     attention_queries: int = 64          # query positions for the attention metrics (0: skip them)
 
 
@@ -115,12 +123,57 @@ class SampleConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    """Read only under engine=deepspeed (pretrain/deepspeed_engine.py)."""
+    """Read only under engine=deepspeed (pretrain/engines/deepspeed.py)."""
 
     zero_stage: int = 1                  # 0 (plain DP) | 1 optimizer | 2 + gradients | 3 + weights
     offload_optimizer: str = "none"      # none | cpu (ZeRO-Offload: optimizer state and step on CPU)
     offload_param: str = "none"          # none | cpu (ZeRO-3 only: weights on CPU between uses)
     overlap_comm: bool = False           # overlap gradient reduction with the backward pass
+
+
+@dataclass
+class LaunchConfig:
+    """`launch.*`: how `python -m launch.slurm submit` puts this run on a SLURM cluster. The trainer
+    never reads it; it is typed here so that a typo in launch.* fails at start like any other key.
+    The defaults are a GPU cluster's (conf/launch/slurm.yaml); conf/launch/cpu.yaml a CPU one's."""
+
+    nodes: int = 1
+    # Processes per node: one per GPU (accelerator=gpu), or that many CPU processes (accelerator=cpu).
+    gpus_per_node: int = 8
+    accelerator: str = "gpu"            # gpu (requests --gpus-per-node, NCCL) | cpu (gloo, no GRES)
+    cpus_per_task: int = 0              # 0: leave it to the partition's default
+    mem: str = ""                       # --mem per node, e.g. 0 (all) or 400G; "": cluster default
+    partition: str = ""                 # "": the cluster's default partition
+    account: str = ""
+    qos: str = ""
+    time: str = "04:00:00"              # per job; a longer run continues by requeue / follow-up jobs
+    job_name: str = "loopcoder"
+    exclusive: bool = True              # whole nodes: a training job shares neither GPUs nor NICs
+    log_dir: str = "${run_dir}/slurm"   # sbatch scripts and one log per job (%x-%j.out, appended)
+    # SLURM sends SIGUSR1 to the batch shell this many seconds before the time limit; the script
+    # forwards it to every rank, which checkpoints and exits 75, and the script requeues the job.
+    # SLURM's timer is coarse (it fires up to a minute late): leave room for a step plus a save.
+    signal_grace_s: int = 300
+    requeue: bool = True                # `scontrol requeue` when the trainer exits 75 (stopped early)
+    # Follow-up jobs chained with --dependency=afterany: each resumes from `latest`, so a run outlives
+    # a failed requeue or a crash. The job that reaches train.max_steps cancels the ones left.
+    chain: int = 0
+    python: str = ""                    # interpreter on the nodes; "": the one running `submit`
+    # Shell lines run at the top of the job, e.g. ["module load cuda/12.4", "source .venv/bin/activate"].
+    env_setup: List[str] = field(default_factory=list)
+    # Extra `srun` flags for the training step, e.g. ["--container-image=nvcr.io#nvidia/pytorch:24.07-py3",
+    # "--container-mounts=/data:/data"] (pyxis), and extra `#SBATCH` flags, e.g. ["--constraint=h100"].
+    srun_args: List[str] = field(default_factory=list)
+    sbatch_args: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for tests and for rehearsing a failure (pretrain/debug.py); empty in runs."""
+
+    # Optimizer steps (1-based) whose training loss is made NaN, e.g. [3, 4]: the step is skipped,
+    # and train.max_skipped_steps of them in a row stop the run.
+    nan_loss_at_steps: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -136,9 +189,8 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     engine: str = "megatron"             # megatron | deepspeed
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    # Owned by the SLURM launcher (launch/, conf/launch/); the trainer never reads it, but it is
-    # typed here like every other node so a typo in launch.* fails at start too.
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     # Everything a run writes: config.yaml, metrics.jsonl, checkpoints/, wandb/, the Hydra log.
     run_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
 
@@ -148,6 +200,17 @@ def register() -> None:
 
 
 register()
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def compose(overrides: List[str]):
+    """The run config (a DictConfig over `Config`) for these Hydra overrides, composed from
+    `conf/` exactly as `python -m pretrain.train` composes it: what the launcher, the planner
+    and the dry run check before anything starts. A typo raises Hydra's error naming the key."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def data_parallel_size(cfg: Config, world_size: int) -> int:
@@ -156,63 +219,83 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
 
 def validate(cfg: Config, world_size: int) -> None:
     """Refuse combinations no single field can catch. Raises ConfigError naming the keys."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     t, p, m = cfg.train, cfg.parallel, cfg.model
     for key, value in [("train.max_steps", t.max_steps), ("train.global_batch_size", t.global_batch_size),
                        ("train.micro_batch_size", t.micro_batch_size), ("train.seq_length", t.seq_length),
                        ("parallel.tp", p.tp), ("parallel.pp", p.pp)]:
-        need(value >= 1, f"{key}={value}; it must be >= 1")
-    need(world_size % (p.tp * p.pp) == 0,
-         f"the world size {world_size} is not divisible by parallel.tp * parallel.pp = "
-         f"{p.tp} * {p.pp}; launch a multiple of {p.tp * p.pp} processes or change parallel.tp/pp")
+        require(value >= 1, f"{key}={value}; it must be >= 1")
+    require(world_size % (p.tp * p.pp) == 0,
+            f"the world size {world_size} is not divisible by parallel.tp * parallel.pp = "
+            f"{p.tp} * {p.pp}; launch a multiple of {p.tp * p.pp} processes or change parallel.tp/pp")
     dp = data_parallel_size(cfg, world_size)
-    need(t.global_batch_size % (t.micro_batch_size * dp) == 0,
-         f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size "
-         f"* data-parallel size = {t.micro_batch_size} * {dp} = {t.micro_batch_size * dp}; pick a "
-         f"global batch that is a multiple of {t.micro_batch_size * dp}")
-    need(m.num_attention_heads % p.tp == 0,
-         f"parallel.tp={p.tp} does not divide model.num_attention_heads={m.num_attention_heads}")
-    need(m.num_layers % p.pp == 0,
-         f"parallel.pp={p.pp} does not divide model.num_layers={m.num_layers}")
-    # PLT pipelines its loops: each loop is a virtual chunk over the stage's layers
-    # (model/pipeline.py), so the only virtual pipeline size is model.num_loops.
-    need(p.pp == 1 or p.vpp is None or p.vpp == m.num_loops,
-         f"parallel.vpp={p.vpp}: with parallel.pp > 1 the loops are the virtual pipeline chunks; "
-         f"use parallel.vpp=null or parallel.vpp={m.num_loops} (model.num_loops)")
-    need(not (p.pp > 1 and m.num_loops > 1 and p.overlap_grad_reduce),
-         "parallel.overlap_grad_reduce=true with parallel.pp > 1 and model.num_loops > 1: every "
-         "loop's chunk adds to the same shared weights, so a gradient bucket is complete only "
-         "after the last loop's backward; set parallel.overlap_grad_reduce=false")
-    need(not p.sequence_parallel or p.tp > 1,
-         "parallel.sequence_parallel=true needs parallel.tp > 1")
-    need(p.backend in ("auto", "nccl", "gloo"),
-         f"parallel.backend={p.backend!r}; use auto, nccl or gloo")
-    need(t.seq_length <= m.max_position_embeddings,
-         f"train.seq_length={t.seq_length} exceeds model.max_position_embeddings="
-         f"{m.max_position_embeddings}")
-    need(t.precision in ("auto", "fp32", "bf16"),
-         f"train.precision={t.precision!r}; use auto, fp32 or bf16")
-    need(0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
-    need(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}; it must be >= 0")
+    require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+            f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp} = "
+            f"{t.micro_batch_size * dp}; pick a global batch that is a multiple of "
+            f"{t.micro_batch_size * dp}")
+    # The architecture against the layout: the checks the model runs when it is built.
+    m.validate(p.tp, p.pp, p.vpp)
+    require(not (p.pp > 1 and m.num_loops > 1 and p.overlap_grad_reduce),
+            "parallel.overlap_grad_reduce=true with parallel.pp > 1 and model.num_loops > 1: every "
+            "loop's chunk adds to the same shared weights, so a gradient bucket is complete only "
+            "after the last loop's backward; set parallel.overlap_grad_reduce=false")
+    require(not p.sequence_parallel or p.tp > 1,
+            "parallel.sequence_parallel=true needs parallel.tp > 1")
+    require(p.backend in ("auto", "nccl", "gloo"),
+            f"parallel.backend={p.backend!r}; use auto, nccl or gloo")
+    require(t.seq_length <= m.max_position_embeddings,
+            f"train.seq_length={t.seq_length} exceeds model.max_position_embeddings="
+            f"{m.max_position_embeddings}")
+    require(t.precision in ("auto", "fp32", "bf16"),
+            f"train.precision={t.precision!r}; use auto, fp32 or bf16")
+    require(0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
+    require(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}; it must be >= 0")
     decay = t.decay_steps if t.decay_steps is not None else t.max_steps
     decay_key = "train.decay_steps" if t.decay_steps is not None else "train.max_steps (the decay length)"
-    need(decay > t.warmup_steps,
-         f"{decay_key}={decay} must exceed train.warmup_steps={t.warmup_steps}; lower the warm-up")
-    need(cfg.checkpoint.keep >= 0, f"checkpoint.keep={cfg.checkpoint.keep}; it must be >= 0")
-    need(cfg.checkpoint.interval >= 0, f"checkpoint.interval={cfg.checkpoint.interval}; use >= 0")
-    resume = cfg.checkpoint.resume
-    need(resume in ("auto", "none") or os.path.isdir(resume),
-         f"checkpoint.resume={resume!r} is neither auto, none nor an existing checkpoint folder")
-    need(cfg.eval.interval >= 0, f"eval.interval={cfg.eval.interval}; it must be >= 0")
-    need(cfg.logging.interval >= 1, f"logging.interval={cfg.logging.interval}; it must be >= 1")
-    need(cfg.logging.wandb.mode in ("offline", "online", "disabled"),
-         f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")
-    need(cfg.engine in ("megatron", "deepspeed"),
-         f"engine={cfg.engine!r}; use megatron or deepspeed")
+    require(decay > t.warmup_steps,
+            f"{decay_key}={decay} must exceed train.warmup_steps={t.warmup_steps}; lower the warm-up")
+    _validate_run_keys(cfg)
     if cfg.engine == "deepspeed":
-        from pretrain.deepspeed_engine import validate_deepspeed
-        validate_deepspeed(cfg)
+        _validate_deepspeed(cfg)
+
+
+def _validate_run_keys(cfg: Config) -> None:
+    require(cfg.checkpoint.keep >= 0, f"checkpoint.keep={cfg.checkpoint.keep}; it must be >= 0")
+    require(cfg.checkpoint.interval >= 0, f"checkpoint.interval={cfg.checkpoint.interval}; use >= 0")
+    resume = cfg.checkpoint.resume
+    require(resume in ("auto", "none") or os.path.isdir(resume),
+            f"checkpoint.resume={resume!r} is neither auto, none nor an existing checkpoint folder")
+    require(cfg.eval.interval >= 0, f"eval.interval={cfg.eval.interval}; it must be >= 0")
+    require(cfg.logging.interval >= 1, f"logging.interval={cfg.logging.interval}; it must be >= 1")
+    require(cfg.logging.wandb.mode in ("offline", "online", "disabled"),
+            f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")
+    require(cfg.engine in ("megatron", "deepspeed"),
+            f"engine={cfg.engine!r}; use megatron or deepspeed")
+
+
+def _validate_deepspeed(cfg: Config) -> None:
+    """What the DeepSpeed engine cannot do (pretrain/engines/deepspeed.py), named with the fix."""
+    p, d = cfg.parallel, cfg.deepspeed
+    require(p.tp == 1 and p.pp == 1,
+            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={p.tp} "
+            f"parallel.pp={p.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for TP/PP")
+    require(p.vpp is None, f"parallel.vpp={p.vpp} needs pipeline parallelism; engine=deepspeed has "
+                           f"none: use parallel.vpp=null or engine=megatron")
+    require(not p.sequence_parallel, "parallel.sequence_parallel=true needs tensor parallelism; "
+                                     "engine=deepspeed has none: use engine=megatron")
+    require(not p.distributed_optimizer,
+            "parallel.distributed_optimizer=true is megatron's ZeRO-1; with engine=deepspeed use "
+            "deepspeed.zero_stage=1 (or 2, 3) and parallel.distributed_optimizer=false")
+    require(not p.overlap_grad_reduce,
+            "parallel.overlap_grad_reduce=true is a megatron DDP option; with engine=deepspeed leave "
+            "it false (DeepSpeed's deepspeed.overlap_comm does the same)")
+    require(d.zero_stage in (0, 1, 2, 3), f"deepspeed.zero_stage={d.zero_stage}; use 0, 1, 2 or 3")
+    require(d.offload_optimizer in ("none", "cpu"),
+            f"deepspeed.offload_optimizer={d.offload_optimizer!r}; use none or cpu")
+    require(d.offload_param in ("none", "cpu"),
+            f"deepspeed.offload_param={d.offload_param!r}; use none or cpu")
+    require(d.offload_optimizer == "none" or d.zero_stage >= 1,
+            f"deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1 (it is {d.zero_stage})")
+    require(d.offload_param == "none" or d.zero_stage == 3,
+            f"deepspeed.offload_param=cpu needs deepspeed.zero_stage=3 (it is {d.zero_stage})")
+    require(importlib.util.find_spec("deepspeed") is not None, DEEPSPEED_INSTALL_HINT)

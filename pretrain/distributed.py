@@ -4,10 +4,14 @@
     ...
     shutdown_distributed()
 
+    world = single_process_world()     # tools and tests: a world of one at TP=PP=1, if none yet
+
 The rank and world come from torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else from srun's
 SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (MASTER_ADDR/MASTER_PORT from the environment, else the first
-host of the job and a port derived from the job id), else a world of one that needs no port at all.
-gloo on CPU, NCCL on GPU (parallel.backend overrides).
+host of the job and a port derived from the job id: pretrain/rendezvous.py), else a world of one
+that needs no port at all. gloo on CPU, NCCL on GPU (parallel.backend overrides). Both entries apply
+megatron-core's CPU compatibility layer first when CUDA is absent (model/cpu_compat.py): every
+process that runs megatron code starts here.
 """
 
 from __future__ import annotations
@@ -18,12 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-import model  # noqa: F401  (the megatron-core CPU compatibility layer, when CUDA is absent)
-from megatron.core import parallel_state
-from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-from launch.rendezvous import check_environment, rendezvous_address
+from model import cpu_compat
 from model.pipeline import virtual_pipeline_size
+from pretrain.rendezvous import check_environment, slurm_rendezvous
+
+TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclass
@@ -49,20 +52,36 @@ def env_world() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def _slurm_master() -> tuple[str, str]:
-    """Rendezvous of an srun-per-rank job: the first node's address (launch/rendezvous.py, which
-    also refuses loopback in a multi-node job) and one port per job id (a requeued job, same id,
-    gets its port back; launch/script.py exports the same formula)."""
-    port = os.environ.get("MASTER_PORT") or str(20000 + int(os.environ.get("SLURM_JOB_ID", 0)) % 20000)
-    return rendezvous_address(), port
+def _start_process_group(backend: str, rank: int, world_size: int) -> None:
+    if world_size == 1:
+        # A world of one needs no rendezvous: an in-memory store, so no port can collide.
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
+                                             rank=0, world_size=1, timeout=TIMEOUT)
+        return
+    # A multi-node SLURM job whose rendezvous resolves to loopback would hang in the first
+    # collective: fail here, before any, with the reason.
+    check_environment()
+    if "RANK" not in os.environ:  # srun: torch reads the rendezvous from these
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = slurm_rendezvous()
+    torch.distributed.init_process_group(backend, init_method="env://", rank=rank,
+                                         world_size=world_size, timeout=TIMEOUT)
+
+
+def init_model_parallel(tp: int, pp: int, num_loops: int, seed: int, **kwargs) -> None:
+    """megatron's TP/PP/DP groups and its seeded RNG tracker. With pipeline parallelism the PLT
+    loops are megatron's virtual pipeline chunks (model/pipeline.py)."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_size(num_loops, pp), **kwargs)
+    model_parallel_cuda_manual_seed(seed)
 
 
 def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
-    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker.
-
-    With pipeline parallelism the PLT loops are megatron's virtual pipeline chunks
-    (model/pipeline.py), so the virtual pipeline size is ``num_loops``.
-    """
+    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker."""
+    cpu_compat.apply()
     rank, world_size, local_rank = env_world()
     use_cuda = torch.cuda.is_available()
     backend = parallel.backend if parallel.backend != "auto" else ("nccl" if use_cuda else "gloo")
@@ -70,38 +89,63 @@ def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     if not torch.distributed.is_initialized():
-        timeout = datetime.timedelta(minutes=30)
-        if world_size == 1:
-            # A world of one needs no rendezvous: an in-memory store, so no port can collide.
-            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
-                                                 rank=0, world_size=1, timeout=timeout)
-        else:
-            # A multi-node SLURM job whose rendezvous resolves to loopback would hang in the
-            # first collective: fail here, before any, with the reason.
-            check_environment()
-            if "RANK" not in os.environ:  # srun: torch reads the rendezvous from these
-                os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = _slurm_master()
-            torch.distributed.init_process_group(backend, init_method="env://", rank=rank,
-                                                 world_size=world_size, timeout=timeout)
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tp,
-        pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=virtual_pipeline_size(num_loops, parallel.pp),
-    )
-    model_parallel_cuda_manual_seed(seed)
+        _start_process_group(backend, rank, world_size)
+    init_model_parallel(parallel.tp, parallel.pp, num_loops, seed)
     return World(rank, world_size, local_rank, device, backend)
+
+
+def single_process_world(seed: int = 1234) -> World:
+    """A world of one (in-memory store; NCCL on a GPU, gloo otherwise) and megatron's parallel
+    state at TP=PP=1, unless the caller set them up already: what tools, benchmarks and tests need
+    to build a model."""
+    from megatron.core import parallel_state
+
+    cpu_compat.apply()
+    use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if not torch.distributed.is_initialized():
+        _start_process_group(backend, 0, 1)
+    if not parallel_state.model_parallel_is_initialized():
+        init_model_parallel(1, 1, 1, seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    return World(torch.distributed.get_rank(), torch.distributed.get_world_size(), 0, device,
+                 torch.distributed.get_backend())
 
 
 def shutdown_distributed() -> None:
     """Leave no global state behind (a Hydra sweep runs its jobs one after another in one process)."""
+    from megatron.core import parallel_state
+
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
+def free_port() -> int:
+    """A TCP port free on this host now (for a local rendezvous: tests, benchmarks)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def all_reduce_max(value: float | int | bool) -> float:
-    """The maximum of a scalar over all ranks (used to agree on stopping)."""
+    """The maximum of a scalar over all ranks (used to agree on stopping and on failures)."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return float(value)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"

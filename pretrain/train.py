@@ -1,14 +1,13 @@
 """Entry point: `python -m pretrain.train [hydra overrides]` (also under torchrun or srun).
 
 Wires the pieces together and nothing more: config -> process groups -> data -> engine (model,
-optimizer, schedule) -> resume -> the loop (pretrain/trainer.py) -> final checkpoint -> a code sample.
+optimizer, schedule) -> checkpoint frame and resume -> the loop (pretrain/trainer.py) -> a code sample.
 Exit status: 0 done, 2 a config error (the message names the key), 75 (EXIT_REQUEUE) stopped by
-SIGUSR1/SIGTERM after saving a checkpoint.
+SIGUSR1/SIGTERM after saving a checkpoint, 1 the run diverged (train.max_skipped_steps).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -61,87 +60,59 @@ def run(cfg: DictConfig) -> int:
         shutdown_distributed()
 
 
-def _train(config, config_yaml: str, world) -> int:
-    import torch
+def _data(config):
+    """The tokenizer, this rank's train and validation loaders and the held-out batch."""
+    from megatron.core import parallel_state
 
     from data.loader import build_loader
     from data.prepare import prepare_data
     from data.tokenizer import CodeTokenizer
-    from pretrain import checkpoint
-    from pretrain.config import data_parallel_size
-    from model.kernels import describe_backend
-    from pretrain.engine import MegatronEngine, use_bf16
+
+    t = config.train
+    prepared = prepare_data(config.data, t.seq_length)
+    tokenizer = CodeTokenizer(prepared.tokenizer_model)
+    tokenizer.check_model_vocab(config.model.vocab_size)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    loaders = [build_loader(config.data, prepared, split, t.seq_length, t.global_batch_size,
+                            t.micro_batch_size, dp_rank, dp_size, t.seed)
+               for split in ("train", "valid")]
+    held_out = loaders[1].held_out_batch() if (
+        config.eval.interval > 0 or config.diagnostics.interval > 0) else None
+    return tokenizer, loaders[0], held_out
+
+
+def _train(config, config_yaml: str, world) -> int:
+    from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
+    from pretrain.debug import nan_loss_at_steps
+    from pretrain.engines import build_engine
     from pretrain.metrics import MetricsLogger
     from pretrain.signals import StopRequest
     from pretrain.trainer import train_loop
 
-    t, ckpt = config.train, config.checkpoint
-    run_dir = config.run_dir
+    run_dir, t = config.run_dir, config.train
     os.makedirs(run_dir, exist_ok=True)
     if world.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w") as stream:
             stream.write(config_yaml)
-        log.info("run folder %s (world %d: tp=%d pp=%d dp=%d, %s)", run_dir, world.world_size,
-                 config.parallel.tp, config.parallel.pp, data_parallel_size(config, world.world_size),
-                 world.device)
     stop = StopRequest.install()
     try:
-        prepared = prepare_data(config.data, t.seq_length)
-        tokenizer = CodeTokenizer(prepared.tokenizer_model)
-        tokenizer.check_model_vocab(config.model.vocab_size)
-
-        from megatron.core import parallel_state
-        dp_rank = parallel_state.get_data_parallel_rank()
-        dp_size = parallel_state.get_data_parallel_world_size()
-        train_loader = build_loader(config.data, prepared, "train", t.seq_length,
-                                    t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
-        valid_loader = build_loader(config.data, prepared, "valid", t.seq_length,
-                                    t.global_batch_size, t.micro_batch_size, dp_rank, dp_size, t.seed)
-        held_out = valid_loader.held_out_batch() if (
-            config.eval.interval > 0 or config.diagnostics.interval > 0) else None
-
-        if config.engine == "deepspeed":
-            from pretrain.deepspeed_engine import DeepSpeedEngine, save_checkpoint
-            engine = DeepSpeedEngine(config, world.device)
-        else:
-            engine = MegatronEngine(config, world.device)
-            save_checkpoint = functools.partial(checkpoint.save_checkpoint,
-                                                async_save=ckpt.async_save)
-        model_fields = checkpoint.model_fields_of(config.model)
+        tokenizer, train_loader, held_out = _data(config)
+        engine = build_engine(config, world.device)
+        checkpointer = Checkpointer(config.checkpoint, engine, train_loader, config_yaml,
+                                    model_fields_of(config.model), tokenizer.model_path)
         start_step = 0
-        resume_path = checkpoint.resolve_resume(ckpt.resume, ckpt.dir)
+        resume_path = resolve_resume(config.checkpoint.resume, config.checkpoint.dir)
         if resume_path is not None:
-            # Either engine's own checkpoints, or weights converted from the other engine's.
-            from pretrain.engine_convert import load_for_engine
-            state = load_for_engine(resume_path, config.engine, engine, train_loader, model_fields)
-            start_step = state["step"]
-            if world.is_main:
-                log.info("resumed from %s: step %d, %d samples consumed", resume_path, start_step,
-                         train_loader.consumed_samples)
-        elif world.is_main:
-            num_params = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3: p holds a partition
-                             for p in engine.inference_model.parameters())
-            log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
-                     num_params / 1e6, config.model.num_loops)
-
-        if world.is_main:
-            dtype = torch.bfloat16 if use_bf16(config) else torch.float32
-            log.info(describe_backend(config.model.attention_backend, world.device, dtype))
-            if config.diagnostics.interval > 0 and config.parallel.pp > 1:
-                log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")
-
+            start_step = load_checkpoint(resume_path, engine, train_loader,
+                                         model_fields_of(config.model))["step"]
+        _log_start(config, engine, world, resume_path, start_step, train_loader)
         metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
                                 OmegaConf.to_container(OmegaConf.create(config_yaml)),
                                 resume_step=start_step)
-
-        def save(step: int) -> None:
-            path = save_checkpoint(ckpt.dir, step, engine, train_loader, config_yaml, ckpt.keep,
-                                   model_fields)
-            if world.is_main:
-                log.info("checkpoint %s", path)
-
+        steps = nan_loss_at_steps(train_loader, config.debug.nan_loss_at_steps, t.global_batch_size)
         try:
-            status = train_loop(config, engine, train_loader, held_out, metrics, save, stop,
+            status = train_loop(config, engine, steps, held_out, metrics, checkpointer, stop,
                                 start_step, world.world_size)
         finally:
             metrics.finish()
@@ -155,6 +126,28 @@ def _train(config, config_yaml: str, world) -> int:
         return 0
     finally:
         stop.restore()
+
+
+def _log_start(config, engine, world, resume_path, start_step: int, train_loader) -> None:
+    from model.kernels import describe_backend
+    from pretrain.config import data_parallel_size
+    from pretrain.engines.base import params_dtype
+
+    if not world.is_main:
+        return
+    log.info("run folder %s (world %d: tp=%d pp=%d dp=%d, %s, engine=%s)", config.run_dir,
+             world.world_size, config.parallel.tp, config.parallel.pp,
+             data_parallel_size(config, world.world_size), world.device, engine.name)
+    if resume_path is not None:
+        log.info("resumed from %s: step %d, %d samples consumed", resume_path, start_step,
+                 train_loader.consumed_samples)
+    else:
+        log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
+                 engine.num_parameters() / 1e6, config.model.num_loops)
+    log.info(describe_backend(config.model.attention_backend, world.device,
+                              params_dtype(config.train)))
+    if config.diagnostics.interval > 0 and config.parallel.pp > 1:
+        log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")
 
 
 def _print_sample(config, engine, tokenizer, world) -> None:

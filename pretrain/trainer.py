@@ -1,6 +1,7 @@
 """The training loop, and nothing else: step, log, evaluate, checkpoint, stop on request.
 
-    status = train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop, start_step)
+    status = train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop,
+                        start_step, world_size)
 
 `status` is 0 when train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived:
 then the step in flight finished and a checkpoint was saved. Ranks agree on stopping through an
@@ -10,12 +11,9 @@ all-reduce of the flag every step (the scheduler may signal only some of them).
 from __future__ import annotations
 
 import time
-from typing import Callable
-
 from model.diagnostics import compute_loop_diagnostics
-from pretrain.checkpoint import finalize_async_saves
+from model.flops import flops_per_token, peak_flops_per_device
 from pretrain.distributed import all_reduce_max
-from pretrain.flops import flops_per_token, peak_flops_per_device
 from pretrain.metrics import peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE, DivergedError
 
@@ -28,8 +26,8 @@ def diagnostics_due(cfg, step: int) -> bool:
             and (step % interval == 0 or step == cfg.train.max_steps))
 
 
-def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int], None], stop,
-               start_step: int, world_size: int) -> int:
+def train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop, start_step: int,
+               world_size: int) -> int:
     t = cfg.train
     tokens_per_step = t.global_batch_size * t.seq_length
     model_flops = flops_per_token(cfg.model, t.seq_length)
@@ -46,7 +44,7 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
         window_steps += 1
         step += 1
         stopping = all_reduce_max(stop.requested) > 0
-        finalize_async_saves(blocking=False)  # an async save whose writers finished: publish it
+        checkpointer.finalize(blocking=False)  # an async save whose writers finished: publish it
         # A non-finite loss or gradient norm: the engine made no update (every rank agrees, the
         # values are all-reduced). Log it; too many in a row mean the run diverged.
         skipped_in_a_row = skipped_in_a_row + 1 if result.skipped else 0
@@ -83,7 +81,7 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
             metrics.log_diagnostics(rows, step)
 
         if skipped_in_a_row > t.max_skipped_steps:
-            finalize_async_saves(blocking=True)
+            checkpointer.finalize(blocking=True)
             raise DivergedError(
                 f"steps {step - skipped_in_a_row + 1}-{step}: {skipped_in_a_row} steps in a row had a "
                 f"non-finite loss or gradient norm (train.max_skipped_steps={t.max_skipped_steps}); "
@@ -91,14 +89,14 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, save: Callable[[int
                 f"checkpoint in {cfg.checkpoint.dir} with a lower train.lr, or skip the data "
                 f"(nothing was saved after the divergence)")
         if stopping:
-            save(step)
-            finalize_async_saves(blocking=True)
+            checkpointer.save(step)
+            checkpointer.finalize(blocking=True)
             return EXIT_REQUEUE
         if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-            save(step)
+            checkpointer.save(step)
             last_saved = step
 
     if cfg.checkpoint.save_final and last_saved != step:
-        save(step)
-    finalize_async_saves(blocking=True)
+        checkpointer.save(step)
+    checkpointer.finalize(blocking=True)
     return 0

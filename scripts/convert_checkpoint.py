@@ -1,4 +1,4 @@
-"""Convert a checkpoint's model weights between the engines (pretrain/engine_convert.py).
+"""Convert a checkpoint's model weights between the engines (pretrain/checkpoint/convert.py).
 
     python -m scripts.convert_checkpoint SRC DST
 
@@ -20,7 +20,7 @@ for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is n
     warnings.filterwarnings("ignore", message=_message)
 
 from model.config import ConfigError  # noqa: E402
-from pretrain.engine_convert import checkpoint_engine, convert_checkpoint  # noqa: E402
+from pretrain.checkpoint.convert import checkpoint_engine, convert_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -18,9 +18,8 @@ import json
 import torch
 from omegaconf import OmegaConf
 
-import model  # noqa: F401  (CPU compatibility layer for megatron-core when CUDA is absent)
 from model.diagnostics import METRICS, compute_loop_diagnostics, flatten_for_metrics
-from pretrain.inference import load_model, single_process_world
+from pretrain.checkpoint import load_model, resolve_checkpoint
 
 
 def held_out_tokens(config, batch: int, seq_length: int) -> torch.Tensor:
@@ -56,10 +55,7 @@ def main(argv=None) -> list:
     parser.add_argument("--out", help="also write the rows here as JSON lines")
     args = parser.parse_args(argv)
 
-    from pretrain.checkpoint import resolve_resume
-
-    folder = resolve_resume(args.checkpoint, args.checkpoint)
-    single_process_world()
+    folder = resolve_checkpoint(args.checkpoint)
     plt, config, step = load_model(folder)
     seq_length = args.seq_length or int(config.train.seq_length)
     if args.random_tokens:

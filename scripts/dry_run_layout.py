@@ -10,7 +10,7 @@ Positional arguments are the training run's Hydra overrides (composed as pretrai
   --params      print every parameter of the rank with its shape and dtype
 Exit status: 0 when the rank builds and the planner agrees with it, 1 on a layout error (the
 message names the key and the fix), 2 when the built model and the planner disagree.
-See pretrain/layout_dry_run.py for what is checked and how (torch's fake process group).
+See planning/dry_run.py for what is checked and how (torch's fake process group).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     from model import ConfigError
-    from pretrain.layout_dry_run import dry_run
+    from planning.dry_run import dry_run
     from scripts.plan import compose_config
 
     config = OmegaConf.to_object(compose_config(args.overrides))

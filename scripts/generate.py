@@ -5,8 +5,8 @@
         [--mode parallel|sequential]
 
 CHECKPOINT is an `iter_XXXXXXX/` folder or a checkpoint dir holding a `latest` file. The model is
-rebuilt in one process from the checkpoint's config (pretrain/inference.py), the tokenizer is the
-run's own (its data cache). Several --prompt arguments decode as one batch of any lengths. `parallel`
+rebuilt in one process from the checkpoint's config (pretrain/checkpoint/weights.py), the tokenizer
+is the run's own (the checkpoint's copy). Several --prompt arguments decode as one batch of any lengths. `parallel`
 runs all loops of a token in one forward (PLT); `sequential` runs them one after another (the
 vanilla looped transformer's schedule; the only one for a clp=false model). Greedy at temperature 0.
 """
@@ -17,18 +17,8 @@ import argparse
 import time
 
 import torch
-from omegaconf import OmegaConf
 
-from pretrain.inference import load_model, single_process_world
-
-
-def run_tokenizer(config):
-    from data.config import DataConfig
-    from data.prepare import prepare_data
-    from data.tokenizer import CodeTokenizer
-
-    data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), config.data))
-    return CodeTokenizer(prepare_data(data_cfg, int(config.train.seq_length)).tokenizer_model)
+from pretrain.checkpoint import checkpoint_tokenizer, load_model, resolve_checkpoint
 
 
 def main(argv=None) -> list:
@@ -45,12 +35,10 @@ def main(argv=None) -> list:
     args = parser.parse_args(argv)
 
     from model.generation import generate
-    from pretrain.checkpoint import resolve_resume
 
-    folder = resolve_resume(args.checkpoint, args.checkpoint)
-    single_process_world()
-    plt, config, step = load_model(folder)
-    tokenizer = run_tokenizer(config)
+    folder = resolve_checkpoint(args.checkpoint)
+    plt, _, step = load_model(folder)
+    tokenizer = checkpoint_tokenizer(folder)
     prompts = [p.encode().decode("unicode_escape") for p in (args.prompt or ["def fibonacci(n):\\n"])]
     ids = [torch.tensor(tokenizer.encode(p)) for p in prompts]  # documents carry no BOS
     started = time.perf_counter()

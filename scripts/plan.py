@@ -12,29 +12,24 @@ The positional arguments are the training run's Hydra overrides (conf/, composed
   --utilization U     assumed share of peak FLOP/s for the time estimate (default 0.45)
   --gpu-memory 80,141 GPU sizes in GB to warn against
   --terms             also print the activation bytes term by term
-The numbers come from pretrain/planner.py (formulas and sources in its docstring); FLOPs from
-pretrain/flops.py, the function the trainer's logged MFU uses. Exit status 1 when the layout is
+The numbers come from planning/planner.py (formulas and sources in its docstring); FLOPs from
+model/flops.py, the function the trainer's logged MFU uses. Exit status 1 when the layout is
 invalid (the message names the key), 0 otherwise; a layout that does not fit prints WARNING lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def compose_config(overrides):
-    """The run config (pretrain.config.Config) for these overrides, as the trainer composes it."""
-    import pretrain.config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+    """The run config for these overrides, as the trainer composes it (run_dir never resolved)."""
+    from pretrain.config import compose
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg = compose(overrides)
     cfg.run_dir = "plan"  # never resolved to a folder; keeps ${now:} out of the way
     return cfg
 
@@ -61,7 +56,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from pretrain import planner
+    from planning import planner
     from pretrain.config import ConfigError, validate
 
     cfg = compose_config(args.overrides)
@@ -74,12 +69,7 @@ def main(argv=None) -> int:
     for loops in loop_counts:
         config = OmegaConf.to_object(OmegaConf.merge(cfg, {"model": {"num_loops": loops}}))
         try:
-            validate(config, world_size)
-            config.model.build(tensor_parallel=config.parallel.tp,
-                               pipeline_parallel=config.parallel.pp,
-                               virtual_pipeline_parallel=config.parallel.vpp,
-                               sequence_parallel=config.parallel.sequence_parallel,
-                               perform_initialization=False)
+            validate(config, world_size)  # the model's own layout checks included
         except ConfigError as error:
             print(f"invalid layout on {world_size} GPUs: {error}", file=sys.stderr)
             return 1

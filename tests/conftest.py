@@ -1,12 +1,17 @@
-"""Shared pytest fixtures: a one-process gloo world for megatron-core's parallel state; the order
-in which `make test`'s workers take the test files."""
+"""Pytest fixtures and hooks; plain helpers are in tests/fixtures.py.
+
+- Every test process runs torch with one thread, and applies megatron-core's CPU compatibility
+  layer at start (the same explicit call the entry points make; a no-op with CUDA).
+- `megatron_world`: torch.distributed (gloo, a world of one) and megatron's parallel state at TP=PP=1.
+- `data_cfg`, `prepared`: the small stdlib corpus (tests/fixtures.py), built once per process.
+- The order in which `make test`'s workers take the test files.
+"""
 
 import os
-import socket
 
 import pytest
-import torch
 
+from tests.fixtures import THREADS, small_data_config, small_prepared
 
 # The longest files first: `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`
 # (files in this order, not xdist's most-tests-first), and a file of several minutes taken last
@@ -14,29 +19,39 @@ import torch
 LONGEST_FIRST = ("test_checkpoint_robust_kill.py", "test_resharding.py", "test_deepspeed.py")
 
 
+def pytest_configure(config):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = THREADS
+    import torch
+
+    from model import cpu_compat
+
+    torch.set_num_threads(int(THREADS))
+    cpu_compat.apply()
+
+
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name)
                if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST))  # stable: files stay whole
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def megatron_world():
     """torch.distributed (gloo, world of 1) and megatron's model-parallel state at TP=PP=1."""
-    import model  # noqa: F401  (applies the CPU compatibility layer when CUDA is absent)
-    from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
-        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
+    from pretrain.distributed import single_process_world
+
+    single_process_world()
     model_parallel_cuda_manual_seed(1234)
     yield
+
+
+@pytest.fixture
+def data_cfg():
+    return small_data_config()
+
+
+@pytest.fixture
+def prepared():
+    return small_prepared()

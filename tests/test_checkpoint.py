@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
-from pretrain.checkpoint import _MetadataUnpickler, iter_name, resolve_resume
-from tests.trainer_fixtures import REPO, SMALL, output_of, run_trainer, small_data
+from pretrain.checkpoint import iter_name, resolve_resume
+from pretrain.engines.megatron_checkpoint import MetadataUnpickler
+from tests.fixtures import REPO, SMALL, output_of, run_trainer, small_data
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_checkpoint_files_load_without_pickled_code(six_step_run):
     torch.load(folder / "common.pt", weights_only=True)
     torch.load(folder / "rng" / "rank_00000.pt", weights_only=True)
     with open(folder / ".metadata", "rb") as stream:
-        _MetadataUnpickler(stream).load()
+        MetadataUnpickler(stream).load()
 
 
 def test_metadata_unpickler_refuses_code():
@@ -46,7 +47,7 @@ def test_metadata_unpickler_refuses_code():
             return (os.system, ("echo pwned",))
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
-        _MetadataUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+        MetadataUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
 
 
 @pytest.mark.parametrize("override, message", [

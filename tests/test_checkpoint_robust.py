@@ -12,9 +12,8 @@ import subprocess
 import pytest
 
 from pretrain.checkpoint import verify_complete
-from pretrain.engine import INJECT_NAN_ENV
-from tests.trainer_fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
-                                    trainer_command, trainer_env)
+from tests.fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
+                            trainer_command, trainer_env)
 
 # A fixed LR schedule length so that a run stopped early and a straight run share it.
 RESUMABLE = SMALL + small_data() + ["train.decay_steps=20"]
@@ -53,9 +52,7 @@ def test_async_save_resumes_like_a_straight_run(straight_run, tmp_path):
 
 
 def test_nan_step_is_skipped_and_the_run_finishes(tmp_path):
-    env = dict(trainer_env(), **{INJECT_NAN_ENV: "3"})
-    result = subprocess.run(trainer_command(tmp_path, "train.max_steps=6", *RESUMABLE), cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = run_trainer(tmp_path, "train.max_steps=6", "debug.nan_loss_at_steps=[3]", *RESUMABLE)
     assert result.returncode == 0, output_of(result)
     rows = {row["step"]: row for row in loss_rows(tmp_path)}
     assert sorted(rows) == [1, 2, 3, 4, 5, 6]
@@ -67,10 +64,8 @@ def test_nan_step_is_skipped_and_the_run_finishes(tmp_path):
 
 
 def test_too_many_skipped_steps_in_a_row_stop_the_run(tmp_path):
-    env = dict(trainer_env(), **{INJECT_NAN_ENV: "3,4,5"})
-    result = subprocess.run(trainer_command(tmp_path, "train.max_steps=8", "checkpoint.interval=2",
-                                            "train.max_skipped_steps=2", *RESUMABLE),
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_trainer(tmp_path, "train.max_steps=8", "checkpoint.interval=2",
+                         "train.max_skipped_steps=2", "debug.nan_loss_at_steps=[3,4,5]", *RESUMABLE)
     assert result.returncode == 1, output_of(result)
     assert "steps 3-5: 3 steps in a row had a non-finite loss or gradient norm " \
            "(train.max_skipped_steps=2)" in output_of(result)

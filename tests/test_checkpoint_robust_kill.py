@@ -18,8 +18,8 @@ import time
 import pytest
 
 from pretrain.checkpoint import verify_complete
-from tests.trainer_fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
-                                    trainer_command, trainer_env)
+from tests.fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
+                            trainer_command, trainer_env)
 
 pytestmark = pytest.mark.slow
 STEPS, KILLS, SEED = 40, 10, 20261129

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import Config, ConfigError, validate
-from tests.trainer_fixtures import REPO, output_of, run_trainer
+from tests.fixtures import REPO, output_of, run_trainer
 
 CONF = os.path.join(REPO, "conf")
 

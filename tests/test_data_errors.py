@@ -11,7 +11,7 @@ from data.indexed import ShardError, check_shard, list_shards
 from data.loader import build_loader
 from data.prepare import PreparedData, prepare_data
 from data.tokenizer import CodeTokenizer, train_tokenizer
-from data_fixtures import SEQ_LENGTH, data_cfg, prepared  # noqa: F401  (fixtures)
+from tests.fixtures import DATA_SEQ_LENGTH as SEQ_LENGTH
 
 
 @pytest.fixture

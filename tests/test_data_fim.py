@@ -8,7 +8,7 @@ import torch
 
 from data.fim import FimTokens, apply_fim, fim_permute
 from data.loader import build_loader
-from data_fixtures import SEQ_LENGTH, data_cfg, prepared  # noqa: F401  (fixtures)
+from tests.fixtures import DATA_SEQ_LENGTH as SEQ_LENGTH
 
 TOKENS = FimTokens(prefix_id=4, middle_id=5, suffix_id=6, eod_id=2)
 SENTINELS = Counter({4: 1, 5: 1, 6: 1})

@@ -10,7 +10,7 @@ from data.indexed import list_shards
 from data.loader import FingerprintMismatch, build_loader
 from data.prepare import PreparedData
 from data.tokenizer import CodeTokenizer
-from data_fixtures import SEQ_LENGTH, data_cfg, prepared  # noqa: F401  (fixtures)
+from tests.fixtures import DATA_SEQ_LENGTH as SEQ_LENGTH
 
 GLOBAL_BATCH, MICRO_BATCH = 8, 2
 

@@ -11,7 +11,6 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from data.corpus import read_corpus
 from data.indexed import list_shards, preprocess
 from data.tokenizer import CodeTokenizer
-from data_fixtures import prepared  # noqa: F401  (fixture)
 
 DOCUMENTS = [f"def f{i}(x):\n\treturn x * {i}  # é\n" * (1 + i % 3) for i in range(11)] + ["", "\n"]
 

@@ -4,7 +4,7 @@ import pytest
 
 from data.corpus import stdlib_corpus
 from data.tokenizer import CodeTokenizer
-from data_fixtures import prepared, small_config  # noqa: F401  (prepared: fixture)
+from tests.fixtures import small_data_config
 
 TRICKY = "def f(x):\n\tif x:\t# tab\n\t\treturn 'héllo ✓ 😀 日本'  \r\n\n\n    pass   \n\x0c\n"
 
@@ -15,7 +15,7 @@ def tokenizer(prepared):
 
 
 def test_round_trip_on_stdlib_files(tokenizer):
-    cfg = small_config()
+    cfg = small_data_config()
     corpus = stdlib_corpus(cfg.stdlib_exclude_dirs, cfg.stdlib_valid_fraction, cfg.stdlib_max_files)
     texts = list(corpus["train"]["text"]) + list(corpus["valid"]["text"])
     assert len(texts) >= 30

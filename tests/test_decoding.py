@@ -9,7 +9,7 @@ import torch
 
 from model.decoding import DecodeCache, LoopDecoder
 from model.generation import generate, sample
-from model_helpers import build_small
+from tests.fixtures import build_small
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 

@@ -19,9 +19,8 @@ import sys
 
 import pytest
 
-from conftest import free_port
-from tests.trainer_fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
-                                    trainer_env)
+from tests.fixtures import (REPO, SMALL, output_of, read_metrics, run_torchrun, run_trainer,
+                            small_data, trainer_env)
 
 pytestmark = [
     pytest.mark.distributed,
@@ -39,11 +38,8 @@ GRAD_NORM_RTOL = 1e-5
 
 
 def run_deepspeed(run_dir, stage, *overrides, nproc=2, timeout=600):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "pretrain.train", f"run_dir={run_dir}",
-           "engine=deepspeed", f"deepspeed.zero_stage={stage}", *RUN, *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_torchrun(run_dir, nproc, "engine=deepspeed", f"deepspeed.zero_stage={stage}", *RUN,
+                        *overrides, timeout=timeout)
 
 
 def rows_by_step(run_dir):
@@ -111,12 +107,13 @@ def test_resume_from_a_deepspeed_checkpoint_is_exact(tmp_path, zero3_run):
 
 ROUND_TRIP = """
 import sys, torch
-from pretrain.engine_convert import convert_checkpoint, read_deepspeed_weights, read_megatron_weights
+from pretrain.checkpoint import read_weights, resolve_checkpoint
+from pretrain.checkpoint.convert import convert_checkpoint
 src, megatron_dir, deepspeed_dir = sys.argv[1:4]
 megatron = convert_checkpoint(src, megatron_dir)         # what scripts/convert_checkpoint.py calls
 back = convert_checkpoint(megatron_dir, deepspeed_dir)
-a = read_deepspeed_weights(src + "/" + open(src + "/latest").read().strip())
-b, c = read_megatron_weights(megatron), read_deepspeed_weights(back)
+a = read_weights(resolve_checkpoint(src))[1]
+b, c = read_weights(megatron)[1], read_weights(back)[1]
 assert a.keys() == b.keys() == c.keys() and len(a) > 0, (sorted(a), sorted(b), sorted(c))
 for name in a:
     assert a[name].dtype == b[name].dtype == c[name].dtype == torch.float32, name

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model import diagnostics as D
-from model_helpers import build_small
+from tests.fixtures import build_small, small_model_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 
@@ -125,14 +125,13 @@ def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
     from omegaconf import OmegaConf
 
     from scripts import diagnose
-    from model_helpers import small_config
 
     model = build_small(num_loops=2)
     folder = tmp_path / "checkpoints" / "iter_0000010"
     folder.mkdir(parents=True)
     dist_checkpointing.save({"model": model.sharded_state_dict()}, str(folder),
                             sharded_strategy=("torch_dist", 1))
-    config = {"model": asdict(small_config(num_loops=2)), "train": {"seq_length": 24, "seed": 1}}
+    config = {"model": asdict(small_model_config(num_loops=2)), "train": {"seq_length": 24, "seed": 1}}
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
     (folder / "loopcoder.json").write_text(json.dumps({"step": 10}))
     (folder.parent / "latest").write_text("iter_0000010\n")

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fixtures import REPO, subprocess_env
 
 
 def dry_run(*args):
-    return subprocess.run([sys.executable, "scripts/dry_run_layout.py", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "scripts/dry_run_layout.py", *args], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
 
 

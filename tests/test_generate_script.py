@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.trainer_fixtures import REPO, SMALL, output_of, run_trainer, small_data, trainer_env
+from tests.fixtures import REPO, SMALL, output_of, run_trainer, small_data, trainer_env
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from model import ConfigError, ModelConfig, PLTModel
 from model.plt_model import shift_one_position
-from model_helpers import build_small, small_config
+from tests.fixtures import build_small, small_model_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 
@@ -124,7 +124,7 @@ def test_gradients_reach_gate_first_loop_kv_and_embedding():
     # Then loop 2's input is E(x), loop 1's too: a window shorter than the sequence keeps the two
     # branches apart (with a full window they would be equal and the gate's gradient zero).
     torch.manual_seed(0)
-    model = PLTModel(small_config(num_loops=2, clp_hidden_scale=0.0, swa_window=4).build())
+    model = PLTModel(small_model_config(num_loops=2, clp_hidden_scale=0.0, swa_window=4).build())
     first_kv = []
 
     def keep_first_loop_kv(module, args, output):
@@ -213,12 +213,12 @@ def test_tiny_preset_is_small():
 ])
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        small_config(**overrides).build()
+        small_model_config(**overrides).build()
 
 
 def test_tensor_parallel_not_dividing_heads_is_refused():
     with pytest.raises(ConfigError, match=r"parallel\.tp=3"):
-        small_config().build(tensor_parallel=3)
+        small_model_config().build(tensor_parallel=3)
 
 
 def test_attention_mask_is_refused():

@@ -16,8 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from model import ModelConfig, PLTModel
-from pretrain import planner
-from pretrain.flops import flops_per_token
+from model.flops import flops_per_token
+from planning import planner
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 

@@ -10,8 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from scripts import plot_run, plot_sweep
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fixtures import REPO, small_data, subprocess_env
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,8 +98,9 @@ def test_plots_of_a_real_two_run_sweep(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     # The loop-sweep experiment cut to two variants by a command-line sweep (which wins over its own).
     result = subprocess.run([sys.executable, "-m", "pretrain.train", "-m", "+experiment=loop_sweep",
-                             f"run_dir={sweep_dir}", "+loop_variant=R1,R2", *tiny], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
+                             f"run_dir={sweep_dir}", "+loop_variant=R1,R2", *tiny, *small_data()],
+                            cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(str(p.parent) for p in sweep_dir.glob("*/metrics.jsonl"))
     assert [os.path.basename(r) for r in runs] == ["R1_clp_True", "R2_clp_True"]

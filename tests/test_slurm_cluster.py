@@ -1,5 +1,5 @@
 """The launcher against a real SLURM cluster: slurmctld + two slurmd's (n1, n2) started by this module
-(launch/local_cluster.py; it apt-get installs slurm-wlm and munge when missing, as root).
+(tests/local_cluster.py; it apt-get installs slurm-wlm and munge when missing, as root).
 
 Jobs are the tiny PLT on the stdlib corpus, CPU/gloo, submitted through `python -m launch.slurm`.
 Each job's log is printed when a test fails."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import launch.slurm
-from launch.local_cluster import ClusterUnavailable, LocalCluster, ensure_installed
+from tests.local_cluster import ClusterUnavailable, LocalCluster, ensure_installed
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from launch.rendezvous import RendezvousError, check_rendezvous
+from pretrain.rendezvous import RendezvousError, check_rendezvous
 from launch.slurm import expand_sweep, plan
 
 CPU_JOB = ["launch=cpu", "launch.nodes=2", "train.micro_batch_size=4", "run_dir=/tmp/lc-render"]

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from pretrain.signals import EXIT_REQUEUE
-from tests.trainer_fixtures import (REPO, SMALL, data_cache_dir, losses_by_step, output_of,
-                                    read_metrics, run_trainer, small_data, trainer_command,
-                                    trainer_env)
+from tests.fixtures import (REPO, SMALL, data_cache_dir, losses_by_step, output_of,
+                            read_metrics, run_trainer, small_data, trainer_command,
+                            trainer_env)
 
 # Resume tests fix the LR schedule's length (decay_steps) so that a run stopped early and a run that
 # goes on share it; then every step of the resumed run must equal the straight run's.

@@ -2,7 +2,7 @@
 megatron's schedule, saving this rank's losses and gradients (by global parameter name, tensor-
 parallel shards gathered back into full tensors).
 
-    torchrun --nproc_per_node=N tests/distributed/model_worker.py --tp T --pp P --loops R --out DIR
+    torchrun --nproc_per_node=N -m tests.distributed.model_worker --tp T --pp P --loops R --out DIR
 """
 
 import argparse
@@ -10,18 +10,16 @@ import os
 import re
 
 import torch
-
-import model  # noqa: F401  (CPU compatibility layer)
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-from model import ModelConfig, PLTModel
-from model.pipeline import loop_chunks, virtual_pipeline_size
+from model import PLTModel, cpu_compat
+from model.pipeline import loop_chunks
+from pretrain.distributed import init_model_parallel
+from tests.fixtures import small_model_config
 
-SHAPE = dict(num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2,
-             ffn_hidden_size=128, vocab_size=128, max_position_embeddings=64,
-             attention_backend="torch", swa_window=4)
+# Four layers, so that pipeline stages hold two each; a short window, so that 16 tokens use it.
+SHAPE = dict(num_layers=4, max_position_embeddings=64, swa_window=4)
 SEQ, MICRO_BATCH, MICRO_BATCHES = 16, 2, 4
 
 
@@ -58,13 +56,11 @@ def main():
     parser.add_argument("--shared-kv", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    cpu_compat.apply()
     torch.distributed.init_process_group("gloo")
-    parallel_state.initialize_model_parallel(
-        args.tp, args.pp,
-        virtual_pipeline_model_parallel_size=virtual_pipeline_size(args.loops, args.pp))
-    model_parallel_cuda_manual_seed(0)
+    init_model_parallel(args.tp, args.pp, args.loops, seed=0)
     torch.manual_seed(0)
-    config = ModelConfig(**SHAPE, num_loops=args.loops, shared_kv=bool(args.shared_kv)).build(
+    config = small_model_config(**SHAPE, num_loops=args.loops, shared_kv=bool(args.shared_kv)).build(
         tensor_parallel=args.tp, pipeline_parallel=args.pp, sequence_parallel=bool(args.sp))
     stage = PLTModel(config)
     chunks = loop_chunks(stage)

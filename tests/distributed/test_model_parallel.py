@@ -10,25 +10,22 @@ per-parameter gradients agree to ~1e-6 relative to their largest entry (checked 
 losses to 1e-6 absolute.
 """
 
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import free_port
+from tests.fixtures import REPO, subprocess_env, torchrun_command
 
 pytestmark = pytest.mark.distributed
-WORKER = os.path.join(os.path.dirname(__file__), "model_worker.py")
 _single_process = {}
 
 
 def run(out, nproc, args):
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", WORKER, "--out", str(out), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    cmd = torchrun_command(nproc, "-m", "tests.distributed.model_worker", "--out", str(out), *args)
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [torch.load(out / f"rank{r}.pt") for r in range(nproc)]
     losses = [loss for r in results for loss in r["losses"]]

@@ -16,8 +16,7 @@ TP1 -> TP1 resume is bitwise equal in both).
 
 import pytest
 
-from tests.distributed.test_trainer_parallel import torchrun
-from tests.trainer_fixtures import SMALL, output_of, read_metrics, run_trainer, small_data
+from tests.fixtures import SMALL, output_of, read_metrics, run_torchrun, run_trainer, small_data
 
 pytestmark = pytest.mark.distributed
 SAVE_AT, STEPS = 3, 6
@@ -44,7 +43,7 @@ def train(run_dir, layout, max_steps, *extra):
     overrides = [*COMMON, f"train.max_steps={max_steps}", *extra]
     if layout is None:
         return run_trainer(run_dir, *overrides, timeout=900)
-    return torchrun(run_dir, 2, *overrides, *layout)
+    return run_torchrun(run_dir, 2, *overrides, *layout)
 
 
 CASES = [

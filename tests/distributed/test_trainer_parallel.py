@@ -8,14 +8,9 @@ Tolerance: 1e-5 relative (the issue's aim). The layouts compute the same fp32 fu
 reductions split across processes; differences start at ~1e-7 and grow slowly over 6 Adam steps.
 """
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import free_port
-from tests.trainer_fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
-                                    trainer_env)
+from tests.fixtures import SMALL, output_of, read_metrics, run_torchrun, run_trainer, small_data
 
 pytestmark = pytest.mark.distributed
 STEPS = 6
@@ -40,14 +35,6 @@ def single_process(tmp_path_factory, loops):
     return _reference[loops]
 
 
-def torchrun(run_dir, nproc, *overrides):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "pretrain.train", f"run_dir={run_dir}",
-           *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True,
-                          timeout=900)
-
-
 LAYOUTS = [
     pytest.param(2, ["parallel.tp=2"], 2, id="tp2"),
     pytest.param(2, ["parallel.pp=2"], 1, id="pp2-1f1b-R1"),
@@ -64,7 +51,7 @@ LAYOUTS = [
 @pytest.mark.parametrize("nproc, layout, loops", LAYOUTS)
 def test_layout_trains_like_one_process(tmp_path, tmp_path_factory, nproc, layout, loops):
     ref_loss, ref_norm = single_process(tmp_path_factory, loops)
-    result = torchrun(tmp_path, nproc, *COMMON, f"model.num_loops={loops}", *layout)
+    result = run_torchrun(tmp_path, nproc, *COMMON, f"model.num_loops={loops}", *layout)
     assert result.returncode == 0, output_of(result)[-4000:]
     loss, norm = curves(tmp_path)
     assert len(loss) == STEPS

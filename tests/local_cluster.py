@@ -6,8 +6,8 @@ daemons on 127.0.0.1 (each with its own port) act as a 2-node cluster: `sbatch -
 a real cluster. Nothing is installed system-wide except the Debian packages; every file (munge key,
 slurm.conf, state, logs) lives under one folder, and the daemons are stopped by PID.
 
-    python -m launch.local_cluster up [--root DIR]    # prints `export SLURM_CONF=...`
-    python -m launch.local_cluster down [--root DIR]
+    python -m tests.local_cluster up [--root DIR]    # prints `export SLURM_CONF=...`
+    python -m tests.local_cluster down [--root DIR]
 
 In tests: `with LocalCluster(root) as cluster: subprocess.run(["sbatch", ...], env=cluster.env)`.
 The fixture path runs the daemons in the foreground (-D / -F) as children of the test process, so
@@ -269,7 +269,7 @@ def _kill_pid_file(pid_file: Path, timeout_s: float = 15.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.local_cluster", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.local_cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "loopcoder-slurm"))

@@ -1,6 +1,7 @@
-"""The rendezvous address of a SLURM job, and the check that it is not a loopback address.
+"""The rendezvous address and port of a SLURM job, and the check that it is not a loopback address.
 
-    MASTER_ADDR=$(python -m launch.rendezvous)   # in the sbatch script, before any srun
+    MASTER_ADDR=$(python -m pretrain.rendezvous)          # in the sbatch script, before any srun
+    MASTER_PORT=$(python -m pretrain.rendezvous --port)
 
 The address is the first host of SLURM_JOB_NODELIST, taken as SLURM's own NodeAddr for it (what
 slurmctld uses to reach that node, right on real clusters and on the emulated local one), unless
@@ -11,7 +12,7 @@ The most common multi-node hang: the rendezvous host resolves to a loopback addr
 job spans several nodes. Rank 0 listens on its own loopback, the other nodes dial their own, and every
 rank waits in init_process_group until the 30-minute timeout. `check_rendezvous` turns that into an
 immediate error. The one legitimate loopback case is several SLURM "nodes" that are all this same host
-(multiple slurmd's on one machine, as in launch/local_cluster.py): allowed, since every rank is here.
+(multiple slurmd's on one machine, as in tests/local_cluster.py): allowed, since every rank is here.
 """
 
 from __future__ import annotations
@@ -111,7 +112,23 @@ def check_environment(env: dict | None = None) -> None:
     check_rendezvous(master_addr, nnodes, node_addrs)
 
 
-def main() -> int:
+def master_port(env: dict | None = None) -> str:
+    """MASTER_PORT for this job: the exported one, else one port per job id, so two jobs sharing a
+    node do not collide and a requeued job (same id) gets its port back."""
+    env = os.environ if env is None else env
+    return env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)
+
+
+def slurm_rendezvous() -> tuple[str, str]:
+    """(MASTER_ADDR, MASTER_PORT) of an srun-per-rank job, checked."""
+    return rendezvous_address(), master_port()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--port"]:
+        print(master_port())
+        return 0
     try:
         print(rendezvous_address())
     except (RendezvousError, subprocess.CalledProcessError, OSError) as err:

@@ -6,7 +6,7 @@
 torch's fake process group (``FakeStore`` + backend "fake": collectives return at once, nothing is
 sent) stands in for the cluster, so megatron's ``initialize_model_parallel(tp, pp)`` builds the
 real group layout of ``world_size`` ranks and this process is rank ``rank`` of it. The model is
-built for that rank exactly as pretrain/engine.py builds it (``ModelConfig.build`` with the run's
+built for that rank exactly as pretrain/engines/megatron.py builds it (``ModelConfig.build`` with the run's
 tp/pp/vpp/sequence parallelism, ``PLTModel``), with parameters on the meta device: no memory, no
 initialisation, seconds for a 7B. What it checks:
 
@@ -14,7 +14,7 @@ initialisation, seconds for a 7B. What it checks:
   groups, ffn and layers against tp/pp), with their messages;
 - shapes: every parameter of the rank, as built (``--params`` prints them);
 - memory: the rank's parameter count from the built model must equal the planner's count for its
-  pipeline stage (pretrain/planner.py), then the planner's memory per GPU for that rank.
+  pipeline stage (planning/planner.py), then the planner's memory per GPU for that rank.
 Pipeline layouts (pp > 1) are built the same way, as the model supports them: a stage's model,
 pre_process on the first stage, the head on the last; a model that refuses pp > 1 is reported with
 its own message.
@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 
-from pretrain import planner
+from model import cpu_compat
+from planning import planner
 from pretrain.config import validate
 
 
@@ -66,13 +67,14 @@ class RankReport:
 
 
 @contextlib.contextmanager
-def fake_world(world_size: int, rank: int, tp: int, pp: int, vpp=None):
+def fake_world(world_size: int, rank: int, tp: int, pp: int, num_loops: int):
     """torch.distributed on the fake backend and megatron's parallel state for this rank."""
-    import model  # noqa: F401  (CPU compatibility layer: megatron's CUDA calls on a laptop)
     from megatron.core import parallel_state
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    from pretrain.distributed import init_model_parallel
+
+    cpu_compat.apply()  # megatron's CUDA calls on a laptop
     if torch.distributed.is_initialized():
         raise RuntimeError("a process group already exists in this process; the dry run needs "
                            "its own (run it in a fresh process)")
@@ -80,10 +82,7 @@ def fake_world(world_size: int, rank: int, tp: int, pp: int, vpp=None):
                                          world_size=world_size)
     try:
         # No gloo groups: they would rendezvous for real. Everything else is megatron's layout.
-        parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-            virtual_pipeline_model_parallel_size=vpp, create_gloo_process_groups=False)
-        model_parallel_cuda_manual_seed(1234)
+        init_model_parallel(tp, pp, num_loops, seed=1234, create_gloo_process_groups=False)
         yield parallel_state
     finally:
         if parallel_state.model_parallel_is_initialized():
@@ -101,7 +100,7 @@ def dry_run(cfg, world_size: int, rank: int = 0, **plan_kwargs) -> RankReport:
         raise ValueError(f"--rank {rank} is outside the world of {world_size} ranks")
     validate(cfg, world_size)
     bf16 = plan_kwargs.pop("bf16", cfg.train.precision in ("auto", "bf16"))
-    with fake_world(world_size, rank, p.tp, p.pp, p.vpp) as state:
+    with fake_world(world_size, rank, p.tp, p.pp, cfg.model.num_loops) as state:
         model_config = cfg.model.build(
             tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline_parallel=p.vpp,
             sequence_parallel=p.sequence_parallel,
@@ -124,7 +123,3 @@ def dry_run(cfg, world_size: int, rank: int = 0, **plan_kwargs) -> RankReport:
     report.plan = planner.make_plan(cfg, world_size, bf16=bf16, **plan_kwargs)
     return report
 
-
-def check_ranks(cfg, world_size: int, ranks: List[int]) -> List[RankReport]:
-    """Dry-run several ranks one after another (e.g. the first and last pipeline stage)."""
-    return [dry_run(cfg, world_size, rank) for rank in ranks]

@@ -1,0 +1,237 @@
+"""Parameters and activation memory of a PLT preset under a parallel layout, per rank, counted from
+the code of model/ as it is (planning/planner.py turns them into a plan per GPU).
+
+- Parameters: per module of model/layer.py and model/plt_model.py (embedding, per layer qkv/proj/
+  gate/norms/SwiGLU, final norm, head), split as megatron's parallel linears split them. A one-rank
+  count equals ``sum(p.numel())`` of the built model (tests/test_planner.py).
+- Activations: the bytes autograd holds at the end of one micro-batch's forward, term by term
+  (``activation_terms``), times the micro-batches in flight under pipelining; plus an estimate of
+  the backward's working set.
+
+The activation terms follow what this model's forward saves for backward (measured with
+torch.distributed._tools.mem_tracker.MemTracker in tests/test_planner.py):
+- RMSNorm (model/norm.py) computes in fp32: it saves an fp32 copy of its input and the normalised
+  fp32 tensor (8 bytes per element whatever the dtype; in fp32 the copy is the input itself, which
+  the gate norm then shares with the input norm).
+- ``v`` is a view of the fused QKV output, so keeping loop 1's V keeps the whole QKV output.
+- SwiGLU (megatron MLP, no fusion) saves fc1's output, silu's output, ``x_linear + offset`` and fc2's
+  input. The attention output is o_proj's input (a view) in the plain loop; the gated loop saves
+  both branches, the gate and the mixed result.
+- The torch attention backend saves the local branch's [s, s] mask converted to the compute dtype;
+  flash-attn needs none. Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from model.pipeline import virtual_pipeline_size
+
+GIB = 2**30
+
+
+@dataclass
+class Layout:
+    """The parts of a run config that decide memory and time (see ``layout_of``)."""
+
+    world_size: int
+    tp: int = 1
+    pp: int = 1
+    vpp: Optional[int] = None
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = False
+    micro_batch_size: int = 1
+    global_batch_size: int = 1
+    seq_length: int = 128
+    bf16: bool = False
+    attention_backend: str = "flash"   # flash | torch: which kernel the GPU run would use
+
+    @property
+    def dp(self) -> int:
+        return self.world_size // (self.tp * self.pp)
+
+    @property
+    def num_microbatches(self) -> int:
+        return max(1, self.global_batch_size // (self.micro_batch_size * self.dp))
+
+
+def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
+              attention_backend: Optional[str] = None) -> Layout:
+    """The Layout of a composed run config. bf16: train.precision (auto means a GPU run: bf16).
+    attention_backend: model.attention_backend, with auto meaning flash on a GPU."""
+    t, p = cfg.train, cfg.parallel
+    if bf16 is None:
+        bf16 = t.precision in ("auto", "bf16")
+    if attention_backend is None:
+        attention_backend = "torch" if cfg.model.attention_backend == "torch" else "flash"
+    return Layout(world_size=world_size, tp=p.tp, pp=p.pp, vpp=p.vpp,
+                  sequence_parallel=p.sequence_parallel,
+                  distributed_optimizer=p.distributed_optimizer,
+                  micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size,
+                  seq_length=t.seq_length, bf16=bf16, attention_backend=attention_backend)
+
+
+# -- parameters ------------------------------------------------------------------------------
+def _kv_groups(m, tp: int) -> int:
+    """megatron replicates KV heads when tp > num_query_groups (attention.py: one group per rank)."""
+    groups = m.num_query_groups or m.num_attention_heads
+    return max(groups, tp)
+
+
+def layer_parameters(m, tp: int = 1) -> Dict[str, int]:
+    """One layer's parameters on one tensor-parallel rank, by module (model/layer.py)."""
+    h, heads = m.hidden_size, m.num_attention_heads
+    head_dim = h // heads
+    qkv_out = (heads + 2 * _kv_groups(m, tp)) * head_dim
+    params = {
+        "input_layernorm": h,
+        "linear_qkv": h * qkv_out // tp,
+        "linear_proj": h * h // tp,
+        "pre_mlp_layernorm": h,
+        "linear_fc1": h * 2 * m.ffn_hidden_size // tp,
+        "linear_fc2": m.ffn_hidden_size * h // tp,
+    }
+    if m.has_gated_loops:
+        params["gate_norm"] = h
+        params["linear_gate"] = (h * heads + heads) // tp  # weight [heads, hidden] and bias
+    return params
+
+
+def parameters_per_stage(m, tp: int = 1, pp: int = 1) -> List[Dict[str, int]]:
+    """Per pipeline stage (first to last), the parameters of one tensor-parallel rank by group."""
+    stages = []
+    per_layer = sum(layer_parameters(m, tp).values())
+    for stage in range(pp):
+        counts = {"layers": per_layer * m.num_layers // pp}
+        if stage == 0:
+            counts["embedding"] = m.vocab_size * m.hidden_size // tp
+        if stage == pp - 1:
+            counts["final_layernorm"] = m.hidden_size
+            if m.untie_embeddings_and_output_weights or pp > 1:
+                counts["output_layer"] = m.vocab_size * m.hidden_size // tp
+        stages.append(counts)
+    return stages
+
+
+def total_parameters(m) -> int:
+    """The model's parameters on one rank without model parallelism (= the unique parameters)."""
+    return sum(parameters_per_stage(m)[0].values())
+
+
+# -- activations -----------------------------------------------------------------------------
+def _dims(m, layout: Layout):
+    tp = layout.tp
+    h, heads = m.hidden_size, m.num_attention_heads
+    head_dim = h // heads
+    tokens = layout.seq_length * layout.micro_batch_size
+    return dict(
+        tokens=tokens,
+        # tensors in the [s, b, hidden] stream: split along the sequence under sequence parallelism
+        stream_tokens=tokens // tp if layout.sequence_parallel else tokens,
+        h=h, heads_local=heads // tp, head_dim=head_dim,
+        q_local=h // tp, kv_local=_kv_groups(m, tp) * head_dim // tp,
+        ffn_local=m.ffn_hidden_size // tp, vocab_local=m.vocab_size // tp,
+        act_bytes=2 if layout.bf16 else 4,
+    )
+
+
+def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
+    """Bytes one layer saves for backward in one loop of one micro-batch (no recomputation)."""
+    d = _dims(m, layout)
+    tok, st, B = d["tokens"], d["stream_tokens"], d["act_bytes"]
+    h, q, kv, f = d["h"], d["q_local"], d["kv_local"], d["ffn_local"]
+    seq, batch = layout.seq_length, layout.micro_batch_size
+    norm = 2 * st * h * 4 + st * 4  # fp32 copy of the input, normalised fp32, rstd
+    lse = batch * d["heads_local"] * seq * 4
+    terms = {
+        "norms": 2 * norm,
+        "qkv_input": st * h * B,
+        "v_copy": tok * kv * B,                 # V's own copy (model/attention.py _project)
+        "rope_qk": tok * (q + kv) * B + 4 * seq * d["head_dim"] * B,
+        "attention_output": tok * q * B + lse,  # also o_proj's input (a view) in the plain loop
+        "mlp_input": st * h * B,
+        "mlp_fc1_output": tok * 2 * f * B,
+        "mlp_swiglu": 3 * tok * f * B,          # silu(x), x_linear + offset, fc2's input
+    }
+    if gated:
+        # fp32: the gate norm's input is the input norm's (the same tensor); bf16: its own copy
+        gate_norm = (1 if not layout.bf16 else 2) * st * h * 4 + st * 4
+        terms["gate"] = gate_norm + st * h * B + 2 * tok * d["heads_local"] * B
+        terms["local_branch"] = 2 * tok * q * B + lse  # y_local and the mixed output
+        if layout.attention_backend == "torch":
+            terms["local_mask"] = seq * seq * B
+    return terms
+
+
+def head_activation_terms(m, layout: Layout) -> Dict[str, int]:
+    """Bytes saved outside the layers per micro-batch: loop transitions, final norm, head, loss."""
+    d = _dims(m, layout)
+    tok, st, B = d["tokens"], d["stream_tokens"], d["act_bytes"]
+    norm = 2 * st * d["h"] * 4 + st * 4
+    transitions = (m.num_loops - 1) if (m.clp and m.normalize_per_loop) else 0
+    return {
+        "token_ids": tok * 8,
+        "loop_transitions": transitions * norm,
+        "final_norm": norm,
+        "head_input": st * d["h"] * B,
+        "cross_entropy": tok * d["vocab_local"] * 4 + tok * (1 + 8),
+    }
+
+
+def loop1_kv_bytes(m, layout: Layout) -> int:
+    """Loop 1's K (after RoPE) and V (its own copy) over the layers of a rank, held for the later
+    loops; with recomputation they are what the block keeps besides its inputs."""
+    d = _dims(m, layout)
+    per_layer = d["tokens"] * 2 * d["kv_local"] * d["act_bytes"]
+    return per_layer * m.num_layers // layout.pp
+
+
+def activation_terms(m, layout: Layout, recompute: Optional[str] = None) -> Dict[str, int]:
+    """What one micro-batch's forward leaves for its backward on one rank of the first stage (pp=1:
+    the whole model). recompute: none | full (default: model.recompute)."""
+    recompute = recompute or m.recompute
+    layers = m.num_layers // layout.pp
+    loops, gated = m.num_loops, m.has_gated_loops
+    terms: Dict[str, int] = {}
+    if recompute == "full":
+        d = _dims(m, layout)
+        terms["layer_inputs"] = layers * loops * d["stream_tokens"] * d["h"] * d["act_bytes"]
+        if gated:
+            terms["loop1_kv"] = loop1_kv_bytes(m, layout)
+        terms["rotary"] = layout.seq_length * d["head_dim"] * 4
+    else:
+        plain = sum(layer_activation_terms(m, layout, gated=False).values())
+        later = sum(layer_activation_terms(m, layout, gated=gated).values())
+        terms["loop1_layers"] = layers * plain
+        if loops > 1:
+            terms["later_loop_layers"] = layers * (loops - 1) * later
+    terms.update(head_activation_terms(m, layout))
+    return terms
+
+
+def backward_working_set(m, layout: Layout, recompute: Optional[str] = None) -> int:
+    """An estimate of what the backward adds at its peak on top of the saved activations: with
+    recomputation one layer-loop's activations rebuilt plus their gradients (about as large),
+    without it the gradients of the residual stream and of one layer's largest activation."""
+    recompute = recompute or m.recompute
+    d = _dims(m, layout)
+    layer = sum(layer_activation_terms(m, layout, gated=m.has_gated_loops).values())
+    stream_grads = 2 * d["stream_tokens"] * d["h"] * d["act_bytes"]
+    if recompute == "full":
+        return 2 * layer + stream_grads
+    return stream_grads + d["tokens"] * 2 * d["ffn_local"] * d["act_bytes"]
+
+
+def microbatches_in_flight(m, layout: Layout) -> int:
+    """Micro-batch chunks whose activations stage 0 holds at once (megatron's schedules): 1 without
+    pipelining; 1F1B: pp; interleaved (PLT: the loops are the virtual chunks, model/pipeline.py):
+    the warm-up of rank 0, 2 (pp - 1) + (vpp - 1) pp, plus the one in its forward, counted in
+    chunks of one loop, converted here to whole micro-batches of all loops."""
+    if layout.pp == 1:
+        return 1
+    vpp = virtual_pipeline_size(m.num_loops, layout.pp) or 1
+    total_chunks = layout.num_microbatches * vpp
+    chunks = min(total_chunks, 2 * (layout.pp - 1) + (vpp - 1) * layout.pp + 1) if vpp > 1 else (
+        min(layout.num_microbatches, layout.pp))
+    return chunks / vpp if vpp > 1 else chunks
