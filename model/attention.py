@@ -13,6 +13,18 @@ One module per layer serves every loop with the same q/k/v/o projections:
   W_g and b_g start at zero (g = 0.5). W_g is a ColumnParallelLinear over the head dimension, so
   with tensor parallelism each rank owns the gate rows of its own heads.
 
+  ``gate_input="query"`` (the published IQuest-Coder-V1 Loop models) computes each head's gate
+  from that head's own query instead: g_h = sigmoid(w_h . q_h + b_h), W_g [heads, head_dim], no
+  gate norm. How the published models do it, from the serving engines' loaders (vLLM
+  vllm/model_executor/models/iquest_loopcoder.py, ``LoopGateProjection`` and
+  ``LoopCoderAttention.forward``; the LoopCoder-V2 vLLM fork's copy says it equals the training
+  code's ``einsum('...hd,hd->...h', query, weight)``): q is the query after RoPE, unscaled (the
+  1/sqrt(d) belongs to the softmax only), one dot product per head with that head's row of W_g,
+  plus the bias, sigmoid; g multiplies the global branch (loop 1's K/V) and 1 - g the local one,
+  as above. The query is already split by head under tensor parallelism, so each rank applies its
+  own rows of W_g to its own heads (no collective), and under sequence parallelism it covers the
+  whole sequence.
+
 Built on megatron-core's ``SelfAttention`` for the fused QKV projection, its GQA/TP head split and
 its sharded checkpoint keys; only the forward is ours.
 """
@@ -67,16 +79,21 @@ class PLTSelfAttention(SelfAttention):
                          cp_comm_type=cp_comm_type, pg_collection=pg_collection)
         self.gate_norm = None
         self.linear_gate = None
+        # A hook point, not a computation: the loop diagnostics record the gate's logits here.
+        self.gate_logits = torch.nn.Identity()
         if config.has_gated_loops:
-            self.gate_norm = build_module(submodules.gate_norm, config=config,
-                                          hidden_size=config.hidden_size,
-                                          eps=config.layernorm_epsilon)
+            from_query = config.gate_input == "query"
+            if not from_query:
+                self.gate_norm = build_module(submodules.gate_norm, config=config,
+                                              hidden_size=config.hidden_size,
+                                              eps=config.layernorm_epsilon)
             # One gate per head: a column-parallel split of the head dimension, like the heads.
+            # Its input is the hidden state, or (query gate) one head's query of kv_channels.
             self.linear_gate = build_module(
-                submodules.linear_gate, config.hidden_size, config.num_attention_heads,
-                config=config, init_method=_zeros_, bias=True, gather_output=False,
-                skip_bias_add=False, is_expert=False, tp_comm_buffer_name="gate",
-                tp_group=self.pg_collection.tp,
+                submodules.linear_gate, config.kv_channels if from_query else config.hidden_size,
+                config.num_attention_heads, config=config, init_method=_zeros_, bias=True,
+                gather_output=False, skip_bias_add=False, is_expert=False,
+                tp_comm_buffer_name="gate", tp_group=self.pg_collection.tp,
             )
 
     def _project(self, hidden_states, rotary_pos_emb):
@@ -90,13 +107,21 @@ class PLTSelfAttention(SelfAttention):
             k = apply_rotary_pos_emb(k, rotary_pos_emb, config=self.config)
         return (t.transpose(0, 1) for t in (q, k, v))
 
-    def gate(self, residual: torch.Tensor) -> torch.Tensor:
-        """g in (0, 1): [b, s, local_heads, 1] from the layer's input residual [s, b, hidden]."""
-        logits, _ = self.linear_gate(self.gate_norm(residual))  # [s, b, local_heads]
-        return torch.sigmoid(logits).transpose(0, 1).unsqueeze(-1)
+    def gate(self, residual: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """g in (0, 1): [b, s, local_heads, 1] from the layer's input residual [s, b, hidden]
+        (gate_input=hidden) or from the rotated query [b, s, local_heads, d] (gate_input=query)."""
+        if self.gate_norm is None:
+            # The linear's own forward would treat the query as a replicated input (and reduce
+            # its gradient over TP): use its local rows directly, one per local head.
+            weight, bias = self.linear_gate.weight, self.linear_gate.bias
+            logits = torch.einsum("bshd,hd->bsh", query, weight.to(query.dtype)) + bias
+        else:
+            logits, _ = self.linear_gate(self.gate_norm(residual))  # [s, b, local_heads]
+            logits = logits.transpose(0, 1)
+        return torch.sigmoid(self.gate_logits(logits)).unsqueeze(-1)
 
-    def mix_branches(self, residual, y_global, y_local):
-        g = self.gate(residual)
+    def mix_branches(self, residual, query, y_global, y_local):
+        g = self.gate(residual, query)
         return g * y_global + (1.0 - g) * y_local
 
     def forward(self, hidden_states, residual, rotary_pos_emb, loop_index: Optional[int],
@@ -118,7 +143,7 @@ class PLTSelfAttention(SelfAttention):
             k1, v1 = first_loop_kv
             y_global = self.core_attention(q, k1, v1)
             y_local = self.core_attention(q, k, v, window=self.config.swa_window)
-            y = self.mix_branches(residual, y_global, y_local)
+            y = self.mix_branches(residual, q, y_global, y_local)
         y = y.transpose(0, 1).flatten(2)  # [s, b, local_heads * d]
         out, bias = self.linear_proj(y)
         return out, bias, (k, v)
@@ -154,8 +179,8 @@ class PLTSelfAttention(SelfAttention):
                 ring_keys, ring_values, ring_mask = step.write_windows(
                     [loop for loop in loops if loop > 0], k[local], v[local])
                 y_local = self.core_attention.masked(q[local], ring_keys, ring_values, ring_mask)
-                y = torch.cat([y[:local.start], self.mix_branches(residual[:, local], y[local],
-                                                                   y_local)], dim=0)
+                y = torch.cat([y[:local.start], self.mix_branches(
+                    residual[:, local], q[local], y[local], y_local)], dim=0)
         y = y.transpose(0, 1).flatten(2)  # [1, rows, local_heads * d]
         out, bias = self.linear_proj(y)
         return out, bias, None

@@ -25,6 +25,7 @@ from megatron.core.transformer import TransformerConfig
 from model.pipeline import virtual_pipeline_size
 
 ATTENTION_BACKENDS = ("auto", "torch", "flash")
+GATE_INPUTS = ("hidden", "query")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,10 @@ class PLTFields:
     normalize_per_loop: bool = True
     shared_kv: bool = True
     swa_window: int = 64
+    # What the loop >= 2 gate reads (model/attention.py): "hidden" = RMSNorm_g of the layer's
+    # input residual (LoopCoder-V2, PLT_SPEC), "query" = each head's rotated query (the published
+    # IQuest-Coder-V1 Loop models; LoopCoder-V2's plt_gate_use_hidden_states=false).
+    gate_input: str = "hidden"
     # auto|torch|flash. In PLTConfig it replaces megatron's AttnBackend enum field of the same
     # name: PLT brings its own core attention (model/kernels.py), megatron's selection never applies.
     attention_backend: str = "auto"
@@ -169,6 +174,8 @@ def validate_architecture(cfg, tp: int, pp: int) -> None:
     """The architecture fields (of a ModelConfig or a PLTConfig) against each other and the layout."""
     require(cfg.num_loops >= 1, f"model.num_loops={cfg.num_loops}; it must be >= 1 (1 = plain GPT)")
     require(cfg.swa_window >= 1, f"model.swa_window={cfg.swa_window}; it must be >= 1 (keys back)")
+    require(cfg.gate_input in GATE_INPUTS,
+            f"model.gate_input={cfg.gate_input!r}; use one of {GATE_INPUTS}")
     require(cfg.attention_backend in ATTENTION_BACKENDS,
             f"model.attention_backend={cfg.attention_backend!r}; use one of {ATTENTION_BACKENDS}")
     require(cfg.num_layers >= 1, f"model.num_layers={cfg.num_layers}; it must be >= 1")

@@ -9,7 +9,8 @@ Each metric is defined where its inputs exist; elsewhere the row holds None:
     offset_cost       r >= 2   mean over positions i >= 2 of ||h_{r-1,i} - h_{r-1,i-1}||: the mismatch
                                loop r pays for reading h_{r-1} one position late (the CLP shift)
     output_shift      r >= 2   mean over tokens of KL(p_r || p_{r-1}), p_r = softmax(Head(h_r)) (logit lens)
-    gate_mean         r >= 2   mean gate g over layers, heads and tokens (gated models only; 0.5 at init)
+    gate_mean         r >= 2   mean gate g over layers, heads and tokens (gated models only, either
+                               gate input; 0.5 at init)
     attention_entropy_global / _local   entropy of the attention distribution per branch, mean over
                                layers, heads and the sampled queries. Loop 1's plain causal attention
                                counts as its "global" branch (it reads the same keys, loop 1's K/V).
@@ -125,7 +126,9 @@ class _Recorder:
         for index, layer in enumerate(self.model.decoder.layers):
             attention = layer.self_attention
             if getattr(attention, "linear_gate", None) is not None:
-                self.handles.append(attention.linear_gate.register_forward_hook(self._on_gate))
+                # The gate's logits pass through this hook point whatever the gate reads
+                # (model.gate_input: the hidden state or the query).
+                self.handles.append(attention.gate_logits.register_forward_hook(self._on_gate))
             if self.attention_queries > 0:
                 self.handles.append(attention.core_attention.register_forward_pre_hook(
                     self._attention_hook(index, attention.core_attention), with_kwargs=True))
@@ -136,7 +139,7 @@ class _Recorder:
             handle.remove()
 
     def _on_gate(self, module, args, output):
-        logits = output[0] if isinstance(output, tuple) else output  # [s, b, local heads]
+        logits = output  # [b, s, local heads]
         self.gate.setdefault(self.loop, []).append(torch.sigmoid(logits.float()).mean().item())
 
     def _attention_hook(self, layer_index, core_attention):

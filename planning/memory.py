@@ -92,7 +92,9 @@ def layer_parameters(m, tp: int = 1) -> Dict[str, int]:
         "linear_fc1": h * 2 * m.ffn_hidden_size // tp,
         "linear_fc2": m.ffn_hidden_size * h // tp,
     }
-    if m.has_gated_loops:
+    if m.has_gated_loops and m.gate_input == "query":
+        params["linear_gate"] = (head_dim * heads + heads) // tp  # weight [heads, head_dim], bias
+    elif m.has_gated_loops:
         params["gate_norm"] = h
         params["linear_gate"] = (h * heads + heads) // tp  # weight [heads, hidden] and bias
     return params
@@ -154,7 +156,10 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
         "mlp_fc1_output": tok * 2 * f * B,
         "mlp_swiglu": 3 * tok * f * B,          # silu(x), x_linear + offset, fc2's input
     }
-    if gated:
+    if gated and m.gate_input == "query":
+        # the rotated query is kept anyway (rope_qk); the logits and the sigmoid's output
+        terms["gate"] = 2 * tok * d["heads_local"] * B
+    elif gated:
         # fp32: the gate norm's input is the input norm's (the same tensor); bf16: its own copy
         gate_norm = (1 if not layout.bf16 else 2) * st * h * 4 + st * 4
         terms["gate"] = gate_norm + st * h * B + 2 * tok * d["heads_local"] * B

@@ -57,6 +57,15 @@ def test_vanilla_looped_models_decode_too():
                                 "sequential", steps=5)
 
 
+def test_query_gate_models_decode_like_the_full_forward():
+    """gate_input=query: with CLP in one forward of all loops, and in the IQuest-Coder-V1 Loop
+    shape (clp=false, so sequentially)."""
+    _check_against_full_forward(build_small(num_loops=3, gate_input="query", swa_window=WINDOW),
+                                "parallel", steps=6)
+    _check_against_full_forward(build_small(num_loops=2, clp=False, gate_input="query",
+                                            swa_window=WINDOW), "sequential", steps=6)
+
+
 def test_clp_false_refuses_parallel_decoding():
     with pytest.raises(ValueError, match="sequential"):
         LoopDecoder(build_small(num_loops=2, clp=False), 1, 16, mode="parallel")

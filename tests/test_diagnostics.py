@@ -101,6 +101,12 @@ def test_model_pass_gives_one_finite_row_per_loop_and_gate_one_half_at_init():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_query_gate_mean_is_recorded_too():
+    rows = D.compute_loop_diagnostics(build_small(num_loops=2, gate_input="query",
+                                                  randomize_gate=False), _ids(), attention_queries=0)
+    assert rows[0]["gate_mean"] is None and rows[1]["gate_mean"] == pytest.approx(0.5, **TOL)
+
+
 def test_ungated_model_has_no_gate_mean():
     rows = D.compute_loop_diagnostics(build_small(num_loops=2, shared_kv=False), _ids(),
                                       attention_queries=0)

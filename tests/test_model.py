@@ -104,7 +104,7 @@ def test_gate_starts_at_one_half_and_mixes_the_branches():
     model = build_small(num_loops=2, randomize_gate=False, swa_window=3)
     attention = model.decoder.layers[0].self_attention
     residual = torch.randn(10, 2, 64)
-    torch.testing.assert_close(attention.gate(residual), torch.full((2, 10, 4, 1), 0.5))
+    torch.testing.assert_close(attention.gate(residual, None), torch.full((2, 10, 4, 1), 0.5))
     # Forcing g -> 1 (global only) and g -> 0 (local only) moves the output: both branches count.
     seq, rotary = 10, model.rotary_pos_emb(10)
     hidden = torch.randn(seq, 1, 64)
@@ -119,12 +119,33 @@ def test_gate_starts_at_one_half_and_mixes_the_branches():
     assert (local_only - global_only).abs().max() > 1e-3
 
 
-def test_gradients_reach_gate_first_loop_kv_and_embedding():
+def test_query_gate_is_each_heads_rotated_query_dot_its_own_row():
+    """gate_input=query (IQuest-Coder-V1 Loop): g_h = sigmoid(w_h . q_h + b_h) with q_h the head's
+    query after RoPE, W_g [heads, head_dim], no gate norm (model/attention.py cites the source)."""
+    model = build_small(num_loops=2, gate_input="query")
+    attention = model.decoder.layers[0].self_attention
+    assert attention.gate_norm is None and tuple(attention.linear_gate.weight.shape) == (4, 16)
+    seq = 10
+    hidden = torch.randn(seq, 2, 64)
+    with torch.no_grad():
+        q, _, _ = attention._project(hidden, model.rotary_pos_emb(seq))  # [b, s, heads, d]
+        unrotated, _, _ = attention._project(hidden, None)
+        w, b = attention.linear_gate.weight, attention.linear_gate.bias
+        expected = torch.stack([torch.sigmoid(q[:, :, h] @ w[h] + b[h]) for h in range(4)], -1)
+        torch.testing.assert_close(attention.gate(None, q)[..., 0], expected, rtol=1e-6,
+                                   atol=1e-7)
+        # RoPE matters: the unrotated query gives another gate beyond position 0.
+        assert (attention.gate(None, unrotated) - attention.gate(None, q))[:, 1:].abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("gate_input", ["hidden", "query"])
+def test_gradients_reach_gate_first_loop_kv_and_embedding(gate_input):
     # clp_hidden_scale=0 cuts the shift path, so loop 1 can reach the loss only through its K/V.
     # Then loop 2's input is E(x), loop 1's too: a window shorter than the sequence keeps the two
     # branches apart (with a full window they would be equal and the gate's gradient zero).
     torch.manual_seed(0)
-    model = PLTModel(small_model_config(num_loops=2, clp_hidden_scale=0.0, swa_window=4).build())
+    model = PLTModel(small_model_config(num_loops=2, clp_hidden_scale=0.0, swa_window=4,
+                                        gate_input=gate_input).build())
     first_kv = []
 
     def keep_first_loop_kv(module, args, output):

@@ -46,9 +46,10 @@ def measure(model_cfg, seq, batch):
             peak["Total"] - peak[_MemRefType.PARAM] - peak[_MemRefType.GRAD])
 
 
-@pytest.mark.parametrize("num_loops", [1, 2, 4])
-def test_parameter_count_equals_the_built_tiny_model(num_loops):
-    cfg = preset("plt_tiny", num_loops=num_loops)
+@pytest.mark.parametrize("num_loops, gate_input", [(1, "hidden"), (2, "hidden"), (4, "hidden"),
+                                                    (2, "query")])
+def test_parameter_count_equals_the_built_tiny_model(num_loops, gate_input):
+    cfg = preset("plt_tiny", num_loops=num_loops, gate_input=gate_input)
     model = PLTModel(cfg.build())
     assert planner.total_parameters(cfg) == sum(p.numel() for p in model.parameters())
 

@@ -47,6 +47,10 @@ LAYOUTS = [
     pytest.param(["--pp", "2"], 2, ["--loops", "2", "--shared-kv", "0"], id="pp2-vanilla-R2"),
     pytest.param(["--tp", "2"], 2, ["--loops", "2"], id="tp2-R2"),
     pytest.param(["--tp", "2", "--sp", "1"], 2, ["--loops", "2"], id="tp2-sp-R2"),
+    pytest.param(["--tp", "2", "--sp", "1"], 2, ["--loops", "2", "--gate-input", "query"],
+                 id="tp2-sp-query-gate-R2"),
+    pytest.param(["--pp", "2"], 2, ["--loops", "2", "--gate-input", "query"],
+                 id="pp2-query-gate-R2"),
     pytest.param(["--tp", "2", "--pp", "2"], 4, ["--loops", "2"], id="tp2-pp2-R2",
                  marks=pytest.mark.slow),
 ]
