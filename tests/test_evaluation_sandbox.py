@@ -1,0 +1,232 @@
+"""The HumanEval harness: canonical solutions pass, planted bugs fail, and hostile completions (a
+fork bomb, a memory hog, writes outside the sandbox, sockets, killing the parent, an endless loop)
+are contained, counted as failed, and the evaluation around them finishes. Every backend this
+machine has is tested (bubblewrap, and unshare as root)."""
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from evaluation.executor import execute
+from evaluation.problems import check_program, load_problems
+from evaluation.sandbox import SANDBOX_UID_BASE, Limits, Sandbox, SandboxUnavailable
+from tests.fixtures import REPO
+
+# Short limits keep the hostile runs short; the bounds below are stated against them.
+LIMITS = Limits(timeout_s=3.0, memory_bytes=1 << 30)
+# A timed-out run ends within the timeout plus this: the kill, and the kernel tearing down the
+# sandbox's namespaces (measured up to 1.2 s on a loaded 2-core machine).
+KILL_GRACE_S = 2.5
+WORKERS = 2
+
+# The canonical answer passed through a wrong-making wrapper: the tests see a plausible function
+# whose every result is off (a bool negated, a number + 1, a string or list lengthened).
+PLANTED_BUG = '''
+
+_correct_{entry} = {entry}
+
+
+def {entry}(*args, **kwargs):
+    return _planted_bug(_correct_{entry}(*args, **kwargs))
+
+
+def _planted_bug(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "?"
+    if isinstance(value, (list, tuple)):
+        return type(value)(list(value) + [None])
+    return "planted bug"
+'''
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_problems()
+
+
+@pytest.fixture(scope="module", params=["bwrap", "unshare"])
+def sandbox(request):
+    try:
+        return Sandbox(LIMITS, backend=request.param)
+    except SandboxUnavailable as error:
+        pytest.skip(f"{request.param} is not usable here: {error}")
+
+
+def sandbox_processes() -> list:
+    """Processes of the sandbox users (a root harness runs each slot as SANDBOX_UID_BASE + slot)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and 0 <= os.stat(f"/proc/{entry}").st_uid - SANDBOX_UID_BASE < 64:
+                found.append(int(entry))
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_a_sandbox_is_available_on_this_machine():
+    assert Sandbox(LIMITS).backend in ("bwrap", "unshare")
+
+
+@pytest.mark.slow
+def test_canonical_solutions_all_pass(sandbox, problems):
+    outcomes = execute([(p, p.canonical_solution) for p in problems], sandbox, WORKERS,
+                       progress=False)
+    failed = [(p.task_id, o.result) for p, o in zip(problems, outcomes) if not o.passed]
+    assert len(problems) == 164 and failed == []
+
+
+@pytest.mark.slow
+def test_each_planted_bug_fails(sandbox, problems):
+    jobs = [(p, p.canonical_solution + PLANTED_BUG.format(entry=p.entry_point)) for p in problems]
+    outcomes = execute(jobs, sandbox, WORKERS, progress=False)
+    passed = [p.task_id for p, o in zip(problems, outcomes) if o.passed]
+    assert passed == []
+    assert all(o.result.startswith("failed: AssertionError") or "Error" in o.result
+               for o in outcomes)
+
+
+def test_a_run_that_exits_before_its_tests_is_not_a_pass(sandbox, problems):
+    add = problems[53]
+    for body in ("    import sys\n    sys.exit(0)\n", "    import os\n    os._exit(0)\n"):
+        outcome = sandbox.run(check_program(add, body))
+        assert not outcome.passed and outcome.result.startswith("failed"), outcome
+
+
+def test_an_endless_loop_times_out_within_its_bound(sandbox, problems):
+    outcome = sandbox.run(check_program(problems[53], "    while True:\n        pass\n"))
+    assert outcome.result == "timed out"
+    assert LIMITS.timeout_s <= outcome.seconds < LIMITS.timeout_s + KILL_GRACE_S
+
+
+def test_the_environment_is_scrubbed(sandbox, problems, monkeypatch):
+    monkeypatch.setenv("LOOPCODER_TEST_SECRET", "hunter2")
+    body = ("    import os\n"
+            "    leaked = any('hunter2' in value for value in os.environ.values())\n"
+            "    return x + y if leaked or os.getcwd() != '/tmp' else None\n")
+    outcome = sandbox.run(check_program(problems[53], body))
+    assert not outcome.passed and outcome.result.startswith("failed: AssertionError"), outcome
+
+
+def _hostile_completions(tmp_path, port: int) -> dict:
+    """name -> a body for add(x, y) that returns the right sum only if its attack worked, so a
+    breach shows as a pass."""
+    existing = tmp_path / "existing.txt"
+    existing.write_text("original")
+    outside = [str(tmp_path / "escaped.txt"), os.path.join(REPO, f".escaped-{os.getpid()}"),
+               str(existing), "/var/tmp/escaped.txt", "/dev/shm/escaped.txt"]
+    return {
+        # Every process forks forever: bounded by the process limit, ended by the timeout.
+        "fork bomb": "    import os\n    while True:\n        try:\n            os.fork()\n"
+                     "        except OSError:\n            pass\n",
+        # 64 x 128 MiB = 8 GiB, a third of this machine's memory were it not limited.
+        "memory hog": "    blocks = [bytearray(128 << 20) for _ in range(64)]\n    return x + y\n",
+        "writes outside": f"    written = 0\n    for path in {outside!r}:\n        try:\n"
+                          "            with open(path, 'w') as stream:\n"
+                          "                stream.write('escaped')\n            written += 1\n"
+                          "        except OSError:\n            pass\n"
+                          "    return x + y if written else None\n",
+        "socket to localhost": f"    import socket\n    try:\n"
+                               f"        socket.create_connection(('127.0.0.1', {port}), 2)\n"
+                               "    except OSError:\n        return None\n    return x + y\n",
+        # Tried only where the sandbox's routing table is empty (its own network namespace,
+        # at most a loopback): then a packet to any other address cannot leave, so nothing is
+        # sent. 192.0.2.1 is TEST-NET-1 (RFC 5737), an address reserved for examples.
+        "socket outside": f"    import socket\n    try:\n"
+                          f"        socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                          "        return x + y\n    except OSError:\n        pass\n"
+                          "    with open('/proc/net/route') as routes:\n"
+                          "        assert routes.read().splitlines()[1:] == [], 'a route exists'\n"
+                          "    try:\n"
+                          "        socket.create_connection(('192.0.2.1', 80), timeout=2)\n"
+                          "    except OSError as error:\n"
+                          "        raise AssertionError(f'outside: {error}')\n    return x + y\n",
+        "kill parent": "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+                       "    return None\n",
+        "kill own group": "    import os, signal\n    os.killpg(os.getpgid(0), signal.SIGKILL)\n"
+                          "    return None\n",
+        "endless loop": "    while True:\n        pass\n",
+    }
+
+
+def test_hostile_completions_are_contained_and_the_evaluation_finishes(sandbox, problems,
+                                                                       tmp_path):
+    # First a bomb that stops by itself at 200 processes: the endless one runs only once the
+    # process limit is seen to hold (a broken limit must fail this test, not hang the machine).
+    bounded = ("    import os, time\n    for _ in range(200):\n        if os.fork() == 0:\n"
+               "            time.sleep(5)\n            os._exit(0)\n    return x + y\n")
+    outcome = sandbox.run(check_program(problems[53], bounded))
+    assert outcome.result == "failed: BlockingIOError: [Errno 11] Resource temporarily unavailable"
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    hostile = _hostile_completions(tmp_path, listener.getsockname()[1])
+    harmless = problems[:12]
+    # Hostile and honest samples interleaved on the same workers.
+    jobs = [(problems[53], body) for body in hostile.values()]
+    honest_jobs = [(p, p.canonical_solution) for p in harmless]
+    jobs = [job for pair in zip(jobs, honest_jobs) for job in pair]
+    jobs += [(p, p.canonical_solution) for p in harmless[len(hostile):]]
+    started = time.perf_counter()
+    outcomes = execute(jobs, sandbox, WORKERS, progress=False)
+    seconds = time.perf_counter() - started
+
+    results = {name: outcomes[2 * i] for i, name in enumerate(hostile)}
+    breached = {name: o.result for name, o in results.items() if o.passed}
+    assert breached == {}
+    honest = outcomes[1:2 * len(hostile):2] + outcomes[2 * len(hostile):]
+    assert [o.result for o in honest] == ["passed"] * len(harmless)
+    assert results["fork bomb"].result == "timed out"
+    assert results["endless loop"].result == "timed out"
+    assert results["memory hog"].result == "failed: MemoryError"
+    assert "Network is unreachable" in results["socket outside"].result
+    for name in ("fork bomb", "endless loop"):
+        assert results[name].seconds < LIMITS.timeout_s + KILL_GRACE_S, (name, results[name])
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing ever connected
+    listener.close()
+    escaped = [p for p in (tmp_path / "escaped.txt", os.path.join(REPO, f".escaped-{os.getpid()}"))
+               if os.path.exists(p)]
+    for path in escaped:
+        os.remove(path)
+    assert escaped == [] and (tmp_path / "existing.txt").read_text() == "original"
+    assert not os.path.exists("/var/tmp/escaped.txt") and not os.path.exists("/dev/shm/escaped.txt")
+    if os.geteuid() == 0:
+        assert sandbox_processes() == []  # nothing a sandbox started outlives its run
+    # Two workers, two 3 s timeouts and quick failures: it finishes (generous bound).
+    assert seconds < 60
+
+
+def test_the_harness_is_not_reachable_by_signals(sandbox, problems):
+    """The harness runs in another session and PID namespace (and, as root, as another user):
+    the completion's parent is the sandbox's own, and the harness never hears of its signal.
+    (Were the sandbox broken, the harness would be that parent: the handler below fails the
+    test.)"""
+    body = ("    import os, signal\n"
+            "    try:\n"
+            "        os.kill(os.getppid(), signal.SIGTERM)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    return None\n")
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("the harness got SIGTERM"))
+    try:
+        outcome = sandbox.run(check_program(problems[53], body))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not outcome.passed
+
+
+def test_bad_limits_and_backends_are_refused():
+    with pytest.raises(ValueError, match="timeout_s=0"):
+        Limits(timeout_s=0)
+    with pytest.raises(ValueError, match="use auto, bwrap or unshare"):
+        Sandbox(LIMITS, backend="docker")
