@@ -8,7 +8,7 @@ Both take a bare PLTModel or one wrapped by DDP (``.module``).
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -39,9 +39,12 @@ def _unwrap(model):
 @torch.no_grad()
 def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, mode: Optional[str] = None, eos_id: Optional[int] = None,
-             generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+             generator: Optional[torch.Generator] = None,
+             stop: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> List[torch.Tensor]:
     """Continue each prompt (1-D token tensors, any lengths) by up to ``max_new_tokens``.
-    ``mode`` None lets LoopDecoder choose (sequential for a clp=false model)."""
+    ``mode`` None lets LoopDecoder choose (sequential for a clp=false model). ``stop``, given the
+    new tokens so far [b, t], marks the rows that are done ([b] bools: a stop sequence appeared);
+    decoding ends once every row produced ``eos_id`` or was marked (rows are not cut at marks)."""
     model = _unwrap(model)
     was_training = model.training
     model.eval()
@@ -54,8 +57,10 @@ def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperatur
         new_tokens.append(token)
         if eos_id is not None:
             finished |= token.cpu() == eos_id
-            if bool(finished.all()):
-                break
+        if stop is not None:
+            finished |= stop(torch.stack(new_tokens, dim=1)).cpu()
+        if (eos_id is not None or stop is not None) and bool(finished.all()):
+            break
         if step + 1 < max_new_tokens:
             logits = decoder.step(token)
     model.train(was_training)

