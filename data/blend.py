@@ -29,6 +29,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
+from data.errors import DataConfigError, DataError
 from data.indexed import check_manifest, check_shard, list_shards
 from data.tokenizer import CodeTokenizer
 
@@ -37,6 +38,15 @@ logger = logging.getLogger(__name__)
 logging.getLogger("megatron.core.datasets.gpt_dataset").addFilter(
     lambda record: "path_to_cache is None" not in record.getMessage())
 EPOCHS_KEPT = 2  # a shard reads from at most two epochs around a boundary
+
+
+def _megatron_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("megatron-core")
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def derived_seed(*parts) -> int:
@@ -58,7 +68,9 @@ class ShardEpochs:
 
     def __init__(self, prefix: str, seed: int, seq_length: int, split: str, tokenizer: CodeTokenizer):
         self.prefix, self.seed, self.seq_length = prefix, seed, seq_length
-        self.num_tokens = check_shard(prefix)
+        # The whole index and every token id against the tokenizer (cached per shard): a damaged
+        # pointer or a foreign token id is refused here, not trained on or met at step 1.
+        self.num_tokens = check_shard(prefix, tokenizer.vocab_size)
         self.indexed = IndexedDataset(prefix, mmap=True)  # mmap: memory stays flat with corpus size
         self.split = Split.valid if split == "valid" else Split.train
         # One epoch packs all tokens and drops the last partial sample (megatron's rule).
@@ -78,11 +90,18 @@ class ShardEpochs:
                 # from writing index caches next to the data (see the module docstring).
                 path_to_cache=None,
             )
-            documents = numpy.arange(len(self.indexed.document_indices) - 1, dtype=numpy.int32)
+            # GPTDataset's "documents" are sequence ids (it reads sequence_lengths[document]); a
+            # megatron dataset made with sentence splitting has fewer documents than sequences.
+            documents = numpy.arange(len(self.indexed.sequence_lengths), dtype=numpy.int32)
             dataset = GPTDataset(self.indexed, self.prefix, documents, None, self.split, config)
             if len(dataset) != self.samples_per_epoch:
-                raise RuntimeError(f"{self.prefix}: epoch has {len(dataset)} samples, expected "
-                                   f"{self.samples_per_epoch} (megatron-core version mismatch?)")
+                # The index passed check_shard, so the packing itself differs from the one this
+                # code was written against: not the user's data.
+                raise RuntimeError(
+                    f"{self.prefix}: megatron-core {_megatron_version()} packed {len(dataset)} "
+                    f"samples of {self.seq_length + 1} tokens from {self.num_tokens} tokens, this code "
+                    f"expects {self.samples_per_epoch} (the shard's index passed its checks); install "
+                    f"the megatron-core version pinned in setup.cfg")
             self._epochs[epoch] = dataset
             while len(self._epochs) > EPOCHS_KEPT:
                 self._epochs.popitem(last=False)
@@ -103,12 +122,13 @@ class BlendedStream:
     def __init__(self, blend: Sequence[Tuple[float, str]], seed: int, seq_length: int, split: str,
                  tokenizer: CodeTokenizer, initial_plan: int = 1 << 16):
         if not blend:
-            raise ValueError(f"empty {split} blend: give data.blend / data.valid_blend as [[weight, prefix], ...]")
+            raise DataConfigError(f"empty {split} blend: give data.blend / data.valid_blend as "
+                                  f"[[weight, prefix], ...]")
         self.shards: List[ShardEpochs] = []
         weights: List[float] = []
         for corpus_index, (weight, prefix) in enumerate(blend):
             if float(weight) <= 0:
-                raise ValueError(f"blend weight {weight} for {prefix!r} must be > 0")
+                raise DataConfigError(f"blend weight {weight} for {prefix!r} must be > 0")
             check_manifest(prefix, tokenizer)
             shards = [ShardEpochs(p, derived_seed(seed, split, corpus_index, i), seq_length, split, tokenizer)
                       for i, p in enumerate(list_shards(prefix))]
@@ -117,7 +137,7 @@ class BlendedStream:
                 logger.warning("%s holds %d tokens, less than one sample of %d: skipped",
                                skipped.prefix, skipped.num_tokens, seq_length + 1)
             if not usable:
-                raise ValueError(f"{prefix!r} ({sum(s.num_tokens for s in shards)} tokens) cannot fill "
+                raise DataError(f"{prefix!r} ({sum(s.num_tokens for s in shards)} tokens) cannot fill "
                                  f"one sample of seq_length+1={seq_length + 1} tokens; use a shorter "
                                  f"train.seq_length or more data")
             # Within a corpus, shards are drawn in proportion to their samples (one corpus, one
@@ -127,7 +147,8 @@ class BlendedStream:
                 self.shards.append(shard)
                 weights.append(float(weight) * shard.samples_per_epoch / corpus_samples)
         if len(self.shards) > numpy.iinfo(numpy.int16).max:
-            raise ValueError(f"{len(self.shards)} shards exceed megatron's blending limit of 32767")
+            raise DataError(f"{len(self.shards)} shards exceed megatron's blending limit of 32767; "
+                            f"preprocess the corpora into fewer, larger shards (--shards)")
         self.weights = numpy.array(weights, dtype=numpy.float64) / sum(weights)
         self._planned = 0
         self._plan(max(1, initial_plan))

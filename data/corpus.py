@@ -8,14 +8,25 @@
 """
 
 import glob
+import gzip
 import hashlib
+import json
+import logging
 import os
 import sysconfig
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import datasets
+import pyarrow
+from datasets.exceptions import DatasetGenerationError
+
+from data.errors import CorpusError, DataError, MissingColumnError, MissingDataError
+
+logger = logging.getLogger(__name__)
 
 SOURCE_EXTENSIONS = (".py",)
+SOURCE_FEATURES = datasets.Features({"text": datasets.Value("string"), "path": datasets.Value("string")})
+NAMES_SHOWN = 20  # skipped files named in a warning; the rest are counted
 
 
 def _as_list(paths) -> List[str]:
@@ -23,13 +34,14 @@ def _as_list(paths) -> List[str]:
     files = [f for p in paths for f in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing or not files:
-        raise FileNotFoundError(f"corpus files not found: {missing or paths}")
+        raise MissingDataError(f"corpus files not found: {missing or paths}; check the path or glob "
+                               f"(--corpus, or the corpus spec)")
     return files
 
 
 def _select_text(dataset: datasets.Dataset, text_key: str, source: str) -> datasets.Dataset:
     if text_key not in dataset.column_names:
-        raise KeyError(
+        raise MissingColumnError(
             f"{source} has no column {text_key!r} (columns: {dataset.column_names}); "
             f"pass the right text column name (--text-key / text_key=...)"
         )
@@ -38,16 +50,116 @@ def _select_text(dataset: datasets.Dataset, text_key: str, source: str) -> datas
     return dataset.rename_column(text_key, "text") if text_key != "text" else dataset
 
 
+def _lines(path: str):
+    """(line number, raw bytes) of a jsonl file, gzip or not."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        yield from enumerate(stream, 1)
+
+
+def _record_problem(record, text_key: str) -> Optional[str]:
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object with a {text_key!r} key"
+    if record.get(text_key) is None:
+        return f"has no {text_key!r} value (keys: {sorted(record)[:10]})"
+    if not isinstance(record[text_key], str):
+        return f"has a {type(record[text_key]).__name__} as {text_key!r}, not a string"
+    return None
+
+
+def _json_array_problem(path: str, text_key: str) -> Optional[str]:
+    """A .json file holding one array of records (datasets reads those too)."""
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as stream:
+            records = json.load(stream)
+    except (ValueError, OSError):
+        return None
+    if not isinstance(records, list):
+        return None
+    for number, record in enumerate(records):
+        problem = _record_problem(record, text_key)
+        if problem:
+            return f"{path} record {number} {problem}"
+    return ""
+
+
+def _first_bad_record(files: List[str], text_key: str) -> Optional[str]:
+    """Where the first unreadable or unusable record is: `<file> line <n> <problem>`, or None."""
+    for path in files:
+        for number, raw in _lines(path):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                return f"{path} line {number} is not UTF-8 ({err.reason} at byte {err.start})"
+            except json.JSONDecodeError as err:
+                if number == 1 and path.endswith((".json", ".json.gz")):
+                    problem = _json_array_problem(path, text_key)
+                    if problem is not None:
+                        if problem:
+                            return problem
+                        break  # a valid array file: the next one
+                return f"{path} line {number} is not valid JSON ({err.msg} at column {err.colno})"
+            problem = _record_problem(record, text_key)
+            if problem:
+                return f"{path} line {number} {problem}"
+    return None
+
+
+def _is_string(column) -> bool:
+    return pyarrow.types.is_string(column.type) or pyarrow.types.is_large_string(column.type)
+
+
+def _check_texts(dataset: datasets.Dataset, files: List[str], text_key: str, locate) -> None:
+    """Every row must have a string text: a null or a number fails later, deep in a tokenizer worker."""
+    column = dataset.data.column("text")
+    if column.null_count == 0 and _is_string(column):
+        return
+    found = locate(files, text_key) or (f"{', '.join(files)}: column {text_key!r} is {column.type} "
+                                        f"with {column.null_count} empty rows")
+    raise CorpusError(f"{found}; every record needs a string {text_key!r}: fix or drop those records "
+                      f"(or name the right text column: --text-key / text_key)")
+
+
 def read_jsonl(paths, text_key: str = "text", cache_dir: str = None) -> datasets.Dataset:
     files = _as_list(paths)
-    dataset = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
-    return _select_text(dataset, text_key, ", ".join(files))
+    try:
+        dataset = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
+    except DatasetGenerationError as err:
+        found = (_first_bad_record(files, text_key)
+                 or f"{', '.join(files)} cannot be read as JSON lines ({err.__cause__ or err})")
+        raise CorpusError(f"{found}; fix or remove that record (one JSON object per line, each with a "
+                          f"string {text_key!r})") from None
+    dataset = _select_text(dataset, text_key, ", ".join(files))
+    _check_texts(dataset, files, text_key, _first_bad_record)
+    return dataset
+
+
+def _first_null_row(files: List[str], text_key: str) -> Optional[str]:
+    import pyarrow.parquet
+
+    for path in files:
+        column = pyarrow.parquet.read_table(path, columns=[text_key]).column(text_key)
+        if column.null_count:
+            row = int(column.is_null().to_numpy(zero_copy_only=False).argmax())
+            return f"{path} row {row} has no {text_key!r} value"
+        if not _is_string(column):
+            return f"{path} column {text_key!r} holds {column.type}, not strings"
+    return None
 
 
 def read_parquet(paths, text_key: str = "text", cache_dir: str = None) -> datasets.Dataset:
     files = _as_list(paths)
-    dataset = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
-    return _select_text(dataset, text_key, ", ".join(files))
+    try:
+        dataset = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
+    except DatasetGenerationError as err:
+        raise CorpusError(f"{', '.join(files)} cannot be read as parquet ({err.__cause__ or err}); "
+                          f"re-export the file(s) or remove the damaged one") from None
+    dataset = _select_text(dataset, text_key, ", ".join(files))
+    _check_texts(dataset, files, text_key, _first_null_row)
+    return dataset
 
 
 def list_source_files(
@@ -66,12 +178,33 @@ def list_source_files(
 
 def _read_files(root: str, files: List[str]):
     for relpath in files:
+        path = os.path.join(root, relpath)
         try:
-            with open(os.path.join(root, relpath), encoding="utf-8", newline="") as stream:
+            with open(path, encoding="utf-8", newline="") as stream:
                 # newline="" keeps \r\n as written: the tokenizer must round-trip the file exactly.
-                yield {"text": stream.read(), "path": relpath}
+                text = stream.read()
         except UnicodeDecodeError:
-            continue  # a few legacy files are latin-1 on purpose; code corpora are UTF-8
+            # Not UTF-8 (a legacy latin-1 file, a binary with a source extension): left out, and
+            # named by read_source_folder. Guessing another encoding would train on mojibake.
+            continue
+        except OSError as err:
+            raise CorpusError(f"{path} cannot be read ({err.strerror}); fix its permissions or "
+                              f"remove it from the corpus") from None
+        yield {"text": text, "path": relpath}
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            stream.read()
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _names(paths: List[str]) -> str:
+    shown = ", ".join(paths[:NAMES_SHOWN])
+    return shown + (f" and {len(paths) - NAMES_SHOWN} more" if len(paths) > NAMES_SHOWN else "")
 
 
 def read_source_folder(
@@ -84,19 +217,40 @@ def read_source_folder(
     """A folder of source files as documents; streamed to Arrow, so memory stays flat."""
     files = list_source_files(root, extensions, exclude_dirs) if files is None else files
     if not files:
-        raise FileNotFoundError(f"no {list(extensions)} files under {root}")
+        raise MissingDataError(f"no {list(extensions)} files under {root}; check the folder or the "
+                               f"extensions (--extensions)")
     # datasets caches from_generator by its arguments only; the stamp (sizes, mtimes) makes an
     # edited file produce a new cache entry instead of a stale one.
     stamp = hashlib.sha256()
     for relpath in files:
         info = os.stat(os.path.join(root, relpath))
         stamp.update(f"{relpath}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return datasets.Dataset.from_generator(
-        _read_files,
-        gen_kwargs={"root": root, "files": files},
-        cache_dir=cache_dir,
-        fingerprint=stamp.hexdigest()[:32],
-    )
+    try:
+        dataset = datasets.Dataset.from_generator(
+            _read_files,
+            gen_kwargs={"root": root, "files": files},
+            features=SOURCE_FEATURES,  # declared: a folder whose every file is skipped is still a table
+            cache_dir=cache_dir,
+            fingerprint=stamp.hexdigest()[:32],
+        )
+    except (DatasetGenerationError, ValueError) as err:
+        if isinstance(err.__cause__, DataError):
+            raise err.__cause__ from None
+        # datasets cannot make a table of no rows: say why there are none, if that is why.
+        if not any(_is_utf8(os.path.join(root, relpath)) for relpath in files):
+            raise CorpusError(
+                f"none of the {len(files)} files under {root} is UTF-8 text ({_names(files)}); "
+                f"convert them (iconv -f <their encoding> -t utf-8) or point the corpus at UTF-8 "
+                f"sources") from None
+        raise
+    # The files not in the table are the ones that are not UTF-8: named on every call (also when
+    # the table comes from datasets' cache and no file was read).
+    skipped = sorted(set(files) - set(dataset["path"]))
+    if skipped:
+        logger.warning("%s: skipped %d of %d files that are not UTF-8: %s. Convert them (iconv -f "
+                       "<their encoding> -t utf-8) to include them", root, len(skipped), len(files),
+                       _names(skipped))
+    return dataset
 
 
 def read_corpus(
@@ -110,7 +264,8 @@ def read_corpus(
         return read_jsonl(spec, text_key, cache_dir)
     if spec.endswith(".parquet"):
         return read_parquet(spec, text_key, cache_dir)
-    raise ValueError(f"corpus {spec!r} is neither a folder nor .jsonl/.json/.parquet file(s)")
+    raise CorpusError(f"corpus {spec!r} is neither a folder nor .jsonl/.json/.parquet file(s); "
+                      f"give one of those (globs allowed)")
 
 
 def is_valid_path(relpath: str, valid_fraction: float) -> bool:

@@ -6,7 +6,8 @@
   written under a temp name and renamed when complete (.bin first, .idx last: an .idx means done), so
   a re-run skips finished shards and redoes a broken one.
 - `list_shards(prefix)` expands a blend prefix into its shard prefixes (or the prefix itself).
-- `check_shard(prefix)` checks the files against each other and raises `ShardError` naming the file.
+- `check_shard(prefix, vocab_size)` (data/shard_check.py) checks the whole index, the files against
+  each other and the token ids against the vocabulary, and raises `ShardError` naming the file.
 - A manifest `<prefix>.json` records the tokenizer and counts; `check_manifest` refuses a tokenizer
   that is not the one the shards were made with.
 """
@@ -15,68 +16,25 @@ import glob
 import json
 import os
 import re
-import struct
 from typing import List, Optional
 
 import datasets
 import numpy
 from megatron.core.datasets.indexed_dataset import (
-    _INDEX_HEADER, DType, IndexedDatasetBuilder, get_bin_path, get_idx_path,
+    DType, IndexedDatasetBuilder, get_bin_path, get_idx_path,
 )
 from tqdm import tqdm
 
-from data.tokenizer import CodeTokenizer, file_sha256
+from data.errors import CorpusError, DataError, ShardError
+from data.shard_check import check_shard
+from data.tokenizer import CodeTokenizer
 
-
-class ShardError(RuntimeError):
-    pass
+__all__ = ["ShardError", "check_manifest", "check_shard", "list_shards", "manifest_path",
+           "preprocess", "read_manifest", "shard_prefix"]
 
 
 def shard_prefix(prefix: str, index: int, num_shards: int) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}"
-
-
-def check_shard(prefix: str) -> int:
-    """Raise ShardError naming the file if the .idx/.bin pair is missing, truncated or inconsistent;
-    return the number of tokens. Reads only the .idx header and its last pointer (cheap)."""
-    idx_path, bin_path = get_idx_path(prefix), get_bin_path(prefix)
-    for path, other in ((idx_path, bin_path), (bin_path, idx_path)):
-        if not os.path.isfile(path):
-            raise ShardError(
-                f"{path} is missing" + (f" (but {other} exists)" if os.path.isfile(other) else "")
-                + "; the shard was never finished: re-run scripts/preprocess.py for it"
-            )
-    idx_size = os.path.getsize(idx_path)
-    with open(idx_path, "rb") as stream:
-        header = stream.read(34)
-        if len(header) < 34 or header[:9] != _INDEX_HEADER:
-            raise ShardError(f"{idx_path} is not a megatron index (bad header); re-run preprocessing")
-        (dtype_code,) = struct.unpack("<B", header[17:18])
-        num_sequences, num_documents = struct.unpack("<QQ", header[18:34])
-        expected_idx = 34 + num_sequences * (4 + 8) + num_documents * 8
-        if idx_size != expected_idx:
-            raise ShardError(
-                f"{idx_path} is truncated or corrupt: {idx_size} bytes, its header says "
-                f"{expected_idx}; delete {prefix}.{{bin,idx}} and re-run scripts/preprocess.py"
-            )
-        if num_sequences == 0:
-            num_tokens = 0
-        else:
-            stream.seek(34 + (num_sequences - 1) * 4)
-            (last_length,) = struct.unpack("<i", stream.read(4))
-            stream.seek(34 + num_sequences * 4 + (num_sequences - 1) * 8)
-            (last_pointer,) = struct.unpack("<q", stream.read(8))
-            itemsize = DType.size(DType.dtype_from_code(dtype_code))
-            num_tokens = last_pointer // itemsize + last_length
-    expected_bin = num_tokens * DType.size(DType.dtype_from_code(dtype_code))
-    bin_size = os.path.getsize(bin_path)
-    if bin_size != expected_bin:
-        raise ShardError(
-            f"{bin_path} is {'truncated' if bin_size < expected_bin else 'corrupt'}: {bin_size} "
-            f"bytes but {idx_path} expects {expected_bin}; delete {prefix}.{{bin,idx}} and re-run "
-            f"scripts/preprocess.py"
-        )
-    return num_tokens
 
 
 def list_shards(prefix: str) -> List[str]:
@@ -135,8 +93,13 @@ def preprocess(
     num_workers: int = 1, progress: bool = True,
 ) -> List[str]:
     """Tokenize `dataset["text"]` into `num_shards` indexed datasets; return their prefixes."""
+    if len(dataset) == 0:
+        raise CorpusError(f"the corpus for {output_prefix} has no documents: check --corpus (a folder "
+                          f"with files of --extensions, or jsonl/parquet files with rows)")
+    if num_shards < 1 or num_workers < 1:
+        raise DataError(f"num_shards={num_shards}, num_workers={num_workers}: both must be >= 1")
     tokenizer = CodeTokenizer(tokenizer_model)
-    num_shards = max(1, min(num_shards, len(dataset)))
+    num_shards = min(num_shards, len(dataset))
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     check_manifest(output_prefix, tokenizer, num_shards)
     # Written before any shard, so a re-run of an interrupted job with another tokenizer is refused.
@@ -166,9 +129,15 @@ def preprocess(
             count = bounds[index + 1] - bounds[index]
             _write_shard(tokenized.select(range(offset, offset + count)), prefixes[index], dtype)
             offset += count
-    num_tokens = sum(check_shard(prefix) for prefix in prefixes)
+    # The full check (and the token pass, cached next to each shard) now, while the files are in
+    # the page cache: the trainer then only reads the cached result.
+    num_tokens = sum(check_shard(prefix, tokenizer.vocab_size) for prefix in prefixes)
     _write_manifest(output_prefix, tokenizer, num_shards, len(dataset), num_tokens)
     return prefixes
+
+
+MANIFEST_KEYS = ("tokenizer_model", "tokenizer_sha256", "vocab_size", "num_shards", "num_documents",
+                 "num_tokens")
 
 
 def manifest_path(prefix: str) -> str:
@@ -185,16 +154,38 @@ def _write_manifest(prefix, tokenizer, num_shards, num_documents, num_tokens) ->
     os.replace(tmp_path, manifest_path(prefix))
 
 
+_LOST_MANIFEST = ("delete the shards (<prefix>-*) and the manifest and re-run scripts/preprocess.py; "
+                  "or, if you know they match data.tokenizer_model, delete only the manifest")
+
+
+def read_manifest(prefix: str) -> Optional[dict]:
+    """The manifest of a preprocessed corpus, None if it has none (plain megatron datasets made
+    elsewhere); ShardError if it is damaged."""
+    path = manifest_path(prefix)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as stream:
+            manifest = json.load(stream)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardError(f"{path} (the manifest of {prefix}) is not readable JSON ({err}). It "
+                         f"records which tokenizer made the shards: {_LOST_MANIFEST}")
+    missing = [key for key in MANIFEST_KEYS if key not in (manifest if isinstance(manifest, dict) else {})]
+    if missing:
+        raise ShardError(f"{path} (the manifest of {prefix}) lacks {', '.join(missing)}. It records "
+                         f"which tokenizer made the shards: {_LOST_MANIFEST}")
+    return manifest
+
+
 def check_manifest(prefix: str, tokenizer: CodeTokenizer, num_shards: Optional[int] = None) -> None:
     """Shards made with another tokenizer (or shard count) would be silently wrong: refuse them."""
-    if not os.path.isfile(manifest_path(prefix)):
-        return  # plain megatron datasets made elsewhere carry no manifest
-    with open(manifest_path(prefix)) as stream:
-        manifest = json.load(stream)
+    manifest = read_manifest(prefix)
+    if manifest is None:
+        return
     if manifest["tokenizer_sha256"] != tokenizer.sha256:
         raise ShardError(
             f"{prefix} was tokenized with {manifest['tokenizer_model']} (sha256 "
-            f"{manifest['tokenizer_sha256'][:12]}), not {tokenizer.model_path} (sha256 "
+            f"{str(manifest['tokenizer_sha256'])[:12]}), not {tokenizer.model_path} (sha256 "
             f"{tokenizer.sha256[:12]}); use that tokenizer or delete {prefix}-* and re-run preprocessing"
         )
     if num_shards is not None and manifest["num_shards"] != num_shards:

@@ -21,6 +21,7 @@ seed, seq length, FIM settings) refuses a resume on changed data unless data.all
 import hashlib
 import json
 import logging
+import numbers
 from typing import Dict, List
 
 import numpy
@@ -28,14 +29,22 @@ import torch
 
 from data.blend import BlendedStream, derived_seed
 from data.config import DataConfig
+from data.errors import DataConfigError, DataError, FingerprintMismatch
 from data.fim import FimTokens, apply_fim
 from data.tokenizer import CodeTokenizer
 
+__all__ = ["CodeLoader", "FingerprintMismatch", "build_loader"]
+
 logger = logging.getLogger(__name__)
 
-
-class FingerprintMismatch(RuntimeError):
-    pass
+# What each fingerprint field stands for, in the message of a refused resume.
+FINGERPRINT_FIELDS = {
+    "data": "the shards (names, token and document counts) and blend weights",
+    "num_shards": "the number of shards", "num_tokens": "the number of tokens",
+    "tokenizer": "the tokenizer file (sha256)", "seed": "train.seed",
+    "seq_length": "train.seq_length", "split": "the split", "fim_rate": "data.fim_rate",
+    "fim_spm_rate": "data.fim_spm_rate",
+}
 
 
 class CodeLoader:
@@ -44,7 +53,7 @@ class CodeLoader:
                  fim_rate: float = 0.0, fim_spm_rate: float = 0.5,
                  allow_fingerprint_change: bool = False):
         if global_batch_size % (micro_batch_size * dp_size) != 0:
-            raise ValueError(
+            raise DataConfigError(
                 f"train.global_batch_size={global_batch_size} is not a multiple of "
                 f"train.micro_batch_size * data-parallel size = {micro_batch_size} * {dp_size}; "
                 f"pick a global batch size divisible by {micro_batch_size * dp_size}"
@@ -120,21 +129,28 @@ class CodeLoader:
                 "fingerprint_detail": dict(self.fingerprint_detail)}
 
     def load_state_dict(self, state: Dict) -> None:
+        consumed = state.get("consumed_samples") if isinstance(state, dict) else None
+        if not isinstance(consumed, numbers.Integral) or isinstance(consumed, bool) or consumed < 0:
+            raise DataError(
+                f"the checkpoint's {self.split} data-loader state is damaged (consumed_samples="
+                f"{consumed!r}, state {str(state)[:200]}): it cannot say where the data stopped. "
+                f"Resume from an earlier checkpoint (checkpoint.resume=<its iter_ folder>)")
         if state.get("fingerprint") != self.fingerprint:
-            old = state.get("fingerprint_detail", {})
-            changed = [f"{key}: {old.get(key)!r} -> {value!r}"
+            old = state.get("fingerprint_detail")
+            old = old if isinstance(old, dict) else {}
+            changed = [f"{key}: {old.get(key)!r} -> {value!r} ({FINGERPRINT_FIELDS.get(key, key)})"
                        for key, value in self.fingerprint_detail.items() if old.get(key) != value]
             message = (
-                f"the {self.split} data differ from the checkpoint's ({'; '.join(changed) or 'fingerprint'}), "
-                f"so the resumed run would not see the samples it would have seen. Restore the data "
-                f"(same files, tokenizer, train.seed, train.seq_length, data.fim_*), or pass "
-                f"data.allow_fingerprint_change=true to continue at consumed_samples="
-                f"{state.get('consumed_samples')} in the new data's order"
-            )
+                f"the {self.split} data differ from the checkpoint's: "
+                f"{'; '.join(changed) or 'the fingerprint (no details saved)'}. The resumed run "
+                f"would not see the samples it would have seen. Restore the data (same files, "
+                f"tokenizer, train.seed, train.seq_length, data.fim_*), or pass "
+                f"data.allow_fingerprint_change=true to continue at consumed_samples={consumed} in "
+                f"the new data's order")
             if not self.allow_fingerprint_change:
                 raise FingerprintMismatch(message)
             logger.warning("data.allow_fingerprint_change=true: %s", message)
-        self.consumed_samples = int(state["consumed_samples"])
+        self.consumed_samples = int(consumed)
 
 
 def _digest(obj) -> str:
@@ -149,7 +165,7 @@ def build_loader(cfg: DataConfig, prepared, split: str, seq_length: int, global_
     tokenizer = CodeTokenizer(prepared.tokenizer_model)
     blend = prepared.train_blend if split == "train" else prepared.valid_blend
     if not blend:
-        raise ValueError(f"no {split} data: set data.{'blend' if split == 'train' else 'valid_blend'}")
+        raise DataConfigError(f"no {split} data: set data.{'blend' if split == 'train' else 'valid_blend'}")
     stream = BlendedStream([(float(w), str(p)) for w, p in blend], seed, seq_length, split, tokenizer)
     return CodeLoader(stream, tokenizer, split, seq_length, global_batch_size, micro_batch_size,
                       dp_rank, dp_size, seed, fim_rate=cfg.fim_rate, fim_spm_rate=cfg.fim_spm_rate,

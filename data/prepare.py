@@ -4,14 +4,15 @@ With `data.blend` set, it only checks the given shards and tokenizer. With it em
 the first call builds, under `<data.cache_dir>/stdlib-py<X.Y>-<selection hash>/`:
 
     tokenizer-v<vocab_size>.model        sentencepiece BPE trained on the train split
-    tokens-<tokenizer sha>/train-0000i-of-0000N.{bin,idx}, train.json (manifest), valid-...
+    tokens-<tokenizer sha>/train-0000i-of-0000N.{bin,idx,check.json}, train.json (manifest), valid-...
     hf/                                  datasets' Arrow cache of the source files
     .lock
 
-Every later call only checks file sizes (milliseconds). Several ranks: every rank may call it; the
-first to take the file lock builds, the others wait on the lock and then find everything done (this
-also works with a node-local cache dir: one builder per node). When torch.distributed is initialized,
-all ranks then meet at a barrier, so call it on every rank.
+Every later call only checks the files (a stat and each shard's cached full check: milliseconds).
+Several ranks: every rank may call it; the first to take the file lock builds, the others wait on the
+lock and then find everything done (this also works with a node-local cache dir: one builder per
+node). When torch.distributed is initialized, all ranks then meet at a barrier, so call it on every
+rank.
 """
 
 import hashlib
@@ -27,7 +28,8 @@ from filelock import FileLock
 
 from data.config import DataConfig
 from data.corpus import stdlib_corpus
-from data.indexed import ShardError, check_manifest, check_shard, list_shards, manifest_path, preprocess
+from data.errors import DataError, MissingDataError
+from data.indexed import check_manifest, check_shard, list_shards, manifest_path, preprocess
 from data.tokenizer import CodeTokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def _is_complete(prefix: str) -> bool:
         for shard in list_shards(prefix):
             check_shard(shard)
         return True
-    except (OSError, ShardError, ValueError):
+    except (OSError, DataError, ValueError):
         return False
 
 
@@ -65,7 +67,9 @@ def _build_stdlib(cfg: DataConfig, root: str) -> PreparedData:
     tokenizer_model = cfg.tokenizer_model or os.path.join(root, f"tokenizer-v{cfg.vocab_size}.model")
     if not os.path.isfile(tokenizer_model):
         if cfg.tokenizer_model:
-            raise FileNotFoundError(f"data.tokenizer_model={cfg.tokenizer_model!r} does not exist")
+            raise MissingDataError(f"data.tokenizer_model={cfg.tokenizer_model!r} does not exist; give "
+                                   f"the path of a sentencepiece .model, or leave it empty to train the "
+                                   f"stdlib tokenizer")
         corpus = stdlib_corpus(cfg.stdlib_exclude_dirs, cfg.stdlib_valid_fraction,
                                cfg.stdlib_max_files, cache_dir=os.path.join(root, "hf"))
         logger.info("training the %d-token tokenizer on %d stdlib files", cfg.vocab_size,
@@ -88,21 +92,20 @@ def _build_stdlib(cfg: DataConfig, root: str) -> PreparedData:
 
 
 def _check_user_blend(cfg: DataConfig, seq_length: int) -> PreparedData:
-    if not cfg.tokenizer_model:
-        raise ValueError("data.blend is set but data.tokenizer_model is empty: give the sentencepiece "
-                         "model the blend was preprocessed with")
     tokenizer = CodeTokenizer(cfg.tokenizer_model)
     for weight, prefix in list(cfg.blend) + list(cfg.valid_blend):
         check_manifest(prefix, tokenizer)
-        num_tokens = sum(check_shard(shard) for shard in list_shards(prefix))
+        num_tokens = sum(check_shard(shard, tokenizer.vocab_size) for shard in list_shards(prefix))
         if num_tokens < seq_length + 1:
-            raise ValueError(f"{prefix!r} holds {num_tokens} tokens, fewer than one sample of "
+            raise DataError(f"{prefix!r} holds {num_tokens} tokens, fewer than one sample of "
                              f"train.seq_length+1={seq_length + 1}")
     return PreparedData(cfg.tokenizer_model, [list(p) for p in cfg.blend],
                         [list(p) for p in cfg.valid_blend])
 
 
 def prepare_data(cfg: DataConfig, seq_length: int) -> PreparedData:
+    """Raises a DataError (data/errors.py) naming the file or key and the fix."""
+    cfg.validate(training=False)
     if cfg.blend:
         prepared = _check_user_blend(cfg, seq_length)
     else:

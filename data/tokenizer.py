@@ -12,6 +12,8 @@ from typing import Iterable, Iterator, List
 
 import sentencepiece as spm
 
+from data.errors import DataConfigError, DataError, MissingDataError
+
 # Control symbols: reachable only by id, never produced by encoding text, so a source file that
 # happens to contain the string "<fim_prefix>" stays plain text.
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
@@ -73,13 +75,17 @@ def file_sha256(path: str) -> str:
 class CodeTokenizer:
     def __init__(self, model_path: str):
         if not os.path.isfile(model_path):
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"tokenizer model {model_path!r} not found; train one with "
                 f"`python -m scripts.train_tokenizer` or leave data.tokenizer_model empty for the "
                 f"default stdlib tokenizer"
             )
         self.model_path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        except (RuntimeError, OSError) as err:
+            raise DataError(f"{model_path} is not a sentencepiece model ({err}); give the .model file "
+                            f"written by scripts/train_tokenizer.py (data.tokenizer_model)") from None
         self.sha256 = file_sha256(model_path)
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id, self.eod_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
@@ -89,7 +95,7 @@ class CodeTokenizer:
         specials = [self.bos_id, self.eod_id, self.pad_id,
                     self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id]
         if min(specials) < 0 or UNK_ID in specials[3:] or len(set(specials)) != len(specials):
-            raise ValueError(
+            raise DataError(
                 f"{model_path} lacks loopcoder's special tokens (bos/eos/pad/{FIM_PREFIX}/"
                 f"{FIM_MIDDLE}/{FIM_SUFFIX}); retrain it with scripts/train_tokenizer.py"
             )
@@ -109,7 +115,7 @@ class CodeTokenizer:
         """The model's embedding may be padded larger than the tokenizer (for TP divisibility);
         smaller would index out of range on the first batch."""
         if model_vocab_size < self.vocab_size:
-            raise ValueError(
+            raise DataConfigError(
                 f"model vocab size {model_vocab_size} is smaller than the tokenizer's "
                 f"{self.vocab_size} ({self.model_path}); set model.vocab_size>={self.vocab_size} or "
                 f"train a tokenizer with data.vocab_size<={model_vocab_size}"

@@ -8,13 +8,24 @@ prefix in `data.blend: [[weight, data/python], ...]`.
 """
 
 import argparse
+import sys
 import time
 
-from data.indexed import preprocess
 from data.cli_args import add_corpus_args, load_corpus
+from data.errors import DataError
+from data.indexed import preprocess
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    try:
+        _run(argv)
+    except DataError as err:  # bad input (a cut jsonl line, no UTF-8 file): the message says the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(argv) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_args(parser)
     parser.add_argument("--tokenizer", required=True, help="sentencepiece .model")
@@ -29,4 +40,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
