@@ -1,0 +1,18 @@
+"""The Hugging Face hand-off: our checkpoints in the published LoopCoder layout and back
+(shared/PLT_SPEC.md "The published formats"; ARCHITECTURE "Hand-off").
+
+    read_hf(hf_dir) -> (ModelConfig, {our name: tensor})   the trainer's checkpoint.init_from
+    export_checkpoint(checkpoint, out_dir, ...)              python -m scripts.export_hf
+    import_hf(hf_dir, checkpoint_dir)                        python -m scripts.import_hf
+
+One job per file: published_config (config.json <-> ModelConfig, both families), tensor_names
+(weight names and fused layouts), safetensors_files (streaming shards, never pickle),
+tokenizer_files (tokenizer.json equal to our sentencepiece), hf_files/ (the transformers
+implementation copied into every exported directory), read (verify and load a directory),
+export (write one).
+"""
+
+from handoff.published_config import PublishedFormatError
+from handoff.read import read_hf
+
+__all__ = ["PublishedFormatError", "read_hf"]

@@ -1,0 +1,128 @@
+"""Write a checkpoint of either engine and any layout as a published-layout Hugging Face directory.
+
+    export_checkpoint(checkpoint, out_dir, dtype="bf16", max_shard_size="5GB")
+    export_config_only(model_cfg, out_dir)        # config.json and code only (no weights)
+
+The directory holds config.json (the family's published keys and an auto_map to the files below),
+generation_config.json, safetensors shards + model.safetensors.index.json (published tensor names,
+in the chosen dtype), the tokenizer (tokenizer.model, tokenizer.json, tokenizer_config.json: the
+same ids as data/tokenizer.py, EOD as eos) and handoff/hf_files/*.py (our transformers
+implementation, self-contained).
+
+Memory: the checkpoint is read once in float32 (pretrain.checkpoint.read_weights), then each
+tensor is converted and handed to the shard writer and its source dropped, so beyond the source
+at most one output shard is in memory: peak about one fp32 copy of the model plus one shard.
+
+Nothing is written unless everything succeeds: the directory is built as a hidden sibling and
+renamed into place at the end; an existing `out_dir` is refused.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import torch
+
+from handoff.published_config import published_config
+from handoff.safetensors_files import ShardWriter, parse_size
+from handoff.tensor_names import to_published
+from handoff.tokenizer_files import write_tokenizer_files
+
+HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
+DTYPES = {"bf16": (torch.bfloat16, "bfloat16"), "fp32": (torch.float32, "float32")}
+
+
+def _dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _staging(out_dir: str) -> str:
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass another --out or remove it")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def _publish(tmp: str, out_dir: str) -> str:
+    out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir):
+        os.rmdir(out_dir)  # empty (checked in _staging)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _write_json(folder: str, name: str, content: dict) -> None:
+    with open(os.path.join(folder, name), "w") as stream:
+        json.dump(content, stream, indent=2)
+        stream.write("\n")
+
+
+def _write_code_and_configs(folder: str, model_cfg, dtype_name: str, ids: dict) -> None:
+    config = published_config(model_cfg, dtype_name, ids["bos_token_id"], ids["eos_token_id"])
+    _write_json(folder, "config.json", config)
+    _write_json(folder, "generation_config.json", {**ids, "do_sample": False})
+    for path in glob.glob(os.path.join(HF_FILES, "*.py")):
+        shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
+
+
+def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16") -> str:
+    """config.json, generation_config.json and the code for `model_cfg`: no weights are built
+    (nothing is allocated: what `--config-only model=plt_7b` writes)."""
+    _, dtype_name = _dtype(dtype)
+    published_config(model_cfg)  # refuse an unexportable model before touching the disk
+    tmp = _staging(out_dir)
+    try:
+        from data.tokenizer import BOS_ID, EOD_ID, PAD_ID
+
+        ids = {"bos_token_id": BOS_ID, "eos_token_id": EOD_ID, "pad_token_id": PAD_ID}
+        _write_code_and_configs(tmp, model_cfg, dtype_name, ids)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, out_dir)
+
+
+def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
+                      max_shard_size: str = "5GB", iteration=None) -> str:
+    """Export the checkpoint `checkpoint` (an iter_ folder, or a checkpoint dir: its `latest`, or
+    iter_<iteration> when given) to `out_dir`; returns the directory."""
+    from pretrain.checkpoint import checkpoint_tokenizer, files, read_weights, resolve_checkpoint
+    from pretrain.checkpoint.weights import read_model_config
+
+    torch_dtype, dtype_name = _dtype(dtype)
+    shard_bytes = parse_size(max_shard_size)
+    if iteration is not None:
+        folder = os.path.join(checkpoint, files.iter_name(int(iteration)))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder} does not exist; the checkpoints of {checkpoint} "
+                                    f"are {files.list_checkpoints(checkpoint)}")
+    else:
+        folder = resolve_checkpoint(checkpoint)
+    published_config(read_model_config(folder))  # an unexportable model fails before reading
+    tokenizer = checkpoint_tokenizer(folder)
+    model_cfg, weights, _ = read_weights(folder)
+    tokenizer.check_model_vocab(model_cfg.vocab_size)
+    tmp = _staging(out_dir)
+    try:
+        ids = write_tokenizer_files(tokenizer, tmp, model_cfg.max_position_embeddings)
+        _write_code_and_configs(tmp, model_cfg, dtype_name, ids)
+        writer = ShardWriter(tmp, shard_bytes)
+        for name, tensor in to_published(model_cfg, weights):
+            # A copy of its own: split views (q/k/v, gate/up) must not share storage in a shard.
+            writer.add(name, tensor.to(torch_dtype, copy=True))
+            del tensor
+        writer.finish()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, out_dir)

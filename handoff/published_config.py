@@ -1,0 +1,175 @@
+"""The published config.json of both LoopCoder families <-> our ModelConfig (PLT_SPEC "The published
+formats"; the keys are the authors', never ours: ARCHITECTURE "Hand-off").
+
+    published_config(model_cfg, dtype="bfloat16", bos_id=1, eos_id=2) -> dict   (config.json)
+    model_config_from_published(config, source) -> ModelConfig
+
+Which family a model exports as follows from what it is: with the cross-loop shift (clp) it is
+LoopCoder-V2 (`iquestpltcoder`); without it, with shared K/V and the query gate, it is
+IQuest-Coder-V1 Loop (`iquestloopcoder`). A model neither family can state is refused.
+
+Windows: our `swa_window` counts keys back from the query, which itself is always seen.
+LoopCoder-V2's `plt_window_size [left, 0]` is flash-attn's (left, right): left = swa_window.
+IQuest Loop's `loop_window_size` counts keys INCLUDING the query (its transformers cache keeps that
+many entries, vLLM passes it as its sliding window): loop_window_size = swa_window + 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.config import ModelConfig
+
+PLT_FAMILY, LOOP_FAMILY = "iquestpltcoder", "iquestloopcoder"
+ARCHITECTURES = {PLT_FAMILY: "IQuestPLTCoderForCausalLM", LOOP_FAMILY: "IQuestLoopCoderForCausalLM"}
+# auto_map: the configuration and modeling files that the export copies into the directory.
+AUTO_MAP = {
+    PLT_FAMILY: {"AutoConfig": "configuration_iquestpltcoder.IQuestPLTCoderConfig",
+                 "AutoModelForCausalLM": "modeling_iquestpltcoder.IQuestPLTCoderForCausalLM"},
+    LOOP_FAMILY: {"AutoConfig": "configuration_iquestloopcoder.IQuestLoopCoderConfig",
+                  "AutoModelForCausalLM": "modeling_iquestpltcoder.IQuestLoopCoderForCausalLM"},
+}
+# What the published configuration classes assume for a key a config.json leaves out.
+PLT_DEFAULTS = dict(plt_num_loops=2, plt_window_size=[64, 0], plt_normalize_per_loop=True,
+                    plt_emb_scale=None, plt_hidden_scale=None, plt_gate_use_hidden_states=False)
+LOOP_DEFAULTS = dict(loop_num=2, loop_window_size=64)
+SHAPE_DEFAULTS = dict(hidden_act="silu", rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=None,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+
+
+class PublishedFormatError(ValueError):
+    """A model or a directory the published formats cannot carry; the message names the fix."""
+
+
+def family_of(m: ModelConfig) -> str:
+    if m.clp or m.num_loops == 1:
+        if m.num_loops > 1 and not m.shared_kv:
+            raise PublishedFormatError(
+                "model.shared_kv=false has no published Hugging Face format (both LoopCoder "
+                "families share loop 1's K/V); export a shared_kv=true model")
+        return PLT_FAMILY
+    if m.shared_kv and m.gate_input == "query":
+        return LOOP_FAMILY
+    raise PublishedFormatError(
+        f"model.clp=false with shared_kv={m.shared_kv} and gate_input={m.gate_input!r} has no "
+        "published Hugging Face format: LoopCoder-V2 (iquestpltcoder) always shifts across loops, "
+        "IQuest-Coder-V1 Loop (iquestloopcoder) is clp=false with shared_kv=true and "
+        "gate_input=query")
+
+
+def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
+                     eos_id: int = 2) -> dict:
+    """config.json for `m` in its family's published keys, with our auto_map."""
+    family = family_of(m)
+    config = {
+        "architectures": [ARCHITECTURES[family]],
+        "model_type": family,
+        "auto_map": AUTO_MAP[family],
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups or m.num_attention_heads,
+        "head_dim": m.hidden_size // m.num_attention_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": m.max_position_embeddings,
+        "initializer_range": m.init_method_std,
+        "rms_norm_eps": m.norm_epsilon,
+        "rope_theta": m.rotary_base,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": not m.untie_embeddings_and_output_weights,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "use_cache": True,
+        "dtype": dtype,
+    }
+    if family == PLT_FAMILY:
+        config.update(
+            plt_num_loops=m.num_loops, plt_emb_scale=m.clp_emb_scale,
+            plt_hidden_scale=m.clp_hidden_scale, plt_normalize_per_loop=m.normalize_per_loop,
+            plt_gate_use_hidden_states=m.gate_input == "hidden",
+            plt_window_size=[m.swa_window, 0])
+    else:
+        config.update(loop_num=m.num_loops, loop_window_size=m.swa_window + 1)
+    return config
+
+
+def _fail(source: str, message: str):
+    raise PublishedFormatError(f"{source}: {message}")
+
+
+def model_config_from_published(config: dict, source: str = "config.json") -> ModelConfig:
+    """Our ModelConfig of a published config.json (either family); `source` names the file in
+    every error. Refuses what our model cannot be: unknown model_type, biases, another activation,
+    RoPE scaling, a head_dim other than hidden/heads, a non-causal window."""
+    family = config.get("model_type")
+    if family not in (PLT_FAMILY, LOOP_FAMILY):
+        _fail(source, f"model_type={family!r} is not a LoopCoder family; loopcoder reads "
+                      f"{PLT_FAMILY!r} (LoopCoder-V2) and {LOOP_FAMILY!r} (IQuest-Coder-V1 Loop)")
+    get = lambda key: config.get(key, SHAPE_DEFAULTS.get(key))  # noqa: E731
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "vocab_size"):
+        if not isinstance(config.get(key), int):
+            _fail(source, f"{key}={config.get(key)!r}; it must be an integer")
+    if get("hidden_act") != "silu" or get("attention_bias") or get("mlp_bias"):
+        _fail(source, f"hidden_act={get('hidden_act')!r}, attention_bias={get('attention_bias')}, "
+                      f"mlp_bias={get('mlp_bias')}: the LoopCoder block is SwiGLU (silu) without "
+                      "biases")
+    if get("rope_scaling") is not None:
+        _fail(source, f"rope_scaling={get('rope_scaling')!r}: loopcoder trains plain RoPE; set "
+                      "rope_scaling to null")
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    head_dim = config.get("head_dim", hidden // heads)
+    if head_dim * heads != hidden:
+        _fail(source, f"head_dim={head_dim} x num_attention_heads={heads} != hidden_size={hidden}; "
+                      "loopcoder's attention has head_dim = hidden_size / num_attention_heads")
+    fields = dict(
+        name=f"hf_{family}", num_layers=config["num_hidden_layers"], hidden_size=hidden,
+        num_attention_heads=heads, num_query_groups=config.get("num_key_value_heads", heads),
+        ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+        max_position_embeddings=config.get("max_position_embeddings", 8192),
+        norm_epsilon=float(get("rms_norm_eps")), rotary_base=float(get("rope_theta")),
+        untie_embeddings_and_output_weights=not get("tie_word_embeddings"),
+        init_method_std=float(config.get("initializer_range", 0.02)),
+        shared_kv=True, attention_backend="auto")
+    if family == PLT_FAMILY:
+        plt = {key: config.get(key, default) for key, default in PLT_DEFAULTS.items()}
+        window = plt["plt_window_size"]
+        if not (isinstance(window, (list, tuple)) and len(window) == 2 and window[1] == 0
+                and isinstance(window[0], int) and window[0] >= 1):
+            _fail(source, f"plt_window_size={window!r}; the local branch is causal: [left, 0] with "
+                          "left >= 1")
+        fields.update(num_loops=plt["plt_num_loops"], clp=True,
+                      clp_emb_scale=_scale(plt["plt_emb_scale"]),
+                      clp_hidden_scale=_scale(plt["plt_hidden_scale"]),
+                      normalize_per_loop=bool(plt["plt_normalize_per_loop"]),
+                      gate_input="hidden" if plt["plt_gate_use_hidden_states"] else "query",
+                      swa_window=window[0])
+    else:
+        loop = {key: config.get(key, default) for key, default in LOOP_DEFAULTS.items()}
+        if not isinstance(loop["loop_window_size"], int) or loop["loop_window_size"] < 2:
+            _fail(source, f"loop_window_size={loop['loop_window_size']!r}; it counts the keys "
+                          "including the query and must be >= 2")
+        fields.update(num_loops=loop["loop_num"], clp=False, normalize_per_loop=False,
+                      gate_input="query", swa_window=loop["loop_window_size"] - 1)
+    model_cfg = ModelConfig(**fields)
+    try:
+        model_cfg.validate()
+    except ValueError as error:
+        _fail(source, f"describes a model loopcoder cannot build: {error}")
+    return model_cfg
+
+
+def _scale(value) -> float:
+    return 1.0 if value is None else float(value)
+
+
+def same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
+    """Equal on every field but the run-only ones (name, attention backend, recompute)."""
+    skip = {"name", "attention_backend", "recompute"}
+    return all(getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(a)
+               if f.name not in skip)

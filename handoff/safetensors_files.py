@@ -1,0 +1,152 @@
+"""Safetensors shards in and out, never pickle.
+
+    writer = ShardWriter(folder, max_shard_bytes)   # add(name, tensor) ...; finish() -> index
+    reader = SafetensorsReader(hf_dir)              # .names(), .shape(name), .get(name)
+
+Writing streams: tensors are buffered until the next one would overflow the shard, then that shard
+is written and dropped, so at most one shard of converted tensors is in memory beyond what the
+caller holds. Shards are named model-0000i-of-0000N.safetensors (renamed once N is known) and
+listed in model.safetensors.index.json (weight_map + metadata.total_size), the layout
+transformers, vLLM and SGLang read.
+
+Reading never unpickles: an HF directory with only *.bin/*.pt weights is refused (those are
+pickles: code runs on load), and every shard's header is checked to be safetensors' (8-byte
+length + JSON) before safetensors opens it lazily (memory-mapped, one tensor at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from handoff.published_config import PublishedFormatError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5 * 10**9 bytes (transformers' convention: decimal units; '5GiB' is binary)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"--max-shard-size {text!r}; write it like 5GB, 500MB or 2GiB")
+    number, unit, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
+    return int(number * (1024 if binary else 1000) ** " KMGT".index(unit or " "))
+
+
+class ShardWriter:
+    def __init__(self, folder: str, max_shard_bytes: int):
+        if max_shard_bytes <= 0:
+            raise ValueError(f"max shard size {max_shard_bytes} bytes; it must be positive")
+        self.folder, self.max_shard_bytes = folder, max_shard_bytes
+        self.buffer: Dict[str, torch.Tensor] = {}
+        self.buffered_bytes = 0
+        self.shards: List[List[str]] = []  # tensor names per written shard
+        self.total_size = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.buffer and self.buffered_bytes + size > self.max_shard_bytes:
+            self._flush()
+        self.buffer[name] = tensor.contiguous()
+        self.buffered_bytes += size
+        self.total_size += size
+
+    def _flush(self) -> None:
+        path = os.path.join(self.folder, f".shard-{len(self.shards):05d}.safetensors")
+        save_file(self.buffer, path, metadata={"format": "pt"})
+        self.shards.append(list(self.buffer))
+        self.buffer, self.buffered_bytes = {}, 0
+
+    def finish(self) -> dict:
+        """Write the last shard, give the shards their final names, write the index; returns it."""
+        if self.buffer:
+            self._flush()
+        count, weight_map = len(self.shards), {}
+        for number, names in enumerate(self.shards):
+            final = f"model-{number + 1:05d}-of-{count:05d}.safetensors"
+            os.replace(os.path.join(self.folder, f".shard-{number:05d}.safetensors"),
+                       os.path.join(self.folder, final))
+            weight_map.update({name: final for name in names})
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
+        with open(os.path.join(self.folder, INDEX_FILE), "w") as stream:
+            json.dump(index, stream, indent=2)
+        return index
+
+
+def check_safetensors_header(path: str) -> None:
+    """Refuse a file that is not safetensors (a pickle renamed, a zip of torch.save) unread."""
+    with open(path, "rb") as stream:
+        head = stream.read(9)
+    size_ok = len(head) == 9 and 2 <= struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path)
+    if not size_ok or head[8:9] != b"{":
+        raise PublishedFormatError(
+            f"{path} is not a safetensors file (no safetensors header; a pickle or torch.save "
+            "file?); loopcoder never unpickles weights: convert it to safetensors where it was "
+            "made (e.g. model.save_pretrained(dir, safe_serialization=True))")
+
+
+class SafetensorsReader:
+    """The tensors of an HF directory, by name, read lazily from its safetensors shards."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        files = self._shard_files()
+        self._where: Dict[str, str] = {}
+        self._handles = {}
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise PublishedFormatError(f"{os.path.join(folder, INDEX_FILE)} names {name}, "
+                                           "which is missing; copy the whole directory")
+            check_safetensors_header(path)
+            handle = safe_open(path, framework="pt")
+            self._handles[name] = handle
+            for key in handle.keys():
+                self._where[key] = name
+
+    def _shard_files(self) -> List[str]:
+        index = os.path.join(self.folder, INDEX_FILE)
+        if os.path.isfile(index):
+            with open(index) as stream:
+                weight_map = json.load(stream).get("weight_map", {})
+            files = sorted(set(weight_map.values()))
+            pickles = [f for f in files if not f.endswith(".safetensors")]
+            if pickles:
+                raise PublishedFormatError(f"{index} names {pickles[0]}, not a .safetensors file; "
+                                           "loopcoder reads safetensors only (never pickles)")
+            return files
+        if os.path.isfile(os.path.join(self.folder, SINGLE_FILE)):
+            return [SINGLE_FILE]
+        present = sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else []
+        pickles = [f for f in present if f.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise PublishedFormatError(
+                f"{os.path.join(self.folder, pickles[0])} is a pickle file and {self.folder} has no "
+                "safetensors weights; loopcoder never unpickles weights (loading a pickle runs "
+                "code): save the model with safetensors (save_pretrained(..., "
+                "safe_serialization=True)) and pass that directory")
+        raise PublishedFormatError(f"{self.folder} has no {INDEX_FILE} and no {SINGLE_FILE}; pass "
+                                   "a Hugging Face model directory with safetensors weights")
+
+    def names(self) -> Iterable[str]:
+        return self._where.keys()
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handles[self._where[name]].get_tensor(name)
+
+    def file_of(self, name: str) -> Optional[str]:
+        where = self._where.get(name)
+        return None if where is None else os.path.join(self.folder, where)

@@ -1,0 +1,66 @@
+"""Export a checkpoint as a Hugging Face directory in the published LoopCoder layout (what
+transformers, vLLM and SGLang load; shared/PLT_SPEC.md "The published formats").
+
+    python -m scripts.export_hf --checkpoint CKPT_DIR [--iteration N] --out HF_DIR
+        [--dtype bf16|fp32] [--max-shard-size 5GB]
+    python -m scripts.export_hf --config-only model=plt_7b [OVERRIDES] --out HF_DIR
+
+CKPT_DIR: an iter_XXXXXXX/ folder or a checkpoint dir with a `latest` file, of either engine
+(megatron at any TP/PP, DeepSpeed ZeRO 1-3). --config-only writes config.json and the code for a
+model preset (Hydra overrides as the trainer takes them) without building any weights. Load the
+result with AutoModelForCausalLM.from_pretrained(HF_DIR, trust_remote_code=True) and
+AutoTokenizer.from_pretrained(HF_DIR). The library code is handoff/export.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="iter_ folder or checkpoint dir")
+    parser.add_argument("--iteration", type=int, help="export iter_<N> of CKPT_DIR, not latest")
+    parser.add_argument("--out", required=True, help="the Hugging Face directory to create")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--config-only", action="store_true",
+                        help="config.json and code of a preset (give Hydra overrides), no weights")
+    parser.add_argument("overrides", nargs="*", help="with --config-only: e.g. model=plt_7b")
+    args = parser.parse_args(argv)
+
+    from handoff.published_config import PublishedFormatError
+    from model.config import ConfigError
+
+    started = time.perf_counter()
+    try:
+        if args.config_only:
+            from omegaconf import OmegaConf
+
+            from handoff.export import export_config_only
+            from model.config import ModelConfig
+            from pretrain.config import compose
+
+            cfg = compose(args.overrides)
+            model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                                            cfg.model))
+            out = export_config_only(model_cfg, args.out, args.dtype)
+        else:
+            if not args.checkpoint or args.overrides:
+                parser.error("pass --checkpoint CKPT_DIR (overrides go with --config-only)")
+            from handoff.export import export_checkpoint
+
+            out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
+                                    args.iteration)
+    except (PublishedFormatError, ConfigError, FileExistsError, FileNotFoundError,
+            ValueError) as error:
+        print(f"export_hf: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
