@@ -70,6 +70,19 @@ class PLTFields:
         return self.num_loops > 1 and self.shared_kv
 
 
+# The fields that change what a model's weights compute (checked when a run resumes from a
+# checkpoint). STRUCTURAL ones also decide which weights exist and their shapes: they must match.
+# CHANGEABLE ones may be changed on purpose (checkpoint.allow_model_change). The rest do not change
+# the function: name, attention_backend (the kernel, same math), recompute (memory),
+# init_method_std (only a fresh start uses it), max_position_embeddings (RoPE is computed for the
+# positions used).
+STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                     "ffn_hidden_size", "vocab_size", "untie_embeddings_and_output_weights",
+                     "shared_kv", "gate_input")
+CHANGEABLE_FIELDS = ("num_loops", "clp", "clp_emb_scale", "clp_hidden_scale", "normalize_per_loop",
+                     "swa_window", "rotary_base", "norm_epsilon")
+
+
 @dataclass
 class ModelConfig(PLTFields):
     """The ``model`` group of the run config (``conf/model/*.yaml``)."""

@@ -65,10 +65,12 @@ def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
         bf16 = t.precision in ("auto", "bf16")
     if attention_backend is None:
         attention_backend = "torch" if cfg.model.attention_backend == "torch" else "flash"
+    # An unset micro batch is the whole per-rank share (pretrain/config.py validate settles it).
+    micro_batch_size = t.micro_batch_size or max(1, t.global_batch_size * p.tp * p.pp // world_size)
     return Layout(world_size=world_size, tp=p.tp, pp=p.pp, vpp=p.vpp,
                   sequence_parallel=p.sequence_parallel,
                   distributed_optimizer=p.distributed_optimizer,
-                  micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size,
+                  micro_batch_size=micro_batch_size, global_batch_size=t.global_batch_size,
                   seq_length=t.seq_length, bf16=bf16, attention_backend=attention_backend)
 
 

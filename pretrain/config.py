@@ -23,7 +23,8 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
-from model.config import ConfigError, ModelConfig, require
+from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
+                          require)
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
            "register"]
@@ -38,7 +39,10 @@ DEEPSPEED_INSTALL_HINT = (
 class TrainConfig:
     max_steps: int = 300
     global_batch_size: int = 8          # samples per optimizer step, all ranks together
-    micro_batch_size: int = 8           # samples per forward/backward on one rank
+    # Samples per forward/backward on one rank; the rest of a rank's share of the global batch is
+    # gradient accumulation. None: the whole share (global batch / data-parallel size), settled by
+    # validate() for the world size, so that any DP size that divides the global batch just works.
+    micro_batch_size: Optional[int] = None
     seq_length: int = 128
     seed: int = 1234
     # Adam (PLT_SPEC "The LoopCoder-v2 7B family": betas 0.9/0.95, wd 0.1, clip 1.0).
@@ -82,6 +86,15 @@ class CheckpointConfig:
     # Write the tensors in the background (megatron-core's async dist_checkpointing) while training
     # goes on; `latest` moves once every rank's part is on disk and verified. bench/bench_checkpoint.py.
     async_save: bool = False
+    # Checking a checkpoint's files against their checksums before loading it: full (every byte) |
+    # headers (sizes and the first MiB of each file: for checkpoints too large to read whole).
+    verify: str = "full"
+    # Model fields a resumed run may change on purpose (the weights were trained with the old
+    # values), e.g. [clp_hidden_scale, swa_window]; model/config.py CHANGEABLE_FIELDS lists them.
+    allow_model_change: List[str] = field(default_factory=list)
+    # Let DeepSpeed load checkpoint files that hold pickled objects beyond its known data classes
+    # (unpickling can run code): only for checkpoints you trust.
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -218,16 +231,24 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
 
 
 def validate(cfg: Config, world_size: int) -> None:
-    """Refuse combinations no single field can catch. Raises ConfigError naming the keys."""
+    """Refuse combinations no single field can catch (ConfigError naming the keys), and settle
+    what depends on the world size: an unset train.micro_batch_size becomes the whole per-rank
+    share of the global batch."""
     t, p, m = cfg.train, cfg.parallel, cfg.model
     for key, value in [("train.max_steps", t.max_steps), ("train.global_batch_size", t.global_batch_size),
-                       ("train.micro_batch_size", t.micro_batch_size), ("train.seq_length", t.seq_length),
-                       ("parallel.tp", p.tp), ("parallel.pp", p.pp)]:
+                       ("train.seq_length", t.seq_length), ("parallel.tp", p.tp), ("parallel.pp", p.pp)]:
         require(value >= 1, f"{key}={value}; it must be >= 1")
     require(world_size % (p.tp * p.pp) == 0,
             f"the world size {world_size} is not divisible by parallel.tp * parallel.pp = "
             f"{p.tp} * {p.pp}; launch a multiple of {p.tp * p.pp} processes or change parallel.tp/pp")
     dp = data_parallel_size(cfg, world_size)
+    if t.micro_batch_size is None:
+        require(t.global_batch_size % dp == 0,
+                f"train.global_batch_size={t.global_batch_size} is not divisible by the "
+                f"data-parallel size {dp} (world {world_size} / (tp {p.tp} * pp {p.pp})); pick a "
+                f"global batch that is a multiple of {dp}")
+        t.micro_batch_size = t.global_batch_size // dp
+    require(t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size}; it must be >= 1")
     require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
             f"train.global_batch_size={t.global_batch_size} is not divisible by "
             f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp} = "
@@ -265,6 +286,14 @@ def _validate_run_keys(cfg: Config) -> None:
     resume = cfg.checkpoint.resume
     require(resume in ("auto", "none") or os.path.isdir(resume),
             f"checkpoint.resume={resume!r} is neither auto, none nor an existing checkpoint folder")
+    require(cfg.checkpoint.verify in ("full", "headers"),
+            f"checkpoint.verify={cfg.checkpoint.verify!r}; use full or headers")
+    for key in cfg.checkpoint.allow_model_change:
+        require(key in CHANGEABLE_FIELDS,
+                f"checkpoint.allow_model_change lists {key!r}, which "
+                + ("decides which weights exist or their shapes: it cannot change on resume"
+                   if key in STRUCTURAL_FIELDS else "is not a model field that changes the function")
+                + f"; the changeable fields are {', '.join(CHANGEABLE_FIELDS)}")
     require(cfg.eval.interval >= 0, f"eval.interval={cfg.eval.interval}; it must be >= 0")
     require(cfg.logging.interval >= 1, f"logging.interval={cfg.logging.interval}; it must be >= 1")
     require(cfg.logging.wandb.mode in ("offline", "online", "disabled"),

@@ -19,11 +19,6 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 logger = logging.getLogger(__name__)
 
 
-class DivergedError(RuntimeError):
-    """The trainer stopped: train.max_skipped_steps steps in a row had a non-finite loss or
-    gradient norm (pretrain/trainer.py). pretrain/train.py exits 1 with its message."""
-
-
 class StopRequest:
     """Install with `StopRequest.install()`; read `.requested`; `restore()` puts the old handlers back."""
 

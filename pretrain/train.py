@@ -2,8 +2,14 @@
 
 Wires the pieces together and nothing more: config -> process groups -> data -> engine (model,
 optimizer, schedule) -> checkpoint frame and resume -> the loop (pretrain/trainer.py) -> a code sample.
-Exit status: 0 done, 2 a config error (the message names the key), 75 (EXIT_REQUEUE) stopped by
-SIGUSR1/SIGTERM after saving a checkpoint, 1 the run diverged (train.max_skipped_steps).
+
+Every run folder gets config.yaml (the resolved config) and resume.yaml, which composes exactly that
+config again: `python -m pretrain.train --config-dir RUN_DIR --config-name resume [overrides]`
+continues the run as it was configured, whatever the defaults are by then.
+
+Exit status (pretrain/errors.py): 0 done; 2 a config error, 3 a data error, 4 a checkpoint error,
+5 the run diverged: each with a one-paragraph message and the fix, no traceback; 75 (EXIT_REQUEUE)
+stopped by SIGUSR1/SIGTERM after saving a checkpoint; 1 anything unexpected (with its traceback).
 """
 
 from __future__ import annotations
@@ -25,8 +31,6 @@ for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is n
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from pretrain.signals import DivergedError  # noqa: E402
 
 log = logging.getLogger("pretrain")
 for noisy in ("megatron", "torch.distributed.checkpoint"):
@@ -84,48 +88,77 @@ def _data(config):
 
 def _train(config, config_yaml: str, world) -> int:
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
-    from pretrain.debug import nan_loss_at_steps
     from pretrain.engines import build_engine
-    from pretrain.metrics import MetricsLogger
     from pretrain.signals import StopRequest
-    from pretrain.trainer import train_loop
 
-    run_dir, t = config.run_dir, config.train
+    run_dir, ckpt = config.run_dir, config.checkpoint
     os.makedirs(run_dir, exist_ok=True)
     if world.is_main:
-        with open(os.path.join(run_dir, "config.yaml"), "w") as stream:
-            stream.write(config_yaml)
+        _write_run_config(run_dir, config_yaml)
     stop = StopRequest.install()
     try:
         tokenizer, train_loader, held_out = _data(config)
         engine = build_engine(config, world.device)
-        checkpointer = Checkpointer(config.checkpoint, engine, train_loader, config_yaml,
-                                    model_fields_of(config.model), tokenizer.model_path)
-        start_step = 0
-        resume_path = resolve_resume(config.checkpoint.resume, config.checkpoint.dir)
-        if resume_path is not None:
-            start_step = load_checkpoint(resume_path, engine, train_loader,
-                                         model_fields_of(config.model))["step"]
-        _log_start(config, engine, world, resume_path, start_step, train_loader)
-        metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
-                                OmegaConf.to_container(OmegaConf.create(config_yaml)),
-                                resume_step=start_step)
-        steps = nan_loss_at_steps(train_loader, config.debug.nan_loss_at_steps, t.global_batch_size)
+        checkpointer = Checkpointer(ckpt, engine, train_loader, config_yaml,
+                                    model_fields_of(config.model), tokenizer.model_path, run_dir)
+        checkpointer.acquire()
         try:
-            status = train_loop(config, engine, steps, held_out, metrics, checkpointer, stop,
-                                start_step, world.world_size)
+            start_step = 0
+            resume_path = resolve_resume(ckpt.resume, ckpt.dir)
+            checkpointer.begin(resume_path)
+            if resume_path is not None:
+                start_step = load_checkpoint(resume_path, engine, train_loader,
+                                             model_fields_of(config.model), ckpt.verify,
+                                             ckpt.allow_model_change)["step"]
+            _log_start(config, engine, world, resume_path, start_step, train_loader)
+            status = _train_from(config, config_yaml, world, engine, train_loader, held_out,
+                                 checkpointer, stop, start_step)
         finally:
-            metrics.finish()
-        if status != 0:
-            if world.is_main:
-                log.warning("stopped by %s at a checkpoint; exit %d so the job is requeued. "
-                            "Continue with: python -m pretrain.train run_dir=%s", stop.signal_name,
-                            status, run_dir)
-            return status
-        _print_sample(config, engine, tokenizer, world)
-        return 0
+            checkpointer.close()
+        if status == 0:
+            _print_sample(config, engine, tokenizer, world)
+        return status
     finally:
         stop.restore()
+
+
+def _train_from(config, config_yaml: str, world, engine, train_loader, held_out, checkpointer,
+                stop, start_step: int) -> int:
+    """The loop, with its metrics: 0 at train.max_steps, EXIT_REQUEUE after a stop signal."""
+    from pretrain.debug import nan_loss_at_steps
+    from pretrain.metrics import MetricsLogger
+    from pretrain.trainer import train_loop
+
+    run_dir, t = config.run_dir, config.train
+    metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
+                            OmegaConf.to_container(OmegaConf.create(config_yaml)),
+                            resume_step=start_step)
+    steps = nan_loss_at_steps(train_loader, config.debug.nan_loss_at_steps, t.global_batch_size)
+    try:
+        status = train_loop(config, engine, steps, held_out, metrics, checkpointer, stop,
+                            start_step, world.world_size)
+    finally:
+        metrics.finish()
+    if status != 0 and world.is_main:
+        log.warning("stopped by %s at a checkpoint; exit %d so the job is requeued. Continue "
+                    "with: python -m pretrain.train --config-dir %s --config-name resume",
+                    stop.signal_name, status, run_dir)
+    return status
+
+
+def _write_run_config(run_dir: str, config_yaml: str) -> None:
+    """config.yaml, the resolved config (what tools read), and resume.yaml: the same values as a
+    primary Hydra config over the schema, so resuming composes this run's config, not the current
+    defaults with a few overrides."""
+    with open(os.path.join(run_dir, "config.yaml"), "w") as stream:
+        stream.write(config_yaml)
+    values = OmegaConf.to_container(OmegaConf.create(config_yaml))
+    resume = OmegaConf.create({"defaults": ["base_config", "_self_"], **values,
+                               "hydra": {"run": {"dir": run_dir}, "job": {"chdir": False}}})
+    with open(os.path.join(run_dir, "resume.yaml"), "w") as stream:
+        stream.write(f"# Continue this run as it was configured (written at its start):\n"
+                     f"#   python -m pretrain.train --config-dir {run_dir} --config-name resume\n")
+        stream.write(OmegaConf.to_yaml(resume))
 
 
 def _log_start(config, engine, world, resume_path, start_step: int, train_loader) -> None:
@@ -151,40 +184,69 @@ def _log_start(config, engine, world, resume_path, start_step: int, train_loader
 
 
 def _print_sample(config, engine, tokenizer, world) -> None:
+    """The end-of-run code sample. It never fails a run that trained: a pipeline-split model is
+    skipped (decoding needs every layer on a rank), and any error is logged, not raised."""
     s = config.sample
     if s.max_new_tokens <= 0:
+        return
+    if config.parallel.pp > 1:
+        if world.is_main:
+            log.info("no end-of-run sample: decoding needs the whole model on a rank (parallel.pp=%d); "
+                     "generate from the checkpoint with scripts/generate.py", config.parallel.pp)
         return
     import torch
 
     from model.generation import sample
 
-    prompt = torch.tensor([tokenizer.encode(s.prompt)], dtype=torch.long, device=world.device)
-    generator = torch.Generator(device=world.device).manual_seed(config.train.seed)
-    tokens = sample(engine.inference_model, prompt, s.max_new_tokens, temperature=s.temperature,
-                    top_p=s.top_p, eos_id=tokenizer.eod_id, generator=generator)
+    try:
+        prompt = torch.tensor([tokenizer.encode(s.prompt)], dtype=torch.long, device=world.device)
+        generator = torch.Generator(device=world.device).manual_seed(config.train.seed)
+        tokens = sample(engine.inference_model, prompt, s.max_new_tokens, temperature=s.temperature,
+                        top_p=s.top_p, eos_id=tokenizer.eod_id, generator=generator)
+    except Exception as error:  # noqa: BLE001 the run trained and saved: report, do not fail it
+        log.warning("no end-of-run sample: %s: %s", type(error).__name__, error)
+        return
     if world.is_main:
         text = tokenizer.decode([i for i in tokens[0].tolist() if i != tokenizer.eod_id])
         log.info("sample (%d new tokens, temperature %s):\n%s\n%s\n%s", tokens.shape[1] -
                  prompt.shape[1], s.temperature, "-" * 60, text, "-" * 60)
 
 
+def _exit_on_user_error(error: Exception) -> None:
+    """A user error (pretrain/errors.py: config, data, checkpoint, divergence) exits with its
+    class's status and one paragraph; anything else is a bug and keeps its traceback."""
+    from pretrain.errors import describe_user_error
+
+    described = describe_user_error(error)
+    if described is None:
+        raise error
+    code, message = described
+    log.error(message)
+    sys.exit(code)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from pretrain.config import ConfigError
-
     try:
         status = run(cfg)
-    except ConfigError as error:
-        log.error("config error: %s", error)
-        sys.exit(2)
-    except DivergedError as error:
-        log.error("stopped: %s", error)
-        sys.exit(1)
+    except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
+        _exit_on_user_error(error)
     if status:
         sys.exit(status)
+
+
+def cli() -> None:
+    """`python -m pretrain.train`. Errors in composing the config (an unknown key, a wrong type)
+    happen before main() runs; Hydra turns every exception into exit 1 unless HYDRA_FULL_ERROR is
+    set, so set it and sort them here too."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
+        _exit_on_user_error(error)
 
 
 if __name__ == "__main__":
     import pretrain.config  # noqa: F401  (registers the schema, conf/config.yaml's base_config)
 
-    main()
+    cli()

@@ -15,7 +15,8 @@ from model.diagnostics import compute_loop_diagnostics
 from model.flops import flops_per_token, peak_flops_per_device
 from pretrain.distributed import all_reduce_max
 from pretrain.metrics import peak_memory_gb
-from pretrain.signals import EXIT_REQUEUE, DivergedError
+from pretrain.errors import DivergedError
+from pretrain.signals import EXIT_REQUEUE
 
 
 def diagnostics_due(cfg, step: int) -> bool:

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from pretrain.checkpoint import verify_complete
+from pretrain.errors import EXIT_CHECKPOINT, EXIT_DIVERGED
 from tests.fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
                             trainer_command, trainer_env)
 
@@ -66,7 +67,7 @@ def test_nan_step_is_skipped_and_the_run_finishes(tmp_path):
 def test_too_many_skipped_steps_in_a_row_stop_the_run(tmp_path):
     result = run_trainer(tmp_path, "train.max_steps=8", "checkpoint.interval=2",
                          "train.max_skipped_steps=2", "debug.nan_loss_at_steps=[3,4,5]", *RESUMABLE)
-    assert result.returncode == 1, output_of(result)
+    assert result.returncode == EXIT_DIVERGED, output_of(result)
     assert "steps 3-5: 3 steps in a row had a non-finite loss or gradient norm " \
            "(train.max_skipped_steps=2)" in output_of(result)
     # The checkpoint of step 4 (a skipped step: the weights of step 2) is the newest; nothing later.
@@ -85,7 +86,7 @@ def test_incomplete_checkpoint_is_refused_and_left_alone(straight_run, tmp_path,
             stream.truncate(1000)
     before = sorted(os.listdir(root / "iter_0000008"))
     result = run_trainer(tmp_path, "train.max_steps=10", *RESUMABLE)
-    assert result.returncode == 2, output_of(result)
+    assert result.returncode == EXIT_CHECKPOINT, output_of(result)
     assert "cannot resume from" in output_of(result)
     assert "iter_0000008 is incomplete: __0_1.distcp" in output_of(result)
     assert "checkpoint.resume=" in output_of(result)  # names the way out (an older one, or none)
@@ -98,7 +99,7 @@ def test_latest_naming_a_missing_folder_is_a_clear_error(tmp_path):
     root.mkdir()
     (root / "latest").write_text("iter_0000042\n")
     result = run_trainer(tmp_path, "train.max_steps=2", *RESUMABLE)
-    assert result.returncode == 2, output_of(result)
+    assert result.returncode == EXIT_CHECKPOINT, output_of(result)
     assert "names" in output_of(result) and "iter_0000042, which does not exist" in output_of(result)
 
 

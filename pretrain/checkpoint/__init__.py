@@ -14,14 +14,14 @@ Layout of `checkpoint.dir`:
     .tmp_iter_0000300/         a save in progress (never read as a checkpoint)
 """
 
-from pretrain.checkpoint.errors import CheckpointError
 from pretrain.checkpoint.files import LATEST, STATE_FILE, iter_name, list_checkpoints
 from pretrain.checkpoint.frame import Checkpointer
 from pretrain.checkpoint.resume import (load_checkpoint, model_fields_of, resolve_checkpoint,
                                         resolve_resume, verify_complete)
 from pretrain.checkpoint.state import read_trainer_state
 from pretrain.checkpoint.weights import checkpoint_tokenizer, load_model, read_weights
+from pretrain.errors import CheckpointError
 
-__all__ = ["CheckpointError", "Checkpointer", "checkpoint_tokenizer", "LATEST", "STATE_FILE", "iter_name",
-           "list_checkpoints", "load_checkpoint", "load_model", "model_fields_of", "read_weights",
+__all__ = ["CheckpointError", "Checkpointer", "checkpoint_tokenizer", "LATEST", "STATE_FILE",
+           "iter_name", "list_checkpoints", "load_checkpoint", "load_model", "model_fields_of", "read_weights",
            "read_trainer_state", "resolve_checkpoint", "resolve_resume", "verify_complete"]

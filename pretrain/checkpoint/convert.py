@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from pretrain.checkpoint import files
+import pretrain.checkpoint.files as files
 from pretrain.checkpoint.resume import resolve_checkpoint
 from pretrain.checkpoint.weights import read_weights, write_weights_only
 

@@ -1,17 +1,21 @@
 """The one checkpoint frame every engine goes through: write, verify, publish, retain.
 
     checkpointer = Checkpointer(cfg.checkpoint, engine, loader, config_yaml, model_fields,
-                                tokenizer_model)
+                                tokenizer_model, run_dir)
+    checkpointer.acquire()               # this run holds checkpoint.dir (pretrain/checkpoint/lock.py)
+    checkpointer.begin(resumed_folder)   # later checkpoints of another branch set aside
     checkpointer.save(step)              # every rank; returns the iter_ folder
     checkpointer.finalize(blocking)      # publish async saves whose writers finished
+    checkpointer.close()                 # release the folder
 
 A save writes `.tmp_iter_XXXXXXX/` on every rank: the engine's payload (its model and optimizer
 files, pretrain/engines/), each rank's RNG states, and on rank 0 the trainer's state
 (loopcoder.json) and the run's config.yaml. Every failure is decided by all ranks together (no rank
 raises while the others wait in a barrier) and removes the half-written folder. Publishing, after
 every rank's writer finished: rank 0 checks that the payload is whole (the engine format's own
-check), the files are fsync'ed, the folder is renamed to `iter_XXXXXXX/`, then `latest` is replaced
-atomically, then retention keeps the newest `checkpoint.keep`. A crash or a second signal at any
+check), the ranks checksum and fsync every file (pretrain/checkpoint/integrity.py: checksums.json),
+the folder is renamed to `iter_XXXXXXX/`, then `latest` is replaced atomically, then retention
+keeps the newest `checkpoint.keep`. A crash or a second signal at any
 moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
 writers run in the background (megatron-core's async dist_checkpointing); publishing happens in
 `finalize` once every rank's writer is done.
@@ -25,26 +29,16 @@ import shutil
 
 import torch
 
-from pretrain.checkpoint import files
-from pretrain.checkpoint.errors import CheckpointError
-from pretrain.checkpoint.state import save_rng, trainer_state
-from pretrain.distributed import all_reduce_max, barrier, is_main, rank
+import pretrain.checkpoint.files as files
+from pretrain.checkpoint.collective import collectively, on_main
+from pretrain.checkpoint.integrity import seal
+from pretrain.checkpoint.lineage import set_aside_later_branch
+from pretrain.checkpoint.lock import FolderLock
+from pretrain.checkpoint.state import read_trainer_state, save_rng, trainer_state
+from pretrain.distributed import barrier, is_main, rank
+from pretrain.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
-
-
-def collectively(what: str, fn, *args) -> None:
-    """Run fn on every rank; if it failed anywhere, every rank raises CheckpointError together."""
-    error = None
-    try:
-        fn(*args)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as caught:  # noqa: BLE001 torch's CheckpointException is a BaseException
-        error = caught
-    if all_reduce_max(error is not None):
-        detail = f"{type(error).__name__}: {error}" if error is not None else "failed on another rank"
-        raise CheckpointError(f"{what} (rank {rank()}: {detail})") from error
 
 
 def discard(tmp: str) -> None:
@@ -57,14 +51,38 @@ def discard(tmp: str) -> None:
 
 class Checkpointer:
     def __init__(self, cfg, engine, loader, config_yaml: str, model_fields: dict,
-                 tokenizer_model: str):
+                 tokenizer_model: str, run_dir: str):
         self.root, self.keep, self.async_save = cfg.dir, cfg.keep, cfg.async_save
         self.engine, self.loader = engine, loader
         self.config_yaml, self.model_fields = config_yaml, model_fields
         self.tokenizer_model = tokenizer_model
+        self._lock = FolderLock(self.root, run_dir)
         # megatron-core's AsyncCallsQueue, once an async save was scheduled. At most one save is
         # in flight: a new save, and the end of training, first wait for the previous one.
         self._async_queue = None
+
+    # -- the folder ---------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Hold checkpoint.dir for this run (rank 0 takes the lock; every rank gets its refusal)."""
+        on_main("cannot start", lambda: self._lock.acquire())
+
+    def begin(self, resumed: str = None) -> None:
+        """Before the first step: set aside the checkpoints past this run's start (another branch)
+        and half-written folders of dead runs. Every rank, after acquire()."""
+        start = read_trainer_state(resumed)["step"] if resumed else 0
+        on_main(f"cannot prepare {self.root}",
+                lambda: (set_aside_later_branch(self.root, start, resumed), self._clear_stale()))
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def _clear_stale(self) -> None:
+        """Half-written folders of earlier runs (killed mid-save): this run holds the folder, so
+        no save of another live run is in flight."""
+        if os.path.isdir(self.root):
+            for stale in os.listdir(self.root):
+                if stale.startswith(".tmp_iter_"):
+                    shutil.rmtree(os.path.join(self.root, stale), ignore_errors=True)
 
     # -- save ---------------------------------------------------------------------------------
     def save(self, step: int) -> str:
@@ -72,7 +90,7 @@ class Checkpointer:
         self.finalize(blocking=True)
         name = files.iter_name(step)
         final, tmp = os.path.join(self.root, name), os.path.join(self.root, files.tmp_name(step))
-        collectively(f"cannot create {tmp}", self._prepare, tmp)
+        collectively(f"cannot create {tmp}", lambda: self._prepare(tmp))
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         state = trainer_state(step, self.loader, self.engine, self.model_fields, world_size)
         request = None
@@ -102,10 +120,7 @@ class Checkpointer:
     def _prepare(self, tmp: str) -> None:
         if is_main():
             os.makedirs(self.root, exist_ok=True)
-            # Half-written folders of earlier runs (killed mid-save): no save is in flight now.
-            for stale in os.listdir(self.root):
-                if stale.startswith(".tmp_iter_"):
-                    shutil.rmtree(os.path.join(self.root, stale), ignore_errors=True)
+            self._clear_stale()
             os.makedirs(tmp)
 
     def _write_frame_files(self, tmp: str, state: dict) -> None:
@@ -140,10 +155,11 @@ class Checkpointer:
         try:
             collectively(f"checkpoint {name} failed verification",
                          lambda: verify_folder(tmp, state) if is_main() else None)
+            seal(tmp)
         except CheckpointError:
             discard(tmp)
             raise
-        collectively(f"cannot move checkpoint {name} into place", self._rename, name, tmp)
+        collectively(f"cannot move checkpoint {name} into place", lambda: self._rename(name, tmp))
         if is_main():
             logger.info("checkpoint %s complete", os.path.join(self.root, name))
 

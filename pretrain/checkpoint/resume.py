@@ -7,8 +7,9 @@ Loading checks, before anything is read into the model: the frame's files and th
 are whole; the architecture fields equal the config's; the checkpoint was written by this run's
 engine (a full checkpoint of the other engine is refused with the command that converts it). Then
 the engine restores its payload (the optimizer too, unless the checkpoint holds weights only), and
-the frame the LR schedule, the data position and this rank's RNG states. Every refusal is a
-ConfigError naming the file, the reason and the way out; nothing on disk is changed.
+the frame the LR schedule, the data position and this rank's RNG states. Every refusal names the
+file, the reason and the way out (a CheckpointError for a damaged checkpoint, a ConfigError for one
+that does not fit the config); nothing on disk is changed.
 """
 
 from __future__ import annotations
@@ -18,20 +19,15 @@ import logging
 import os
 from typing import Optional
 
-from model.config import ConfigError
-from pretrain.checkpoint import files
-from pretrain.checkpoint.errors import CheckpointError
+from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
+import pretrain.checkpoint.files as files
+from pretrain.errors import CheckpointError
 from pretrain.checkpoint.frame import verify_folder
+from pretrain.checkpoint.integrity import verify as verify_checksums
 from pretrain.checkpoint.state import load_rng, read_trainer_state
 from pretrain.distributed import rank
 
 logger = logging.getLogger(__name__)
-
-# What must match between a checkpoint and the config for the weights to mean the same model.
-SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                "ffn_hidden_size", "vocab_size", "num_loops", "shared_kv",
-                "untie_embeddings_and_output_weights")
-
 
 def model_fields_of(model_cfg) -> dict:
     return dataclasses.asdict(model_cfg)
@@ -49,7 +45,7 @@ def resolve_resume(resume: str, root: str) -> Optional[str]:
     if latest is not None:
         target = os.path.join(folder, latest)
         if not os.path.isdir(target):
-            raise ConfigError(f"{os.path.join(folder, files.LATEST)} names {target}, which does not "
+            raise CheckpointError(f"{os.path.join(folder, files.LATEST)} names {target}, which does not "
                               f"exist; pass checkpoint.resume=PATH of an iter_ folder or "
                               f"checkpoint.resume=none")
         return target
@@ -70,39 +66,71 @@ def resolve_checkpoint(path: str) -> str:
     return os.path.normpath(resolved)
 
 
-def check_model_fields(path: str, saved: dict, config_fields: dict) -> None:
+def check_model_fields(path: str, saved: dict, config_fields: dict, allowed=()) -> None:
+    """Refuse a checkpoint whose model computes another function than the config describes,
+    naming the field, both values and the fix. `allowed`: changeable fields changed on purpose."""
+    from model import ModelConfig
+
     name = os.path.basename(os.path.normpath(path))
-    for key in SHAPE_FIELDS:
-        if key in saved and saved[key] != config_fields[key]:
-            raise ConfigError(
-                f"checkpoint {name} has {key}={saved[key]} but the config says "
-                f"{config_fields[key]}; pass model.{key}={saved[key]} or checkpoint.resume=none")
+    defaults = dataclasses.asdict(ModelConfig())  # fields older checkpoints did not record
+    for key in STRUCTURAL_FIELDS + CHANGEABLE_FIELDS:
+        old, new = saved.get(key, defaults.get(key)), config_fields.get(key, defaults.get(key))
+        if old == new or (key in allowed and key in CHANGEABLE_FIELDS):
+            continue
+        message = (f"checkpoint {name} has {key}={old} but the config says {new}; pass "
+                   f"model.{key}={old} or checkpoint.resume=none")
+        if key in CHANGEABLE_FIELDS:
+            message += (f", or checkpoint.allow_model_change=[{key}] to continue the weights "
+                        f"trained with {key}={old} under {new} on purpose")
+        raise ConfigError(message)
+    gated = [saved.get("num_loops", 1) > 1 and saved.get("shared_kv", True),
+             config_fields["num_loops"] > 1 and config_fields["shared_kv"]]
+    if gated[0] != gated[1]:
+        raise ConfigError(f"checkpoint {name} was trained with num_loops={saved.get('num_loops')}, "
+                          f"the config says {config_fields['num_loops']}: one has the loops' gate "
+                          f"weights and the other does not, so the weights cannot be loaded")
 
 
-def verify_complete(folder: str) -> dict:
-    """Raise CheckpointError naming the file unless `folder` is a whole checkpoint; its state."""
+def verify_complete(folder: str, mode: str = "full") -> dict:
+    """Raise CheckpointError naming the file unless `folder` is a whole checkpoint whose files
+    match their checksums (pretrain/checkpoint/integrity.py; every rank together); its state."""
     state = read_trainer_state(folder)
     verify_folder(folder, state)
+    verify_checksums(folder, mode)
     return state
 
 
-def _refuse_damaged(path: str, error: Exception) -> ConfigError:
-    parent = os.path.dirname(os.path.normpath(path))
-    older = [n for n in files.list_checkpoints(parent) if n < os.path.basename(os.path.normpath(path))]
-    hint = f"checkpoint.resume={os.path.join(parent, older[-1])}" if older else ""
-    return ConfigError(f"cannot resume from {path}: {error}; pass "
-                       f"{hint + ' or ' if hint else ''}checkpoint.resume=none "
-                       f"(nothing was overwritten)")
+def _previous_good(path: str):
+    """The newest earlier checkpoint beside `path` whose files are whole (sizes and headers)."""
+    parent, name = os.path.dirname(os.path.normpath(path)), os.path.basename(os.path.normpath(path))
+    for older in reversed([n for n in files.list_checkpoints(parent) if n < name]):
+        folder = os.path.join(parent, older)
+        try:
+            verify_folder(folder, read_trainer_state(folder))
+            verify_checksums(folder, "headers", collective=False)
+            return folder
+        except (CheckpointError, OSError):
+            continue
+    return None
 
 
-def load_checkpoint(path: str, engine, loader, model_fields: dict) -> dict:
+def _refuse_damaged(path: str, error: Exception) -> CheckpointError:
+    good = _previous_good(path)
+    hint = (f"checkpoint.resume={good} (the previous checkpoint whose files are whole) or "
+            if good else "")
+    return CheckpointError(f"cannot resume from {path}: {error}; pass {hint}"
+                           f"checkpoint.resume=none (nothing was overwritten)")
+
+
+def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str = "full",
+                    allow_model_change=()) -> dict:
     """Restore the engine's payload, the LR schedule, the data position and this rank's RNG from
     `path`; returns its trainer state. Every rank."""
     try:
-        state = verify_complete(path)
+        state = verify_complete(path, verify)
     except CheckpointError as error:
         raise _refuse_damaged(path, error) from error
-    check_model_fields(path, state["model"], model_fields)
+    check_model_fields(path, state["model"], model_fields, allow_model_change)
     written_by = state.get("engine", "megatron")
     if written_by != engine.name:
         raise ConfigError(

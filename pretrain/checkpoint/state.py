@@ -16,7 +16,7 @@ import random
 import numpy
 import torch
 
-from pretrain.checkpoint.errors import CheckpointError
+from pretrain.errors import CheckpointError
 from pretrain.checkpoint.files import STATE_FILE
 
 

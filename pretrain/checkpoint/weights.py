@@ -20,7 +20,7 @@ from typing import Dict, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from pretrain.checkpoint import files
+import pretrain.checkpoint.files as files
 from pretrain.checkpoint.resume import verify_complete
 
 

@@ -19,7 +19,7 @@ from typing import Dict
 import torch
 
 from model.config import ConfigError
-from pretrain.checkpoint.errors import CheckpointError
+from pretrain.errors import CheckpointError
 
 MODEL_FILE = "mp_rank_00_model_states.pt"   # DeepSpeed's name for the (TP rank 0) module file
 EXTRA_STATE = "_extra_state"

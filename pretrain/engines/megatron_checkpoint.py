@@ -24,7 +24,7 @@ import torch
 
 from model.config import ConfigError
 from model.unwrap import unwrap
-from pretrain.checkpoint.errors import CheckpointError
+from pretrain.errors import CheckpointError
 
 EXTRA_STATE = "_extra_state"
 STRATEGY = ("torch_dist", 1)

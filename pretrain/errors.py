@@ -1,0 +1,59 @@
+"""What can stop a run, and the exit status each class of failure gives (documented in the README).
+
+    0   the run reached train.max_steps
+    1   an unexpected error (a bug, a crash): the traceback is printed
+    2   a configuration error: an unknown key, a wrong type or value, an impossible combination,
+        a checkpoint whose model does not fit the config
+    3   a data error: missing or damaged shards, another tokenizer, changed data on resume
+    4   a checkpoint error: a damaged or incomplete checkpoint, one that fails its checksums, a
+        checkpoint folder held by another live run
+    5   the run diverged: train.max_skipped_steps steps in a row had a non-finite loss or gradient
+    75  stopped by SIGUSR1/SIGTERM after saving a checkpoint: requeue me (pretrain/signals.py)
+
+Errors of classes 2-5 are the user's to fix: the trainer prints their one-paragraph message (what is
+wrong and the fix) without a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_CHECKPOINT = 4
+EXIT_DIVERGED = 5
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read. Raised on every rank together when writing
+    (failure decisions are collective); the message names the folder, the file and the way out."""
+
+
+class DivergedError(RuntimeError):
+    """train.max_skipped_steps steps in a row had a non-finite loss or gradient norm
+    (pretrain/trainer.py)."""
+
+
+def describe_user_error(error: BaseException):
+    """(exit status, one-paragraph message) of a user error (classes 2-5), or None for anything
+    else (a bug: status 1 with its traceback). Hydra's and OmegaConf's errors (an unknown key, a
+    wrong type, a bad override) are configuration errors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from data.errors import DataError
+    from model.config import ConfigError
+
+    for kind, code, label in ((ConfigError, EXIT_CONFIG, "config error"),
+                              (HydraException, EXIT_CONFIG, "config error"),
+                              (OmegaConfBaseException, EXIT_CONFIG, "config error"),
+                              (DataError, EXIT_DATA, "data error"),
+                              (CheckpointError, EXIT_CHECKPOINT, "checkpoint error"),
+                              (DivergedError, EXIT_DIVERGED, "stopped")):
+        if isinstance(error, kind):
+            text = str(error)
+            cause = error.__cause__
+            if cause is not None and str(cause) and str(cause) not in text:
+                text = f"{text} ({cause})"
+            return code, f"{label}: " + "; ".join(line.strip() for line in text.splitlines()
+                                                   if line.strip())
+    return None
