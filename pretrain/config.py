@@ -23,6 +23,7 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
+from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
 
@@ -100,6 +101,8 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     interval: int = 50                   # steps between validation losses (0: never)
+    # HumanEval solution likelihood (and optionally greedy pass@1) during training.
+    code: EvalCodeConfig = field(default_factory=EvalCodeConfig)
 
 
 @dataclass
@@ -295,6 +298,8 @@ def _validate_run_keys(cfg: Config) -> None:
                    if key in STRUCTURAL_FIELDS else "is not a model field that changes the function")
                 + f"; the changeable fields are {', '.join(CHANGEABLE_FIELDS)}")
     require(cfg.eval.interval >= 0, f"eval.interval={cfg.eval.interval}; it must be >= 0")
+    validate_code_config(cfg.eval.code)
+    cfg.data.validate()
     require(cfg.logging.interval >= 1, f"logging.interval={cfg.logging.interval}; it must be >= 1")
     require(cfg.logging.wandb.mode in ("offline", "online", "disabled"),
             f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")

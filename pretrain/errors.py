@@ -40,10 +40,11 @@ def describe_user_error(error: BaseException):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from data.errors import DataError
+    from data.errors import DataConfigError, DataError
     from model.config import ConfigError
 
     for kind, code, label in ((ConfigError, EXIT_CONFIG, "config error"),
+                              (DataConfigError, EXIT_CONFIG, "config error"),
                               (HydraException, EXIT_CONFIG, "config error"),
                               (OmegaConfBaseException, EXIT_CONFIG, "config error"),
                               (DataError, EXIT_DATA, "data error"),

@@ -37,6 +37,10 @@ def format_row(row: dict, max_steps: int) -> str:
         parts.append(f"lr {row['lr']:.2e}")
     if "grad_norm" in row:
         parts.append(f"grad {row['grad_norm']:.2f}")
+    if "humaneval_nll" in row:
+        parts.append(f"code nll {row['humaneval_nll']:.3f}")
+    if "humaneval_pass@1" in row:
+        parts.append(f"pass@1 {row['humaneval_pass@1']:.3f}")
     if "tokens_per_s" in row:
         parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
     if "mfu" in row:

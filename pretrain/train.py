@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import NamedTuple
 
 # megatron-core's notes about optional GPU packages and a deprecated default: noise in every run.
 for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is not installed.*",
@@ -64,8 +65,14 @@ def run(cfg: DictConfig) -> int:
         shutdown_distributed()
 
 
-def _data(config):
-    """The tokenizer, this rank's train and validation loaders and the held-out batch."""
+class RunData(NamedTuple):
+    train_loader: object      # this rank's micro-batches of each global batch (data/loader.py)
+    held_out: object          # this rank's share of validation batch 0, or None when unused
+    tokenizer: object         # data/tokenizer.py CodeTokenizer
+
+
+def _data(config) -> RunData:
+    """The tokenizer, this rank's train loader and the held-out batch."""
     from megatron.core import parallel_state
 
     from data.loader import build_loader
@@ -83,7 +90,7 @@ def _data(config):
                for split in ("train", "valid")]
     held_out = loaders[1].held_out_batch() if (
         config.eval.interval > 0 or config.diagnostics.interval > 0) else None
-    return tokenizer, loaders[0], held_out
+    return RunData(loaders[0], held_out, tokenizer)
 
 
 def _train(config, config_yaml: str, world) -> int:
@@ -97,33 +104,34 @@ def _train(config, config_yaml: str, world) -> int:
         _write_run_config(run_dir, config_yaml)
     stop = StopRequest.install()
     try:
-        tokenizer, train_loader, held_out = _data(config)
+        data = _data(config)
         engine = build_engine(config, world.device)
-        checkpointer = Checkpointer(ckpt, engine, train_loader, config_yaml,
-                                    model_fields_of(config.model), tokenizer.model_path, run_dir)
+        checkpointer = Checkpointer(ckpt, engine, data.train_loader, config_yaml,
+                                    model_fields_of(config.model), data.tokenizer.model_path,
+                                    run_dir)
         checkpointer.acquire()
         try:
             start_step = 0
             resume_path = resolve_resume(ckpt.resume, ckpt.dir)
             checkpointer.begin(resume_path)
             if resume_path is not None:
-                start_step = load_checkpoint(resume_path, engine, train_loader,
+                start_step = load_checkpoint(resume_path, engine, data.train_loader,
                                              model_fields_of(config.model), ckpt.verify,
                                              ckpt.allow_model_change)["step"]
-            _log_start(config, engine, world, resume_path, start_step, train_loader)
-            status = _train_from(config, config_yaml, world, engine, train_loader, held_out,
-                                 checkpointer, stop, start_step)
+            _log_start(config, engine, world, resume_path, start_step, data.train_loader)
+            status = _train_from(config, config_yaml, world, engine, data, checkpointer, stop,
+                                 start_step)
         finally:
             checkpointer.close()
         if status == 0:
-            _print_sample(config, engine, tokenizer, world)
+            _print_sample(config, engine, data.tokenizer, world)
         return status
     finally:
         stop.restore()
 
 
-def _train_from(config, config_yaml: str, world, engine, train_loader, held_out, checkpointer,
-                stop, start_step: int) -> int:
+def _train_from(config, config_yaml: str, world, engine, data, checkpointer, stop,
+                start_step: int) -> int:
     """The loop, with its metrics: 0 at train.max_steps, EXIT_REQUEUE after a stop signal."""
     from pretrain.debug import nan_loss_at_steps
     from pretrain.metrics import MetricsLogger
@@ -133,10 +141,11 @@ def _train_from(config, config_yaml: str, world, engine, train_loader, held_out,
     metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
                             OmegaConf.to_container(OmegaConf.create(config_yaml)),
                             resume_step=start_step)
-    steps = nan_loss_at_steps(train_loader, config.debug.nan_loss_at_steps, t.global_batch_size)
+    steps = nan_loss_at_steps(data.train_loader, config.debug.nan_loss_at_steps,
+                              t.global_batch_size)
     try:
-        status = train_loop(config, engine, steps, held_out, metrics, checkpointer, stop,
-                            start_step, world.world_size)
+        status = train_loop(config, engine, data._replace(train_loader=steps), metrics,
+                            checkpointer, stop, start_step, world.world_size)
     finally:
         metrics.finish()
     if status != 0 and world.is_main:

@@ -1,21 +1,25 @@
 """The training loop, and nothing else: step, log, evaluate, checkpoint, stop on request.
 
-    status = train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop,
-                        start_step, world_size)
+    status = train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step, world_size)
 
-`status` is 0 when train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived:
-then the step in flight finished and a checkpoint was saved. Ranks agree on stopping through an
-all-reduce of the flag every step (the scheduler may signal only some of them).
+`data` holds the train loader, the held-out batch and the tokenizer (pretrain/train.py). `status` is
+0 when train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived: then the step in
+flight finished and a checkpoint was saved. Ranks agree on stopping through an all-reduce of the
+flag every step (the scheduler may signal only some of them). Evaluations share the step's metrics
+row: the validation loss (eval.interval), the code metrics (eval.code.interval: HumanEval solution
+likelihood, evaluation/config.py); the per-loop diagnostics have rows of their own.
 """
 
 from __future__ import annotations
 
 import time
+
+from evaluation.config import code_eval_due, evaluate_code
 from model.diagnostics import compute_loop_diagnostics
 from model.flops import flops_per_token, peak_flops_per_device
-from pretrain.distributed import all_reduce_max
-from pretrain.metrics import peak_memory_gb
+from pretrain.distributed import all_reduce_max, rank
 from pretrain.errors import DivergedError
+from pretrain.metrics import peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE
 
 
@@ -27,22 +31,39 @@ def diagnostics_due(cfg, step: int) -> bool:
             and (step % interval == 0 or step == cfg.train.max_steps))
 
 
-def train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop, start_step: int,
+class Throughput:
+    """Tokens/s and MFU over the steps since the last logged one."""
+
+    def __init__(self, cfg, world_size: int):
+        t = cfg.train
+        self.tokens_per_step = t.global_batch_size * t.seq_length
+        self.model_flops = flops_per_token(cfg.model, t.seq_length)
+        self.peak = peak_flops_per_device(t.peak_tflops) * world_size
+        self.seconds, self.steps = 0.0, 0
+
+    def add(self, seconds: float) -> None:
+        self.seconds, self.steps = self.seconds + seconds, self.steps + 1
+
+    def take(self) -> dict:
+        tokens_per_s = self.steps * self.tokens_per_step / self.seconds
+        row = {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.model_flops / self.peak,
+               "step_time_s": self.seconds / self.steps}
+        self.seconds, self.steps = 0.0, 0
+        return row
+
+
+def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
                world_size: int) -> int:
     t = cfg.train
-    tokens_per_step = t.global_batch_size * t.seq_length
-    model_flops = flops_per_token(cfg.model, t.seq_length)
-    peak = peak_flops_per_device(t.peak_tflops) * world_size
+    throughput = Throughput(cfg, world_size)
     step, last_saved = start_step, start_step
-    window_time, window_steps = 0.0, 0
     skipped_in_a_row = skipped_total = 0
 
     while step < t.max_steps:
-        micro_batches = next(train_loader)
+        micro_batches = next(data.train_loader)
         started = time.perf_counter()
         result = engine.train_step(micro_batches)
-        window_time += time.perf_counter() - started
-        window_steps += 1
+        throughput.add(time.perf_counter() - started)
         step += 1
         stopping = all_reduce_max(stop.requested) > 0
         checkpointer.finalize(blocking=False)  # an async save whose writers finished: publish it
@@ -55,29 +76,22 @@ def train_loop(cfg, engine, train_loader, held_out, metrics, checkpointer, stop,
         log_due = (step % cfg.logging.interval == 0 or step in (start_step + 1, t.max_steps)
                    or stopping or result.skipped)
         eval_due = cfg.eval.interval > 0 and (step % cfg.eval.interval == 0 or step == t.max_steps)
-        if log_due or eval_due:
-            tokens_per_s = window_steps * tokens_per_step / window_time
-            row = {
-                "step": step,
-                "consumed_samples": train_loader.consumed_samples,
-                "loss": result.loss,
-                "lr": result.lr,
-                "grad_norm": result.grad_norm,
-                "tokens_per_s": tokens_per_s,
-                "mfu": tokens_per_s * model_flops / peak,
-                "step_time_s": window_time / window_steps,
-                "memory_gb": peak_memory_gb(),
-            }
+        code_due = code_eval_due(cfg.eval.code, step, t.max_steps, cfg.parallel.pp)
+        if log_due or eval_due or code_due:
+            row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
+                   "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                   **throughput.take(), "memory_gb": peak_memory_gb()}
             if result.skipped:
-                row["skipped"] = True
-                row["skipped_steps"] = skipped_total
+                row.update(skipped=True, skipped_steps=skipped_total)
             if eval_due:
-                row["val_loss"] = engine.evaluate(held_out)
+                row["val_loss"] = engine.evaluate(data.held_out)
+            if code_due:
+                row.update(evaluate_code(engine.inference_model, data.tokenizer, cfg.eval.code,
+                                         rank=rank()))
             metrics.log(row)
-            window_time, window_steps = 0.0, 0
 
         if diagnostics_due(cfg, step):
-            rows = compute_loop_diagnostics(engine.inference_model, held_out[0]["tokens"],
+            rows = compute_loop_diagnostics(engine.inference_model, data.held_out[0]["tokens"],
                                             attention_queries=cfg.diagnostics.attention_queries)
             metrics.log_diagnostics(rows, step)
 
