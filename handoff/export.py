@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 
 import torch
 
-from handoff.published_config import published_config
+from handoff.published_config import extension_keys, published_config
 from handoff.safetensors_files import ShardWriter, parse_size
 from handoff.tensor_names import to_published
 from handoff.tokenizer_files import write_tokenizer_files
 
+logger = logging.getLogger(__name__)
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
 DTYPES = {"bf16": (torch.bfloat16, "bfloat16"), "fp32": (torch.float32, "float32")}
 
@@ -68,6 +70,12 @@ def _write_json(folder: str, name: str, content: dict) -> None:
 
 
 def _write_code_and_configs(folder: str, model_cfg, dtype_name: str, ids: dict) -> None:
+    extensions = extension_keys(model_cfg)
+    if extensions:
+        logger.warning("model has %s: no published LoopCoder format has that; config.json says so "
+                       "with loopcoder's keys %s, which this directory's transformers code reads "
+                       "but vLLM and SGLang ignore (they would serve it as a PLT)",
+                       ", ".join(f"{k[4:]}=false" for k in extensions), sorted(extensions))
     config = published_config(model_cfg, dtype_name, ids["bos_token_id"], ids["eos_token_id"])
     _write_json(folder, "config.json", config)
     _write_json(folder, "generation_config.json", {**ids, "do_sample": False})

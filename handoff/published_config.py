@@ -6,7 +6,8 @@ formats"; the keys are the authors', never ours: ARCHITECTURE "Hand-off").
 
 Which family a model exports as follows from what it is: with the cross-loop shift (clp) it is
 LoopCoder-V2 (`iquestpltcoder`); without it, with shared K/V and the query gate, it is
-IQuest-Coder-V1 Loop (`iquestloopcoder`). A model neither family can state is refused.
+IQuest-Coder-V1 Loop (`iquestloopcoder`). Our ablations that neither family has (clp=false with
+the hidden gate, shared_kv=false) export as LoopCoder-V2 plus two keys of ours (`extension_keys`).
 
 Windows: our `swa_window` counts keys back from the query, which itself is always seen.
 LoopCoder-V2's `plt_window_size [left, 0]` is flash-attn's (left, right): left = swa_window.
@@ -42,19 +43,24 @@ class PublishedFormatError(ValueError):
 
 
 def family_of(m: ModelConfig) -> str:
-    if m.clp or m.num_loops == 1:
-        if m.num_loops > 1 and not m.shared_kv:
-            raise PublishedFormatError(
-                "model.shared_kv=false has no published Hugging Face format (both LoopCoder "
-                "families share loop 1's K/V); export a shared_kv=true model")
-        return PLT_FAMILY
-    if m.shared_kv and m.gate_input == "query":
+    if m.num_loops > 1 and not m.clp and m.shared_kv and m.gate_input == "query":
         return LOOP_FAMILY
-    raise PublishedFormatError(
-        f"model.clp=false with shared_kv={m.shared_kv} and gate_input={m.gate_input!r} has no "
-        "published Hugging Face format: LoopCoder-V2 (iquestpltcoder) always shifts across loops, "
-        "IQuest-Coder-V1 Loop (iquestloopcoder) is clp=false with shared_kv=true and "
-        "gate_input=query")
+    return PLT_FAMILY
+
+
+def extension_keys(m: ModelConfig) -> dict:
+    """loopcoder's ablations that neither published family has (clp=false with the hidden gate,
+    shared_kv=false: the PLT paper's controls), as two extra LoopCoder-V2 keys. Only our
+    transformers implementation reads them; the published loaders (vLLM, SGLang) ignore them and
+    would run such a model as a PLT: the export says so."""
+    if m.num_loops == 1 or family_of(m) == LOOP_FAMILY:
+        return {}
+    keys = {}
+    if not m.clp:
+        keys["plt_clp"] = False
+    if not m.shared_kv:
+        keys["plt_shared_kv"] = False
+    return keys
 
 
 def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
@@ -92,7 +98,7 @@ def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
             plt_num_loops=m.num_loops, plt_emb_scale=m.clp_emb_scale,
             plt_hidden_scale=m.clp_hidden_scale, plt_normalize_per_loop=m.normalize_per_loop,
             plt_gate_use_hidden_states=m.gate_input == "hidden",
-            plt_window_size=[m.swa_window, 0])
+            plt_window_size=[m.swa_window, 0], **extension_keys(m))
     else:
         config.update(loop_num=m.num_loops, loop_window_size=m.swa_window + 1)
     return config
@@ -134,8 +140,7 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
         max_position_embeddings=config.get("max_position_embeddings", 8192),
         norm_epsilon=float(get("rms_norm_eps")), rotary_base=float(get("rope_theta")),
         untie_embeddings_and_output_weights=not get("tie_word_embeddings"),
-        init_method_std=float(config.get("initializer_range", 0.02)),
-        shared_kv=True, attention_backend="auto")
+        init_method_std=float(config.get("initializer_range", 0.02)), attention_backend="auto")
     if family == PLT_FAMILY:
         plt = {key: config.get(key, default) for key, default in PLT_DEFAULTS.items()}
         window = plt["plt_window_size"]
@@ -143,7 +148,8 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
                 and isinstance(window[0], int) and window[0] >= 1):
             _fail(source, f"plt_window_size={window!r}; the local branch is causal: [left, 0] with "
                           "left >= 1")
-        fields.update(num_loops=plt["plt_num_loops"], clp=True,
+        fields.update(num_loops=plt["plt_num_loops"], clp=bool(config.get("plt_clp", True)),
+                      shared_kv=bool(config.get("plt_shared_kv", True)),
                       clp_emb_scale=_scale(plt["plt_emb_scale"]),
                       clp_hidden_scale=_scale(plt["plt_hidden_scale"]),
                       normalize_per_loop=bool(plt["plt_normalize_per_loop"]),
@@ -154,7 +160,7 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
         if not isinstance(loop["loop_window_size"], int) or loop["loop_window_size"] < 2:
             _fail(source, f"loop_window_size={loop['loop_window_size']!r}; it counts the keys "
                           "including the query and must be >= 2")
-        fields.update(num_loops=loop["loop_num"], clp=False, normalize_per_loop=False,
+        fields.update(num_loops=loop["loop_num"], clp=False, normalize_per_loop=False, shared_kv=True,
                       gate_input="query", swa_window=loop["loop_window_size"] - 1)
     model_cfg = ModelConfig(**fields)
     try:

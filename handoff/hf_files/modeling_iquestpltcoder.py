@@ -46,14 +46,18 @@ class LoopSettings:
             self.num_loops, self.clp, self.normalize_per_loop = config.loop_num, False, False
             self.emb_scale = self.hidden_scale = 1.0
             self.window = config.loop_window_size - 1  # its count includes the query
-            self.gate_from_query, self.gates_in_layers = True, False
+            self.gate_from_query, self.gates_in_layers, self.shared_kv = True, False, True
         else:
             left, right = config.plt_window_size
             if right != 0:
                 raise ValueError(f"plt_window_size={config.plt_window_size}: the local branch is "
                                  "causal, use [left, 0]")
-            self.num_loops, self.clp = config.plt_num_loops, True
-            self.normalize_per_loop = config.plt_normalize_per_loop
+            # plt_clp / plt_shared_kv: loopcoder's ablations (the vanilla looped transformer of
+            # the PLT paper), absent from the published configs, which mean true for both.
+            self.num_loops = config.plt_num_loops
+            self.clp = getattr(config, "plt_clp", True)
+            self.shared_kv = getattr(config, "plt_shared_kv", True)
+            self.normalize_per_loop = config.plt_normalize_per_loop and self.clp
             self.emb_scale = 1.0 if config.plt_emb_scale is None else config.plt_emb_scale
             self.hidden_scale = 1.0 if config.plt_hidden_scale is None else config.plt_hidden_scale
             self.window = left
@@ -99,8 +103,8 @@ class PLTCache(Cache):
     def __init__(self, num_layers, num_loops, window):
         self.layers = []  # transformers' Cache API; this cache keeps its own tensors below
         self.num_loops, self.window_slots = num_loops, window + 1
-        self.full_k: List[Optional[torch.Tensor]] = [None] * num_layers  # [b, kv, T, d]
-        self.full_v: List[Optional[torch.Tensor]] = [None] * num_layers
+        self.full_k = {}  # (layer, loop) -> [b, kv, T, d]: loop 1's (every loop's without
+        self.full_v = {}  # shared K/V)
         self.ring_k = {}  # (layer, loop) -> [b, kv, <= window + 1, d] for loops >= 2
         self.ring_v = {}
         self.full_pos: Optional[torch.Tensor] = None   # [b, T] positions of loop 1's keys
@@ -133,8 +137,8 @@ class PLTCache(Cache):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         def pick(t, dim):
             return None if t is None else t.index_select(dim, beam_idx.to(t.device))
-        self.full_k = [pick(t, 0) for t in self.full_k]
-        self.full_v = [pick(t, 0) for t in self.full_v]
+        self.full_k = {key: pick(t, 0) for key, t in self.full_k.items()}
+        self.full_v = {key: pick(t, 0) for key, t in self.full_v.items()}
         self.ring_k = {key: pick(t, 0) for key, t in self.ring_k.items()}
         self.ring_v = {key: pick(t, 0) for key, t in self.ring_v.items()}
         self.full_pos, self.ring_pos = pick(self.full_pos, 0), pick(self.ring_pos, 0)
@@ -146,10 +150,11 @@ class PLTCache(Cache):
         self.full_pos = positions if self.full_pos is None else torch.cat([self.full_pos, positions], 1)
         self.ring_pos = positions if self.ring_pos is None else torch.cat([self.ring_pos, positions], 1)
 
-    def write_first_loop(self, layer, k, v):
-        if self.full_k[layer] is not None:
-            k, v = torch.cat([self.full_k[layer], k], 2), torch.cat([self.full_v[layer], v], 2)
-        self.full_k[layer], self.full_v[layer] = k, v
+    def write_full(self, layer, loop, k, v):
+        if (layer, loop) in self.full_k:
+            k = torch.cat([self.full_k[layer, loop], k], 2)
+            v = torch.cat([self.full_v[layer, loop], v], 2)
+        self.full_k[layer, loop], self.full_v[layer, loop] = k, v
         return k, v
 
     def write_rings(self, layer, later_loops, k, v):
@@ -200,7 +205,7 @@ class PLTAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
-        if settings.gates_in_layers and settings.num_loops > 1:
+        if settings.gates_in_layers and settings.num_loops > 1 and settings.shared_kv:
             self.plt_gate = PLTGate(config, settings.gate_from_query)
 
     def _attend(self, q, k, v, mask):
@@ -215,9 +220,17 @@ class PLTAttention(nn.Module):
         k = self.k_proj(x).view(n, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(n, s, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if not self.settings.shared_kv:  # every loop plain causal attention over its own K/V
+            mask, outputs = visible_keys(cache.full_pos, query_pos), []
+            for j, loop in enumerate(loops):
+                rows = slice(j * b, (j + 1) * b)
+                keys, values = cache.write_full(self.layer_index, loop, k[rows], v[rows])
+                outputs.append(self._attend(q[rows], keys, values, mask))
+            y = torch.cat(outputs)
+            return self.o_proj(y.transpose(1, 2).reshape(n, s, self.heads * self.head_dim))
         if loops[0] == 0:
-            cache.write_first_loop(self.layer_index, k[:b], v[:b])
-        keys, values = cache.full_k[self.layer_index], cache.full_v[self.layer_index]
+            cache.write_full(self.layer_index, 0, k[:b], v[:b])
+        keys, values = cache.full_k[self.layer_index, 0], cache.full_v[self.layer_index, 0]
         # Every loop's queries over loop 1's keys: one call, the loops side by side per sequence.
         per_sequence = q.view(L, b, self.heads, s, self.head_dim).permute(1, 2, 0, 3, 4)
         mask = visible_keys(cache.full_pos, query_pos.repeat(1, L))
@@ -298,7 +311,7 @@ class PLTModel(PLTPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(PLTDecoderLayer(config, i, self.settings)
                                     for i in range(config.num_hidden_layers))
-        if not self.settings.gates_in_layers and self.settings.num_loops > 1:
+        if not self.settings.gates_in_layers and self.settings.num_loops > 1:  # IQuest Loop
             self.gate_projections = nn.ModuleList(PLTGate(config, True)
                                                   for _ in range(config.num_hidden_layers))
         self.norm = PLTRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -329,7 +342,7 @@ class PLTModel(PLTPreTrainedModel):
         rows = len(loops)
         cos, sin = cos.repeat(rows, 1, 1, 1), sin.repeat(rows, 1, 1, 1)
         for index, layer in enumerate(self.layers):
-            gate = self._gate(index) if loops[-1] > 0 else None
+            gate = self._gate(index) if loops[-1] > 0 and self.settings.shared_kv else None
             hidden = layer(hidden, cos, sin, loops, cache, query_pos, gate)
         return hidden
 
