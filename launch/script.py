@@ -20,6 +20,7 @@ would have nothing to do. Any other status ends the job as failed; a chained fol
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -36,9 +37,27 @@ class JobSpec:
     train_overrides: list[str]
 
 
+def sbatch_word(text: str) -> str:
+    """`text` as one word of an `#SBATCH` line. sbatch splits those lines at whitespace (also an
+    escaped one), reads '...' and "..." quotes and backslash escapes, and cuts at an unquoted `#`
+    (src/sbatch/opt.c `_get_argument`): a word with anything but plain characters goes in double
+    quotes, with `"` and `\\` escaped. A newline cannot be quoted there: launch/validate.py refuses
+    it before rendering."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", text):
+        return text
+    return '"' + re.sub(r'(["\\])', r"\\\1", text) + '"'
+
+
+def comment(text: str) -> str:
+    """`text` on one comment line: control characters (a newline would end the comment and start
+    a command) written as escapes, e.g. a multi-line sample.prompt in the submit command."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], text)
+
+
 def sbatch_directives(launch, job: JobSpec, workdir: str) -> list[str]:
+    w = sbatch_word
     flags = [
-        f"--job-name={job.job_name}",
+        f"--job-name={w(job.job_name)}",
         f"--nodes={launch.nodes}",
         f"--ntasks-per-node={launch.gpus_per_node}",
     ]
@@ -47,26 +66,29 @@ def sbatch_directives(launch, job: JobSpec, workdir: str) -> list[str]:
     if launch.cpus_per_task:
         flags.append(f"--cpus-per-task={launch.cpus_per_task}")
     if launch.mem:
-        flags.append(f"--mem={launch.mem}")
+        flags.append(f"--mem={w(launch.mem)}")
     for key in ("partition", "account", "qos"):
         if getattr(launch, key):
-            flags.append(f"--{key}={getattr(launch, key)}")
+            flags.append(f"--{key}={w(getattr(launch, key))}")
     flags += [
-        f"--time={launch.time}",
-        f"--output={job.log_dir}/%x-%j.out",
+        f"--time={w(launch.time)}",
+        # %x (job name) and %j (job id) are sbatch's patterns; a % of the folder's name is %%.
+        f"--output={w(job.log_dir.replace('%', '%%'))}/%x-%j.out",
         "--open-mode=append",  # one log per job id across its requeued runs
-        f"--chdir={workdir}",
+        f"--chdir={w(workdir)}",
         f"--signal=B:USR1@{launch.signal_grace_s}",
     ]
     flags.append("--requeue" if launch.requeue else "--no-requeue")
     if launch.exclusive:
         flags.append("--exclusive")
-    flags += list(launch.sbatch_args)
+    flags += [w(flag) for flag in launch.sbatch_args]
     return [f"#SBATCH {flag}" for flag in flags]
 
 
 def render(launch, job: JobSpec, python: str, workdir: str, submit_command: str) -> str:
-    """The whole batch script as text (bash)."""
+    """The whole batch script as text (bash). Values are quoted for where they land: `#SBATCH`
+    words by `sbatch_word`, the submit command on a comment line by `comment`, every argument of a
+    command line by shlex.quote; `launch.env_setup` is shell by design (checked to parse)."""
     q = shlex.quote
     train = " ".join(q(arg) for arg in [python, "-m", "pretrain.train", *job.train_overrides])
     srun = " ".join(["srun", "--kill-on-bad-exit=0", *map(q, launch.srun_args), train])
@@ -83,7 +105,7 @@ def render(launch, job: JobSpec, python: str, workdir: str, submit_command: str)
     return f"""\
 #!/bin/bash
 {chr(10).join(sbatch_directives(launch, job, workdir))}
-# Rendered by: {submit_command}
+# Rendered by: {comment(submit_command)}
 # Edit the config (conf/launch/, launch.*), not this file: `submit` writes it again each time.
 set -uo pipefail
 

@@ -34,7 +34,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.script import JobSpec, render
-from launch.validate import LaunchError, validate_against_cluster, validate_launch
+from launch.validate import (LaunchError, check_script, check_workdir, validate_against_cluster,
+                             validate_launch)
 
 
 
@@ -53,8 +54,14 @@ def _parse(overrides: list[str]):
 
 
 def _path_override(key: str, path: str) -> str:
-    # Hydra reads `=`, `,`, spaces and brackets in a value as syntax: quote a path that holds any.
-    return f"{key}={path}" if re.fullmatch(r"[\w/.~+-]+", path) else f'{key}="{path}"'
+    # Hydra reads `=`, `,`, spaces, brackets and quotes in a value as syntax, and OmegaConf `${`
+    # as an interpolation: quote a path that holds any (in Hydra's quoted strings a backslash
+    # escapes a quote, so backslashes before a quote or at the end are doubled).
+    if re.fullmatch(r"[\w/.~+-]+", path):
+        return f"{key}={path}"
+    quoted = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""),
+                    path).replace("${", "\\${")
+    return f'{key}="{quoted}"'
 
 
 def _is_launch_override(parsed) -> bool:
@@ -96,17 +103,19 @@ def launch_config(cfg) -> "LaunchConfig":
 
 
 def _trainer_validate(cfg, world_size: int) -> None:
+    from data.errors import DataError
     from pretrain.config import ConfigError, validate
 
     try:
         validate(OmegaConf.to_object(cfg), world_size)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:  # DataError: data.* values (DataConfig.validate)
         raise LaunchError(f"{err} (at the launched world size {world_size})") from err
 
 
 def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
     """Compose, check and render every job of this request. Raises LaunchError before any sbatch."""
     workdir = os.getcwd()
+    check_workdir(workdir)
     jobs = expand_sweep(overrides)
     base_cfg = compose(jobs[0])
     base_run_dir = os.path.abspath(OmegaConf.to_container(base_cfg, resolve=True)["run_dir"])
@@ -140,7 +149,9 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
             + pinned,
         )
         python = launch.python or sys.executable
-        planned.append(PlannedJob(spec, launch, render(launch, spec, python, workdir, submit_command)))
+        script = render(launch, spec, python, workdir, submit_command)
+        check_script(script)
+        planned.append(PlannedJob(spec, launch, script))
     return planned
 
 
