@@ -4,8 +4,8 @@
     reader = SafetensorsReader(hf_dir)              # .names(), .shape(name), .get(name)
 
 Writing streams: tensors are buffered until the next one would overflow the shard, then that shard
-is written and dropped, so at most one shard of converted tensors is in memory beyond what the
-caller holds. Shards are named model-0000i-of-0000N.safetensors (renamed once N is known) and
+is written straight from the tensors' memory (`write_safetensors`, no serialized copy) and
+dropped, so at most one shard of converted tensors is in memory beyond what the caller holds. Shards are named model-0000i-of-0000N.safetensors (renamed once N is known) and
 listed in model.safetensors.index.json (weight_map + metadata.total_size), the layout
 transformers, vLLM and SGLang read.
 
@@ -24,7 +24,6 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from handoff.published_config import PublishedFormatError
 
@@ -63,7 +62,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         path = os.path.join(self.folder, f".shard-{len(self.shards):05d}.safetensors")
-        save_file(self.buffer, path, metadata={"format": "pt"})
+        write_safetensors(path, self.buffer, {"format": "pt"})
         self.shards.append(list(self.buffer))
         self.buffer, self.buffered_bytes = {}, 0
 
@@ -81,6 +80,31 @@ class ShardWriter:
         with open(os.path.join(self.folder, INDEX_FILE), "w") as stream:
             json.dump(index, stream, indent=2)
         return index
+
+
+_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+           torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def write_safetensors(path: str, tensors: Dict[str, torch.Tensor], metadata: dict) -> None:
+    """The safetensors format written tensor by tensor from the tensors' own memory: 8-byte
+    little-endian header length, the JSON header (dtype, shape, byte offsets; padded to 8 bytes),
+    then the raw bytes in header order. safetensors' save_file would first build a bytes copy of
+    every tensor of the shard, doubling the shard in memory."""
+    header, offset = {"__metadata__": metadata}, 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as stream:
+        stream.write(struct.pack("<Q", len(encoded)))
+        stream.write(encoded)
+        for tensor in tensors.values():
+            if tensor.numel():
+                stream.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))
 
 
 def check_safetensors_header(path: str) -> None:
