@@ -83,6 +83,10 @@ class CheckpointConfig:
     interval: int = 100                  # steps between saves (0: only at the end / on a signal)
     keep: int = 2                        # newest iter_* folders kept (0: keep all)
     resume: str = "auto"                 # auto (latest in dir, if any) | none | PATH of an iter_ folder
+    # Start from another model's weights at step 0 (fresh optimizer, schedule, data order): a
+    # Hugging Face dir in a published LoopCoder layout or a loopcoder checkpoint of either engine.
+    # Used only when checkpoint.dir has no checkpoint to resume (pretrain/checkpoint/init.py).
+    init_from: Optional[str] = None
     save_final: bool = True
     # Write the tensors in the background (megatron-core's async dist_checkpointing) while training
     # goes on; `latest` moves once every rank's part is on disk and verified. bench/bench_checkpoint.py.
@@ -289,6 +293,10 @@ def _validate_run_keys(cfg: Config) -> None:
     resume = cfg.checkpoint.resume
     require(resume in ("auto", "none") or os.path.isdir(resume),
             f"checkpoint.resume={resume!r} is neither auto, none nor an existing checkpoint folder")
+    init_from = cfg.checkpoint.init_from
+    require(init_from is None or os.path.isdir(init_from),
+            f"checkpoint.init_from={init_from!r} is not a folder; give a Hugging Face directory or a "
+            f"loopcoder checkpoint (an iter_ folder or a checkpoint dir with a `latest` file)")
     require(cfg.checkpoint.verify in ("full", "headers"),
             f"checkpoint.verify={cfg.checkpoint.verify!r}; use full or headers")
     for key in cfg.checkpoint.allow_model_change:

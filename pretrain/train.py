@@ -95,6 +95,7 @@ def _data(config) -> RunData:
 
 def _train(config, config_yaml: str, world) -> int:
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
+    from pretrain.checkpoint.init import init_from
     from pretrain.engines import build_engine
     from pretrain.signals import StopRequest
 
@@ -118,6 +119,9 @@ def _train(config, config_yaml: str, world) -> int:
                 start_step = load_checkpoint(resume_path, engine, data.train_loader,
                                              model_fields_of(config.model), ckpt.verify,
                                              ckpt.allow_model_change)["step"]
+            elif ckpt.init_from:
+                init_from(ckpt.init_from, engine, model_fields_of(config.model), ckpt.dir,
+                          ckpt.verify, ckpt.allow_model_change)
             _log_start(config, engine, world, resume_path, start_step, data.train_loader)
             status = _train_from(config, config_yaml, world, engine, data, checkpointer, stop,
                                  start_step)

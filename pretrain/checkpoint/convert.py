@@ -25,7 +25,7 @@ import shutil
 
 import pretrain.checkpoint.files as files
 from pretrain.checkpoint.resume import resolve_checkpoint
-from pretrain.checkpoint.weights import read_weights, write_weights_only
+from pretrain.checkpoint.weights import publish_checkpoint, read_weights, write_weights_only
 
 
 def checkpoint_engine(path: str) -> str:
@@ -50,4 +50,4 @@ def convert_checkpoint(src: str, dst_root: str) -> str:
         shutil.copytree(os.path.join(src, files.RNG_DIR), os.path.join(tmp, files.RNG_DIR))
     if os.path.isfile(os.path.join(src, files.TOKENIZER_FILE)):
         shutil.copy(os.path.join(src, files.TOKENIZER_FILE), os.path.join(tmp, files.TOKENIZER_FILE))
-    return files.publish_folder(dst_root, name, tmp)
+    return publish_checkpoint(dst_root, name, tmp)

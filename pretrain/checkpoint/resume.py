@@ -66,9 +66,11 @@ def resolve_checkpoint(path: str) -> str:
     return os.path.normpath(resolved)
 
 
-def check_model_fields(path: str, saved: dict, config_fields: dict, allowed=()) -> None:
+def check_model_fields(path: str, saved: dict, config_fields: dict, allowed=(),
+                       other_way: str = "checkpoint.resume=none") -> None:
     """Refuse a checkpoint whose model computes another function than the config describes,
-    naming the field, both values and the fix. `allowed`: changeable fields changed on purpose."""
+    naming the field, both values and the fix. `allowed`: changeable fields changed on purpose;
+    `other_way`: the fix besides matching the model (another checkpoint)."""
     from model import ModelConfig
 
     name = os.path.basename(os.path.normpath(path))
@@ -78,7 +80,7 @@ def check_model_fields(path: str, saved: dict, config_fields: dict, allowed=()) 
         if old == new or (key in allowed and key in CHANGEABLE_FIELDS):
             continue
         message = (f"checkpoint {name} has {key}={old} but the config says {new}; pass "
-                   f"model.{key}={old} or checkpoint.resume=none")
+                   f"model.{key}={old} or {other_way}")
         if key in CHANGEABLE_FIELDS:
             message += (f", or checkpoint.allow_model_change=[{key}] to continue the weights "
                         f"trained with {key}={old} under {new} on purpose")

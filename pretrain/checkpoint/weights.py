@@ -32,16 +32,29 @@ def read_model_config(folder: str):
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), resolved.model))
 
 
-def read_weights(folder: str) -> Tuple[object, Dict[str, torch.Tensor], dict]:
-    """(ModelConfig, full fp32 weights named as a PLTModel at TP=PP=1, trainer state)."""
+def read_weights(folder: str, verify: str = "full",
+                 allow_pickle: bool = False) -> Tuple[object, Dict[str, torch.Tensor], dict]:
+    """(ModelConfig, full fp32 weights named as a PLTModel at TP=PP=1, trainer state).
+    verify: the checksum check (full | headers); allow_pickle: DeepSpeed files beyond its data
+    classes (pretrain/engines/deepspeed_checkpoint.py)."""
     from pretrain.distributed import single_process_world
     from pretrain.engines import payload_format
 
-    state = verify_complete(folder)
+    state = verify_complete(folder, verify)
     single_process_world()
     model_cfg = read_model_config(folder)
-    weights = payload_format(state.get("engine", "megatron")).read_weights(folder, state, model_cfg)
+    weights = payload_format(state.get("engine", "megatron")).read_weights(
+        folder, state, model_cfg, allow_pickle=allow_pickle)
     return model_cfg, weights, state
+
+
+def publish_checkpoint(root: str, name: str, tmp: str) -> str:
+    """Seal the written folder `tmp` (checksums.json, every file fsync'ed) and publish it as
+    root/name with `latest` moved: the frame's publish, for a tool writing in one process."""
+    from pretrain.checkpoint.integrity import seal
+
+    seal(tmp)
+    return files.publish_folder(root, name, tmp)
 
 
 def write_weights_only(tmp: str, weights: Dict[str, torch.Tensor], model_cfg, state: dict,
@@ -61,12 +74,12 @@ def write_weights_only(tmp: str, weights: Dict[str, torch.Tensor], model_cfg, st
     files.write_durably(os.path.join(tmp, files.CONFIG_FILE), lambda stream: stream.write(config_yaml))
 
 
-def load_model(folder: str) -> tuple:
+def load_model(folder: str, verify: str = "full", allow_pickle: bool = False) -> tuple:
     """(PLTModel with the checkpoint's weights at TP=PP=1, fp32, eval mode; the checkpoint's
     resolved config; its step): what generation and diagnostics run on."""
     from model import PLTModel
 
-    model_cfg, weights, state = read_weights(folder)
+    model_cfg, weights, state = read_weights(folder, verify, allow_pickle)
     model_cfg.attention_backend = "auto"  # the saved run may have said flash; the math is the same
     model = PLTModel(model_cfg.build())
     model.load_state_dict(weights)

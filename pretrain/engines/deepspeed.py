@@ -194,7 +194,8 @@ class DeepSpeedEngine(Engine):
         if weights_only:
             self.load_full_state_dict(deepspeed_checkpoint.read_module_file(folder))
         else:
-            deepspeed_checkpoint.load(folder, self.model, saved, self.cfg.deepspeed.zero_stage)
+            deepspeed_checkpoint.load(folder, self.model, saved, self.cfg.deepspeed.zero_stage,
+                                      self.cfg.checkpoint.allow_pickle)
 
     # -- whole weights ------------------------------------------------------------------------
     def full_state_dict(self) -> Dict[str, torch.Tensor]:

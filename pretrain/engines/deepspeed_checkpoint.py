@@ -7,12 +7,21 @@
 DeepSpeed writes into the frame's temp folder (save_dir = its parent, tag = its name,
 save_latest=False); the frame (pretrain/checkpoint/frame.py) does the rest. A weights-only payload
 (converted from the megatron engine, pretrain/checkpoint/convert.py) is just the module file with
-{"module": state_dict}. DeepSpeed's own loader unpickles its files (torch.load(weights_only=False)).
+{"module": state_dict}.
+
+DeepSpeed's loaders call torch.load(weights_only=False): a crafted file would run code. Every read
+here goes through `weights_only_loading`, which makes those calls weights_only=True, admitting
+besides tensors only the data classes DeepSpeed's own files hold (LossScaler, ZeroStageEnum,
+fragment_address). A file that needs anything else is refused, naming the class; only
+checkpoint.allow_pickle=true (a checkpoint you trust, e.g. from another DeepSpeed setup) lets
+DeepSpeed unpickle it as it would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import re
 from typing import Dict
 
@@ -25,6 +34,53 @@ MODEL_FILE = "mp_rank_00_model_states.pt"   # DeepSpeed's name for the (TP rank 
 EXTRA_STATE = "_extra_state"
 
 
+# The classes DeepSpeed 0.19's checkpoint files pickle besides tensors and containers.
+DEEPSPEED_DATA_CLASSES = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                          "deepspeed.runtime.zero.config.ZeroStageEnum",
+                          "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def _data_classes() -> list:
+    import importlib
+
+    found = []
+    for name in DEEPSPEED_DATA_CLASSES:
+        module, _, attribute = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attribute))
+        except (ImportError, AttributeError):
+            continue  # another DeepSpeed version: files that hold it are refused, by name
+    return found
+
+
+@contextlib.contextmanager
+def weights_only_loading(allow_pickle: bool = False):
+    """Within it, torch.load (as DeepSpeed calls it) unpickles no code (module docstring)."""
+    if allow_pickle:
+        yield
+        return
+    original = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            with torch.serialization.safe_globals(_data_classes()):
+                return original(f, *args, **kwargs)
+        except pickle.UnpicklingError as error:
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            what = found.group(1) if found else "objects beyond tensors"
+            raise CheckpointError(
+                f"{f} holds a pickled {what}, which loopcoder does not unpickle (unpickling can "
+                f"run code); if you trust this checkpoint, pass checkpoint.allow_pickle=true "
+                f"(tools: --allow-pickle)") from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 def save(folder: str, ds_engine) -> None:
     """DeepSpeed's save_checkpoint into `folder` (every rank; synchronous)."""
     folder = os.path.normpath(folder)
@@ -32,7 +88,7 @@ def save(folder: str, ds_engine) -> None:
                               client_state={}, save_latest=False)
 
 
-def load(folder: str, ds_engine, saved: dict, zero_stage: int) -> None:
+def load(folder: str, ds_engine, saved: dict, zero_stage: int, allow_pickle: bool = False) -> None:
     """Weights and ZeRO optimizer partitions, as DeepSpeed saved them: the same stage and world."""
     folder = os.path.normpath(folder)
     name = os.path.basename(folder)
@@ -44,9 +100,10 @@ def load(folder: str, ds_engine, saved: dict, zero_stage: int) -> None:
             f"{saved_world} processes; this run has zero_stage={zero_stage} on {world}. "
             f"Pass deepspeed.zero_stage={saved_stage} with {saved_world} processes, or "
             f"export the weights (python -m scripts.convert_checkpoint) and resume from them")
-    loaded, _ = ds_engine.load_checkpoint(os.path.dirname(folder), tag=name,
-                                          load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+    with weights_only_loading(allow_pickle):
+        loaded, _ = ds_engine.load_checkpoint(os.path.dirname(folder), tag=name,
+                                              load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
     if loaded is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint {folder}")
 
@@ -80,21 +137,22 @@ def read_module_file(folder: str) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in module.items() if not k.endswith(EXTRA_STATE)}
 
 
-def read_weights(folder: str, saved: dict, model_cfg=None) -> Dict[str, torch.Tensor]:
+def read_weights(folder: str, saved: dict, model_cfg=None,
+                 allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
     """Full fp32 weights of a DeepSpeed payload (any ZeRO stage, any world size)."""
     from pretrain.engines.deepspeed import import_deepspeed
 
     folder = os.path.normpath(folder)
     partitioned = any(name.endswith("optim_states.pt") for name in os.listdir(folder))
-    if saved.get("weights_only") or not partitioned:
-        # No ZeRO (or bf16) partitions of fp32 masters: the module file holds the weights.
-        module = torch.load(os.path.join(folder, MODEL_FILE), map_location="cpu",
-                            weights_only=False)["module"]
-        return {k: v for k, v in module.items() if not k.endswith(EXTRA_STATE)}
-    import_deepspeed()
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    weights = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder),
-                                                       tag=os.path.basename(folder))
+    with weights_only_loading(allow_pickle):
+        if saved.get("weights_only") or not partitioned:
+            # No ZeRO (or bf16) partitions of fp32 masters: the module file holds the weights.
+            module = torch.load(os.path.join(folder, MODEL_FILE), map_location="cpu")["module"]
+            return {k: v for k, v in module.items() if not k.endswith(EXTRA_STATE)}
+        import_deepspeed()
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        weights = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder),
+                                                           tag=os.path.basename(folder))
     return {k: v.contiguous() for k, v in weights.items() if not k.endswith(EXTRA_STATE)}
 
 

@@ -159,15 +159,25 @@ def save(folder: str, model, optimizer, async_save: bool = False):
 
 def load(folder: str, model, optimizer=None) -> None:
     """Load the model (and the optimizer unless None) from `folder`, resharding to this layout."""
-    from megatron.core import dist_checkpointing
-
     install_safe_metadata_loading()
     template = sharded_state(model, optimizer, is_loading=True)
     refuse_pickled_objects(template)
-    loaded = dist_checkpointing.load(template, folder, sharded_strategy=STRATEGY)
+    loaded = _load(template, folder)
     _load_model_state(unwrap(model), loaded["model"], folder)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
+
+
+def _load(template: dict, folder: str) -> dict:
+    """dist_checkpointing.load, with a pickle the format's files should not hold (common.pt is read
+    with torch.load's weights_only default) refused as a damaged checkpoint."""
+    from megatron.core import dist_checkpointing
+
+    try:
+        return dist_checkpointing.load(template, folder, sharded_strategy=STRATEGY)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{folder} holds pickled objects loopcoder does not unpickle "
+                              f"(unpickling can run code): {error}".split("\n")[0]) from None
 
 
 def _load_model_state(model, state: dict, folder: str) -> None:
@@ -211,14 +221,14 @@ def _bare_model(model_cfg):
                                     perform_initialization=False))
 
 
-def read_weights(folder: str, saved: dict, model_cfg) -> Dict[str, torch.Tensor]:
+def read_weights(folder: str, saved: dict, model_cfg,
+                 allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
     """The full weights of `folder`, named as a PLTModel at TP=PP=1 of `model_cfg` names them
-    (whatever TP/PP layout the checkpoint was written with)."""
-    from megatron.core import dist_checkpointing
-
+    (whatever TP/PP layout the checkpoint was written with). The dist format never needs pickle:
+    allow_pickle is accepted for the engines' common signature and ignored."""
     install_safe_metadata_loading()
     template = {"model": model_sharded_state(_bare_model(model_cfg))}
-    loaded = dist_checkpointing.load(template, folder, sharded_strategy=STRATEGY)
+    loaded = _load(template, folder)
     return {k: v for k, v in loaded["model"].items() if not k.endswith(EXTRA_STATE)}
 
 

@@ -1,0 +1,70 @@
+"""`checkpoint.init_from`: start a run from another model's weights (continued pretraining,
+annealing), at step 0 with a fresh optimizer, LR schedule and data order.
+
+The source is a Hugging Face directory in a published LoopCoder layout (handoff/: read, verified,
+never unpickled) or a loopcoder checkpoint of either engine and any layout (an iter_ folder or a
+checkpoint dir with `latest`). Whatever the source, rank 0 stages it as a weights-only checkpoint of
+this run's engine under `<checkpoint.dir>/.init_from/` (an HF directory through handoff.import_hf,
+the other engine's checkpoint through the engine conversion); then every rank loads the model part
+from it as from any checkpoint (resharding to this run's TP/PP layout, checksums verified, model
+fields compared), and the staging folder is removed. A run that already has a checkpoint of its own
+in checkpoint.dir resumes from it instead: init_from only starts a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from pretrain.checkpoint.collective import on_main
+from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, verify_complete
+from pretrain.checkpoint.state import read_trainer_state
+from pretrain.distributed import barrier, is_main
+
+logger = logging.getLogger(__name__)
+STAGING_DIR = ".init_from"
+
+
+def is_hf_dir(path: str) -> bool:
+    return (os.path.isfile(os.path.join(path, "config.json"))
+            and not os.path.isfile(os.path.join(path, "loopcoder.json"))
+            and not os.path.isfile(os.path.join(path, "latest")))
+
+
+def _stage(source: str, engine_name: str, staging: str) -> str:
+    """A weights-only checkpoint of `engine_name` made from `source` (rank 0); its iter_ folder."""
+    from pretrain.checkpoint.convert import convert_checkpoint
+
+    shutil.rmtree(staging, ignore_errors=True)
+    if is_hf_dir(source):
+        from handoff.read import import_hf
+
+        folder = import_hf(source, staging)  # megatron's format
+        if engine_name == "megatron":
+            return folder
+        source = folder
+    folder = resolve_checkpoint(source)
+    if read_trainer_state(folder).get("engine", "megatron") == engine_name:
+        return folder
+    return convert_checkpoint(folder, os.path.join(staging, engine_name))
+
+
+def init_from(source: str, engine, model_fields: dict, root: str, verify: str = "full",
+              allow_model_change=()) -> str:
+    """Load the weights of `source` into `engine` (every rank); returns the folder read."""
+    staging = os.path.join(root, STAGING_DIR)
+    folder = on_main(f"cannot read checkpoint.init_from={source}",
+                     lambda: _stage(source, engine.name, staging))
+    try:
+        state = verify_complete(folder, verify)
+        check_model_fields(folder, state["model"], model_fields, allow_model_change,
+                           other_way="another checkpoint.init_from")
+        engine.load_payload(folder, state, weights_only=True)
+    finally:
+        barrier()
+        if is_main():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("initialised the weights from %s (step 0: fresh optimizer, schedule and data order)",
+                source)
+    return folder
