@@ -2,9 +2,9 @@
 
     outcomes = execute(jobs, sandbox, workers=4)   # jobs: [(Problem, completion)], same order out
 
-Each worker is a thread holding one sandbox slot (a slot is a uid when the harness is root: two
-sandboxes never share one, so the process limit of one sample never starves another). The
-programs run in child processes, so threads are enough to keep W of them going.
+Each worker is a thread with a slot number, where its search for a free sandbox user starts (as
+root every run leases a uid of its own: evaluation/sandbox_users.py). The programs run in child
+processes, so threads are enough to keep W of them going.
 """
 
 from __future__ import annotations

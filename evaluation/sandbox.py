@@ -10,12 +10,13 @@ Each run gets, from the kernel and the distribution (never from disabling Python
   ``Limits.file_bytes``), the home folder of the harness's user hidden when the sandbox user cannot
   enter it (only the interpreter's folders are put back, read-only);
 - a scrubbed environment (PATH, HOME, TMPDIR, LANG), no capabilities, a new session;
-- an unprivileged user when the harness is root (one uid per worker slot, from SANDBOX_UID_BASE):
-  rlimits on processes do not bind root, and that user owns nothing it could write;
+- an unprivileged user of its own when the harness is root (leased across processes:
+  evaluation/sandbox_users.py): rlimits on processes do not bind root, and that user owns nothing
+  it could write;
 - rlimits set inside before the program runs (evaluation/driver.py): address space, CPU seconds,
   file size, processes, open files, no core files; and a wall-clock timeout from outside.
-At the end its process group is killed and, under a slot uid, every process of that uid, so
-nothing it started outlives ``run``. The harness is in another session, another PID namespace and
+At the end its process group is killed and, as root, every process of its uid, so nothing it
+started outlives ``run``. The harness is in another session, another PID namespace and
 (as root) another user: whatever the program does, it cannot signal it.
 
 Backends: ``bwrap`` (bubblewrap; `make setup` installs it on Debian as root) and ``unshare``
@@ -24,6 +25,7 @@ Backends: ``bwrap`` (bubblewrap; `make setup` installs it on Debian as root) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,10 +41,9 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from evaluation.sandbox_users import kill_user_processes, lease_user
+
 BACKENDS = ("bwrap", "unshare")
-# Sandbox users of a root harness: uid SANDBOX_UID_BASE + slot, far above any account's uid (and
-# outside systemd's dynamic-user range) so that no file or process of the machine belongs to one.
-SANDBOX_UID_BASE = 2_100_000_000
 ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
                "LANG": "C.UTF-8"}
 DRIVER_SOURCE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.py"),
@@ -184,12 +185,8 @@ class Sandbox:
             "allows user namespaces, or run as root for the unshare fallback")
 
     # -- one run ---------------------------------------------------------------------------------
-    def uid(self, slot: int) -> Optional[int]:
-        return SANDBOX_UID_BASE + slot if self.as_root else None
-
-    def command(self, slot: int) -> List[str]:
-        uid = self.uid(slot)
-        # A root harness sets the sandbox up as root, then setpriv drops to the slot user with no
+    def command(self, uid: Optional[int]) -> List[str]:
+        # A root harness sets the sandbox up as root, then setpriv drops to the leased user with no
         # capabilities for good (no user namespace: the rlimit on processes binds that uid).
         # Otherwise bubblewrap makes a user namespace and drops every capability itself.
         run_as = [] if uid is None else [
@@ -214,34 +211,39 @@ class Sandbox:
                 "--chdir", "/tmp", "--", *run_as, *self.driver_args]
 
     def run(self, program: str, slot: int = 0) -> Outcome:
+        """Run ``program``; ``slot`` (the worker's number) is where the search for a free sandbox
+        user starts, so that concurrent workers rarely contend for one."""
         nonce = secrets.token_hex(16)
-        user = self.uid(slot)
-        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output:
+        lease = lease_user(slot) if self.as_root else contextlib.nullcontext(None)
+        with lease as user, tempfile.TemporaryFile() as stdin, \
+                tempfile.TemporaryFile() as output:
             stdin.write(f"{nonce}\n{program}".encode("utf-8"))
             stdin.seek(0)
             started = time.perf_counter()
-            process = subprocess.Popen(self.command(slot), stdin=stdin, stdout=output,
+            process = subprocess.Popen(self.command(user), stdin=stdin, stdout=output,
                                        stderr=output, env=ENVIRONMENT, cwd="/",
                                        start_new_session=True)
             try:
                 timed_out = not _wait(process, self.limits.timeout_s)
             finally:
-                self._kill(process, user)
+                if user is not None:
+                    # The user's processes first, while the sandbox tool lives to reap them: a
+                    # process orphaned by killing the tool first waits for the machine's init.
+                    kill_user_processes(user)
+                _kill_group(process)
             seconds = time.perf_counter() - started
             output.seek(0)
             printed = output.read()
         return _judge(printed, nonce, process.returncode, timed_out, seconds)
 
-    def _kill(self, process: subprocess.Popen, user: Optional[int]) -> None:
-        """End every process of the run: its group, and everything its slot user still runs
-        (a process that left the group with setsid, children still dying with the namespace)."""
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if user is not None:
-            kill_user_processes(user)
-        process.wait()
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """End the run's process group (the sandbox tool and what stayed in its group) and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
 
 
 def _wait(process: subprocess.Popen, timeout_s: float) -> bool:
@@ -262,32 +264,6 @@ def _wait(process: subprocess.Popen, timeout_s: float) -> bool:
     if ended:
         process.wait()
     return ended
-
-
-def kill_user_processes(uid: int, patience_s: float = 5.0) -> None:
-    """SIGKILL every process owned by ``uid`` until none is left (root only)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}").st_uid == uid:
-                        pids.append(int(entry))
-                except FileNotFoundError:
-                    continue
-        if not pids:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {pids} of sandbox uid {uid} survived SIGKILL for "
-                               f"{patience_s} s; look at them with `ps -o pid,stat,cmd -p "
-                               f"{','.join(map(str, pids[:10]))}`")
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.005)
 
 
 def _judge(printed: bytes, nonce: str, returncode: int, timed_out: bool,
