@@ -4,8 +4,9 @@
     outcome = sandbox.run(program, slot=0)         # Outcome(passed, result, seconds)
 
 Each run gets, from the kernel and the distribution (never from disabling Python functions):
-- its own namespaces: mount, PID, network (no interface up: no socket reaches anything), IPC, UTS
-  and, under bubblewrap, user. Killing its first process ends every process it started;
+- its own namespaces: mount, PID, network (at most its own loopback: no socket reaches this
+  machine or beyond), IPC, UTS (and user, under bubblewrap as non-root). Killing its first
+  process ends every process it started;
 - a read-only view of the whole file system, a fresh tmpfs as /tmp (its working folder, sized by
   ``Limits.file_bytes``), the home folder of the harness's user hidden when the sandbox user cannot
   enter it (only the interpreter's folders are put back, read-only);
@@ -52,7 +53,7 @@ DRIVER_SOURCE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "d
 # The unshare backend's set-up, run as root inside the new namespaces: a fresh /tmp, hide the
 # folders the sandbox user may not enter (putting back the interpreter's, staged through /tmp
 # since the hiding tmpfs covers their source), every mount read-only but /tmp, then run the rest
-# of the command line (setpriv to the slot user, the driver). Any failed step stops it: the run
+# of the command line (setpriv to the leased user, the driver). Any failed step stops it: the run
 # fails, closed.
 UNSHARE_SETUP = r"""
 set -eu
