@@ -132,19 +132,24 @@ class DecodeStep:
                 c.window_v[self.layer, rings].flatten(0, 1), mask.flatten(0, 1))
 
 
+def decode_mode(config, mode: Optional[str] = None) -> str:
+    """The decode mode a model runs: ``mode``, or (None) parallel when the model has cross-loop
+    parallelism (clp, or one loop), else sequential, the only way a clp=false model decodes."""
+    if mode is None:
+        mode = "parallel" if config.clp or config.num_loops == 1 else "sequential"
+    if mode not in ("parallel", "sequential"):
+        raise ValueError(f"decode mode {mode!r}; use 'parallel' or 'sequential'")
+    if mode == "parallel" and config.num_loops > 1 and not config.clp:
+        raise ValueError("a clp=false model has no cross-loop parallelism: loop r needs loop "
+                         "r-1 at the same position; decode it with mode='sequential'")
+    return mode
+
+
 class LoopDecoder:
     """Prefill and per-token decode of a PLT model with a ``DecodeCache``."""
 
     def __init__(self, model, batch_size: int, max_length: int, mode: Optional[str] = None):
-        # mode None: parallel when the model has cross-loop parallelism (clp, or one loop), else
-        # sequential, the only way a clp=false model decodes.
-        if mode is None:
-            mode = "parallel" if model.config.clp or model.config.num_loops == 1 else "sequential"
-        if mode not in ("parallel", "sequential"):
-            raise ValueError(f"decode mode {mode!r}; use 'parallel' or 'sequential'")
-        if mode == "parallel" and model.config.num_loops > 1 and not model.config.clp:
-            raise ValueError("a clp=false model has no cross-loop parallelism: loop r needs loop "
-                             "r-1 at the same position; decode it with mode='sequential'")
+        mode = decode_mode(model.config, mode)
         if model.config.pipeline_model_parallel_size > 1:
             raise ValueError("decoding runs on a model built with parallel.pp=1")
         if model.config.sequence_parallel:

@@ -9,16 +9,30 @@ rebuilt in one process from the checkpoint's config (pretrain/checkpoint/weights
 is the run's own (the checkpoint's copy). Several --prompt arguments decode as one batch of any lengths. `parallel`
 runs all loops of a token in one forward (PLT); `sequential` runs them one after another (the
 vanilla looped transformer's schedule; the only one for a clp=false model). Greedy at temperature 0.
+
+In a prompt, the escapes \\n \\t \\r \\\\ \\' \\" \\xHH \\uHHHH \\UHHHHHHHH and \\N{name} stand for their
+characters (a shell passes a newline badly); everything else, non-ASCII text included, is kept as is.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import re
+import sys
 import time
 
 import torch
 
 from pretrain.checkpoint import checkpoint_tokenizer, load_model, resolve_checkpoint
+
+ESCAPE = re.compile(r"\\(?:[\\'\"nrt]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]+\})")
+
+
+def unescape(prompt: str) -> str:
+    """Decode the backslash escapes of a prompt and nothing else. (Decoding the whole string with
+    "unicode_escape" would first read it as Latin-1 bytes: é became Ã©.)"""
+    return ESCAPE.sub(lambda match: codecs.decode(match.group(), "unicode_escape"), prompt)
 
 
 def main(argv=None) -> list:
@@ -33,17 +47,29 @@ def main(argv=None) -> list:
                         help="loops decoded in one forward (PLT) or one after another; default: "
                         "parallel, or sequential for a clp=false model")
     args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens {args.max_new_tokens}: generate at least 1 token")
+    prompts = [unescape(p) for p in (args.prompt or ["def fibonacci(n):\\n"])]
+    for number, prompt in enumerate(prompts, 1):
+        if not prompt:
+            parser.error(f"--prompt #{number} is empty; give the code to continue")
 
+    from model.decoding import decode_mode
     from model.generation import generate
 
     folder = resolve_checkpoint(args.checkpoint)
-    plt, _, step = load_model(folder)
+    plt, run_config, step = load_model(folder)
+    try:
+        mode = decode_mode(plt.config, args.mode)
+    except ValueError as err:
+        parser.error(f"--mode {args.mode}: {err}")
     tokenizer = checkpoint_tokenizer(folder)
-    prompts = [p.encode().decode("unicode_escape") for p in (args.prompt or ["def fibonacci(n):\\n"])]
     ids = [torch.tensor(tokenizer.encode(p)) for p in prompts]  # documents carry no BOS
+    _warn_beyond_trained_positions(ids, args.max_new_tokens, plt.config.max_position_embeddings,
+                                   run_config.train.seq_length)
     started = time.perf_counter()
     outputs = generate(plt, ids, args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, mode=args.mode, eos_id=tokenizer.eod_id,
+                       top_p=args.top_p, mode=mode, eos_id=tokenizer.eod_id,
                        generator=torch.Generator().manual_seed(args.seed))
     seconds = time.perf_counter() - started
     texts = []
@@ -53,8 +79,22 @@ def main(argv=None) -> list:
         print("-" * 60 + "\n" + text)
     new = sum(len(o) - len(i) for o, i in zip(outputs, ids))
     print("-" * 60 + f"\n{folder} (step {step}, R={plt.config.num_loops}): {new} tokens in "
-          f"{seconds:.2f} s, {args.mode} decoding")
+          f"{seconds:.2f} s, {mode} decoding")
     return texts
+
+
+def _warn_beyond_trained_positions(ids, max_new_tokens: int, max_positions: int,
+                                   seq_length: int) -> None:
+    """Positions past max_position_embeddings (or past the trained sequence length) were never
+    seen in training: the continuation there is extrapolation, not the model's skill."""
+    for number, prompt_ids in enumerate(ids, 1):
+        end = len(prompt_ids) + max_new_tokens
+        if end > max_positions:
+            print(f"warning: --prompt #{number} has {len(prompt_ids)} tokens; with --max-new-tokens "
+                  f"{max_new_tokens} it reaches position {end}, past the model's "
+                  f"max_position_embeddings={max_positions} (trained on sequences of "
+                  f"{seq_length}): what comes after position {max_positions} is extrapolation. "
+                  f"Shorten the prompt or lower --max-new-tokens", file=sys.stderr)
 
 
 if __name__ == "__main__":
