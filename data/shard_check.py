@@ -15,8 +15,8 @@ the first step with an IndexError in the embedding. Checked, in this order:
     documents   document_indices run from 0 to the sequence count, never decreasing
     token ids   all in [0, vocab_size) (one pass over the .bin: the expensive part)
 
-Cost: numpy over the memory-mapped files, the token pass about a second per GB from a warm page
-cache (README "Data checks" has the measurement). The result is cached in `<prefix>.check.json`
+Cost: numpy over the memory-mapped files; the index check takes milliseconds, the token pass about
+0.3 s per GB from the page cache and 0.5-1.2 s per GB from disk (bench/bench_shard_check.py). The result is cached in `<prefix>.check.json`
 next to the shard, keyed by both files' size, mtime, ctime and inode, so a shard is read once;
 later calls cost a stat and a small JSON read. Files changed in the last 2 s are not cached (a
 change within the same timestamp tick would go unseen), nor where the cache cannot be written
