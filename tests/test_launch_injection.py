@@ -205,11 +205,13 @@ def test_env_setup_is_shell_as_documented(tmp_path):
     assert_safe(job, str(tmp_path / "m"), tmp_path)
 
 
-# ---- the trainer's own validation runs before sbatch (a job that dies after hours in the queue)
+# ---- the trainer's own validation (model and data.* included) runs before sbatch: a job that
+# would die after hours in the queue
 @pytest.mark.parametrize("overrides, named", [
     (["model.num_loops=0"], "model.num_loops=0"),
     (["model.swa_window=-1"], "model.swa_window=-1"),
     (["launch.gpus_per_node=2", "parallel.tp=2", "model.ffn_hidden_size=129"], "ffn_hidden_size"),
+    (["data.fim_rate=1.5"], "data.fim_rate=1.5"),
 ])
 def test_models_the_trainer_would_refuse_are_refused_at_submit(overrides, named, tmp_path, capsys):
     status = main(["submit", "--dry-run", *BASE, f"run_dir={tmp_path}", *overrides])
