@@ -57,10 +57,13 @@ def run(cfg: DictConfig) -> int:
     validate(config, world_size)
     world = init_distributed(config.parallel, config.train.seed, config.model.num_loops)
     try:
-        # ${now:...} may differ by a second between ranks: rank 0's folder is the run's folder.
-        config.run_dir = broadcast_object(config.run_dir)
-        cfg.run_dir = config.run_dir
-        return _train(config, OmegaConf.to_yaml(cfg, resolve=True), world)
+        # ${now:...} may differ by a second between ranks: rank 0's folder is the run's folder,
+        # and the paths derived from it (checkpoint.dir, ...) are resolved again from it.
+        cfg.run_dir = broadcast_object(cfg.run_dir)
+        config = OmegaConf.to_object(cfg)
+        validate(config, world_size)
+        # config.yaml: what runs, as validate() settled it for this world (the micro batch).
+        return _train(config, OmegaConf.to_yaml(OmegaConf.structured(config)), world)
     finally:
         shutdown_distributed()
 
