@@ -3,7 +3,7 @@
 
     read_hf(hf_dir) -> (ModelConfig, {our name: tensor})   the trainer's checkpoint.init_from
     export_checkpoint(checkpoint, out_dir, ...)              python -m scripts.export_hf
-    import_hf(hf_dir, checkpoint_dir)                        python -m scripts.import_hf
+    pretrain.checkpoint.init.import_hf(hf_dir, checkpoint_dir)   python -m scripts.import_hf
 
 One job per file: published_config (config.json <-> ModelConfig, both families), tensor_names
 (weight names and fused layouts), safetensors_files (streaming shards, never pickle),

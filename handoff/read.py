@@ -1,8 +1,7 @@
 """Read a published-layout Hugging Face directory into our names, verifying it first.
 
-    model_cfg, weights = read_hf(hf_dir)        # the trainer's checkpoint.init_from calls this
-    folder = import_hf(hf_dir, checkpoint_dir)  # python -m scripts.import_hf: a weights-only
-                                                # megatron checkpoint at step 0 + `latest`
+    model_cfg, weights = read_hf(hf_dir)        # checkpoint.init_from and scripts.import_hf
+                                                # (pretrain/checkpoint/init.py) call this
 
 Every check runs before a tensor is converted, and each refusal (PublishedFormatError) names the
 file and the fix: config.json missing or of an unknown model_type; weights that are pickles; a
@@ -13,10 +12,8 @@ what the file stores when it stores float32 or bfloat16.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 from typing import Dict, Tuple
 
 import torch
@@ -101,32 +98,3 @@ def read_hf(hf_dir: str) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
     model_cfg, reader, stored = verify_hf_dir(hf_dir)
     weights = from_published(model_cfg, lambda name: reader.get(stored[name]).float())
     return model_cfg, weights
-
-
-def import_hf(hf_dir: str, checkpoint_dir: str) -> str:
-    """A weights-only megatron checkpoint of `hf_dir` at step 0 in `checkpoint_dir` (iter_0000000
-    + `latest`), with the directory's tokenizer.model when it has one. Nothing is written when
-    `hf_dir` fails verification. Returns the iter_ folder."""
-    from omegaconf import OmegaConf
-
-    from pretrain.checkpoint import files
-    from pretrain.checkpoint.weights import write_weights_only
-
-    model_cfg, weights = read_hf(hf_dir)
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    tmp = os.path.join(checkpoint_dir, files.tmp_name(0))
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        fields = dataclasses.asdict(model_cfg)
-        state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
-                 "imported_from": os.path.abspath(hf_dir)}
-        config_yaml = OmegaConf.to_yaml({"model": fields})
-        write_weights_only(tmp, weights, model_cfg, state, "megatron", config_yaml)
-        tokenizer = os.path.join(hf_dir, "tokenizer.model")
-        if os.path.isfile(tokenizer):
-            shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return files.publish_folder(checkpoint_dir, files.iter_name(0), tmp)

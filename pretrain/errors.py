@@ -6,15 +6,17 @@
         a checkpoint whose model does not fit the config
     3   a data error: missing or damaged shards, another tokenizer, changed data on resume
     4   a checkpoint error: a damaged or incomplete checkpoint, one that fails its checksums, a
-        checkpoint folder held by another live run
+        checkpoint folder held by another live run, a Hugging Face directory that fails its checks
     5   the run diverged: train.max_skipped_steps steps in a row had a non-finite loss or gradient
     75  stopped by SIGUSR1/SIGTERM after saving a checkpoint: requeue me (pretrain/signals.py)
 
-Errors of classes 2-5 are the user's to fix: the trainer prints their one-paragraph message (what is
-wrong and the fix) without a traceback.
+Errors of classes 2-5 are the user's to fix: the trainer and the tools (`run_tool`) print their
+one-paragraph message (what is wrong and the fix) without a traceback.
 """
 
 from __future__ import annotations
+
+import sys
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -41,9 +43,11 @@ def describe_user_error(error: BaseException):
     from omegaconf.errors import OmegaConfBaseException
 
     from data.errors import DataConfigError, DataError
+    from handoff.published_config import PublishedFormatError
     from model.config import ConfigError
 
     for kind, code, label in ((ConfigError, EXIT_CONFIG, "config error"),
+                              (PublishedFormatError, EXIT_CHECKPOINT, "checkpoint error"),
                               (DataConfigError, EXIT_CONFIG, "config error"),
                               (HydraException, EXIT_CONFIG, "config error"),
                               (OmegaConfBaseException, EXIT_CONFIG, "config error"),
@@ -58,3 +62,26 @@ def describe_user_error(error: BaseException):
             return code, f"{label}: " + "; ".join(line.strip() for line in text.splitlines()
                                                    if line.strip())
     return None
+
+
+# A tool's arguments are paths: one that is missing or taken is the user's to fix.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def run_tool(main, argv=None) -> int:
+    """Run a tool's `main(argv)` (python -m scripts.X): a user error prints its one paragraph on
+    stderr and gives its class's status; a wrong path given on the command line gives 2; anything
+    else is a bug and keeps its traceback. main returns an int status (or anything else: 0)."""
+    try:
+        result = main(argv)
+    except PATH_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
+        described = describe_user_error(error)
+        if described is None:
+            raise
+        code, message = described
+        print(message, file=sys.stderr)
+        return code
+    return result if isinstance(result, int) else 0

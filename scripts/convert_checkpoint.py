@@ -19,7 +19,6 @@ for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is n
                  "full scope is deprecated.*"):
     warnings.filterwarnings("ignore", message=_message)
 
-from model.config import ConfigError  # noqa: E402
 from pretrain.checkpoint.convert import checkpoint_engine, convert_checkpoint  # noqa: E402
 
 
@@ -30,14 +29,12 @@ def main(argv=None) -> int:
     parser.add_argument("src", help="iter_ folder or checkpoint dir (its `latest`)")
     parser.add_argument("dst", help="checkpoint dir to write the converted iter_ folder into")
     args = parser.parse_args(argv)
-    try:
-        path = convert_checkpoint(args.src, args.dst)
-    except (ConfigError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    path = convert_checkpoint(args.src, args.dst)
     print(f"wrote {path} (engine={checkpoint_engine(path)}, weights only)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

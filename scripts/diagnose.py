@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 from omegaconf import OmegaConf
@@ -74,4 +75,6 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -16,6 +16,7 @@ evaluation/ (README "Evaluating code").
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from evaluation import report
@@ -119,4 +120,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -31,36 +31,30 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="with --config-only: e.g. model=plt_7b")
     args = parser.parse_args(argv)
 
-    from handoff.published_config import PublishedFormatError
-    from model.config import ConfigError
-
     started = time.perf_counter()
-    try:
-        if args.config_only:
-            from omegaconf import OmegaConf
+    if args.config_only:
+        from omegaconf import OmegaConf
 
-            from handoff.export import export_config_only
-            from model.config import ModelConfig
-            from pretrain.config import compose
+        from handoff.export import export_config_only
+        from model.config import ModelConfig
+        from pretrain.config import compose
 
-            cfg = compose(args.overrides)
-            model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                                            cfg.model))
-            out = export_config_only(model_cfg, args.out, args.dtype)
-        else:
-            if not args.checkpoint or args.overrides:
-                parser.error("pass --checkpoint CKPT_DIR (overrides go with --config-only)")
-            from handoff.export import export_checkpoint
+        cfg = compose(args.overrides)
+        model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                                        cfg.model))
+        out = export_config_only(model_cfg, args.out, args.dtype)
+    else:
+        if not args.checkpoint or args.overrides:
+            parser.error("pass --checkpoint CKPT_DIR (overrides go with --config-only)")
+        from handoff.export import export_checkpoint
 
-            out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
-                                    args.iteration)
-    except (PublishedFormatError, ConfigError, FileExistsError, FileNotFoundError,
-            ValueError) as error:
-        print(f"export_hf: {error}", file=sys.stderr)
-        return 1
+        out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
+                                args.iteration)
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

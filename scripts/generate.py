@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from pretrain.checkpoint import checkpoint_tokenizer, load_model, resolve_checkpoint
 
@@ -66,7 +67,7 @@ def main(argv=None) -> list:
     tokenizer = checkpoint_tokenizer(folder)
     ids = [torch.tensor(tokenizer.encode(p)) for p in prompts]  # documents carry no BOS
     _warn_beyond_trained_positions(ids, args.max_new_tokens, plt.config.max_position_embeddings,
-                                   run_config.train.seq_length)
+                                   OmegaConf.select(run_config, "train.seq_length"))
     started = time.perf_counter()
     outputs = generate(plt, ids, args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, mode=mode, eos_id=tokenizer.eod_id,
@@ -92,10 +93,13 @@ def _warn_beyond_trained_positions(ids, max_new_tokens: int, max_positions: int,
         if end > max_positions:
             print(f"warning: --prompt #{number} has {len(prompt_ids)} tokens; with --max-new-tokens "
                   f"{max_new_tokens} it reaches position {end}, past the model's "
-                  f"max_position_embeddings={max_positions} (trained on sequences of "
-                  f"{seq_length}): what comes after position {max_positions} is extrapolation. "
+                  f"max_position_embeddings={max_positions}"
+                  + (f" (trained on sequences of {seq_length})" if seq_length else "")
+                  + f": what comes after position {max_positions} is extrapolation. "
                   f"Shorten the prompt or lower --max-new-tokens", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

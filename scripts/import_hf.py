@@ -22,16 +22,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="checkpoint dir to write")
     args = parser.parse_args(argv)
 
-    from handoff.published_config import PublishedFormatError
-    from handoff.read import import_hf
-    from model.config import ConfigError
-
-    try:
-        folder = import_hf(args.hf, args.out)
-    except (PublishedFormatError, ConfigError) as error:
-        print(f"import_hf: {error}", file=sys.stderr)
-        return 1
+    from pretrain.checkpoint.init import import_hf
     from pretrain.checkpoint.weights import read_model_config
+
+    folder = import_hf(args.hf, args.out)
 
     model_cfg = read_model_config(folder)
     settings = " ".join(f"model.{key}={getattr(model_cfg, key)}" for key in (
@@ -42,4 +36,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from handoff import PublishedFormatError, read_hf
-from handoff.read import import_hf
+from pretrain.checkpoint.init import import_hf
 from tests.handoff_fixtures import exported, model_and_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
@@ -130,13 +130,14 @@ def test_loop_gate_proj_alias_reads_like_plt_gate(hf_copy, good_dir):
 
 
 def test_export_refuses_a_non_empty_out_dir_and_leaves_it(good_dir, tmp_path):
+    from pretrain.errors import EXIT_CONFIG, run_tool
     from scripts import export_hf
 
     out = tmp_path / "taken"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     checkpoint = os.path.join(os.path.dirname(good_dir), "checkpoint")
-    assert export_hf.main(["--checkpoint", checkpoint, "--out", str(out)]) == 1
+    assert run_tool(export_hf.main, ["--checkpoint", checkpoint, "--out", str(out)]) == EXIT_CONFIG
     assert sorted(os.listdir(out)) == ["mine.txt"]
     with pytest.raises(SystemExit):  # argparse refuses a dtype it does not offer
         export_hf.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "new"),

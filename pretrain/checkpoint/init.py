@@ -4,7 +4,7 @@ annealing), at step 0 with a fresh optimizer, LR schedule and data order.
 The source is a Hugging Face directory in a published LoopCoder layout (handoff/: read, verified,
 never unpickled) or a loopcoder checkpoint of either engine and any layout (an iter_ folder or a
 checkpoint dir with `latest`). Whatever the source, rank 0 stages it as a weights-only checkpoint of
-this run's engine under `<checkpoint.dir>/.init_from/` (an HF directory through handoff.import_hf,
+this run's engine under `<checkpoint.dir>/.init_from/` (an HF directory through import_hf below,
 the other engine's checkpoint through the engine conversion); then every rank loads the model part
 from it as from any checkpoint (resharding to this run's TP/PP layout, checksums verified, model
 fields compared), and the staging folder is removed. A run that already has a checkpoint of its own
@@ -13,13 +13,16 @@ in checkpoint.dir resumes from it instead: init_from only starts a run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 
+import pretrain.checkpoint.files as files
 from pretrain.checkpoint.collective import on_main
 from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, verify_complete
 from pretrain.checkpoint.state import read_trainer_state
+from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
 from pretrain.distributed import barrier, is_main
 
 logger = logging.getLogger(__name__)
@@ -32,14 +35,41 @@ def is_hf_dir(path: str) -> bool:
             and not os.path.isfile(os.path.join(path, "latest")))
 
 
+def import_hf(hf_dir: str, checkpoint_dir: str) -> str:
+    """A weights-only megatron checkpoint of `hf_dir` at step 0 in `checkpoint_dir` (iter_0000000
+    + `latest`, sealed), with the directory's tokenizer.model when it has one: what
+    `python -m scripts.import_hf` writes. Nothing is written when `hf_dir` fails verification
+    (handoff.read_hf). Returns the iter_ folder."""
+    from omegaconf import OmegaConf
+
+    from handoff.read import read_hf
+
+    model_cfg, weights = read_hf(hf_dir)
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    tmp = os.path.join(checkpoint_dir, files.tmp_name(0))
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        fields = dataclasses.asdict(model_cfg)
+        state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
+                 "imported_from": os.path.abspath(hf_dir)}
+        write_weights_only(tmp, weights, model_cfg, state, "megatron",
+                           OmegaConf.to_yaml({"model": fields}))
+        tokenizer = os.path.join(hf_dir, "tokenizer.model")
+        if os.path.isfile(tokenizer):
+            shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
+        return publish_checkpoint(checkpoint_dir, files.iter_name(0), tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _stage(source: str, engine_name: str, staging: str) -> str:
     """A weights-only checkpoint of `engine_name` made from `source` (rank 0); its iter_ folder."""
     from pretrain.checkpoint.convert import convert_checkpoint
 
     shutil.rmtree(staging, ignore_errors=True)
     if is_hf_dir(source):
-        from handoff.read import import_hf
-
         folder = import_hf(source, staging)  # megatron's format
         if engine_name == "megatron":
             return folder
