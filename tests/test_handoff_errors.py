@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from handoff import PublishedFormatError, read_hf
 from pretrain.checkpoint.init import import_hf
-from tests.handoff_fixtures import exported, model_and_config
+from tests.fixtures import exported, model_and_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 

@@ -19,7 +19,7 @@ import torch
 
 from tests.fixtures import (SMALL, output_of, read_metrics, run_torchrun, run_trainer,
                             small_data, small_prepared)
-from tests.handoff_fixtures import assert_bitwise_equal, hf_tensors, model_and_config
+from tests.fixtures import assert_bitwise_equal, hf_tensors, model_and_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 transformers = pytest.importorskip("transformers")
@@ -113,7 +113,7 @@ def test_imported_model_has_the_source_loss(tmp_path):
     source computed (its loss on a batch, bitwise)."""
     from pretrain.checkpoint.init import import_hf
     from pretrain.checkpoint import load_model
-    from tests.handoff_fixtures import exported
+    from tests.fixtures import exported
 
     model, cfg = model_and_config(num_loops=2)
     hf_dir = exported(model, cfg, tmp_path)

@@ -11,7 +11,7 @@ token, over prompts longer than the local window (swa_window=4), so the rings wr
 import pytest
 import torch
 
-from tests.handoff_fixtures import VOCAB, exported, model_and_config
+from tests.fixtures import HANDOFF_VOCAB, exported, model_and_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 transformers = pytest.importorskip("transformers")
@@ -34,7 +34,7 @@ def load_hf(hf_dir):
 
 
 def _ids(shape, seed=0):
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, HANDOFF_VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("num_loops, clp, shared_kv, gate_input", CASES)
