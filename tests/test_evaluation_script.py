@@ -86,3 +86,16 @@ def test_both_tasks_on_a_trained_checkpoint(tmp_path):
     # A barely trained model sits near the uniform guess, ln(640) = 6.46 nats, not at 0 or inf.
     assert 3.0 < summary["humaneval_nll"] < 9.0 and math.isfinite(summary["humaneval_bits"])
     assert "nats/token" in printed
+
+    # The same model as an fp32 Hugging Face export (--hf): the same solution likelihood.
+    exported = subprocess.run([sys.executable, "-m", "scripts.export_hf", "--checkpoint", checkpoint,
+                               "--out", str(tmp_path / "hf"), "--dtype", "fp32"], cwd=REPO,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, output_of(exported)
+    done = subprocess.run([sys.executable, "-m", "scripts.evaluate", "--hf", str(tmp_path / "hf"),
+                           "--task", "humaneval_nll", "--limit", "3", "--batch-size", "4",
+                           "--out", str(tmp_path / "hf_nll")], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, output_of(done)
+    _, from_hf = _read(tmp_path / "hf_nll")
+    assert from_hf["humaneval_nll"] == pytest.approx(summary["humaneval_nll"], rel=1e-6)
