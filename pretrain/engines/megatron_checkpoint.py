@@ -227,9 +227,24 @@ def read_weights(folder: str, saved: dict, model_cfg,
     (whatever TP/PP layout the checkpoint was written with). The dist format never needs pickle:
     allow_pickle is accepted for the engines' common signature and ignored."""
     install_safe_metadata_loading()
-    template = {"model": model_sharded_state(_bare_model(model_cfg))}
-    loaded = _load(template, folder)
-    return {k: v for k, v in loaded["model"].items() if not k.endswith(EXTRA_STATE)}
+    model = _bare_model(model_cfg)
+    own = dict(model.state_dict(keep_vars=True))
+    template = model_sharded_state(model)
+    # One layer at a time, keeping the model's own tensors: megatron builds SwiGLU's fused fc1 as
+    # a new tensor from the two halves it loads in place into the model's, which would otherwise
+    # hold every fc1 twice (half a 7B model's weights).
+    groups: Dict[str, dict] = {}
+    for key, value in template.items():
+        groups.setdefault(".".join(key.split(".")[:3]) if key.startswith("decoder.layers.")
+                          else "", {})[key] = value
+    weights = {}
+    for group in groups.values():
+        for key, tensor in _load({"model": group}, folder)["model"].items():
+            if key.endswith(EXTRA_STATE):
+                continue
+            mine = own.get(key)
+            weights[key] = mine.data if mine is not None and torch.equal(mine, tensor) else tensor
+    return weights
 
 
 def write_weights(folder: str, weights: Dict[str, torch.Tensor], model_cfg) -> None:
