@@ -27,28 +27,18 @@ def peak_memory_gb() -> float:
     return rss_kb / 2**20 if sys.platform != "darwin" else rss_kb / 2**30
 
 
+# The console line: (key, how it is shown), in this order, for the keys a row has.
+CONSOLE_FIELDS = (
+    ("loss", "loss {:.4f}"), ("val_loss", "val {:.4f}"), ("lr", "lr {:.2e}"),
+    ("grad_norm", "grad {:.2f}"), ("humaneval_nll", "code nll {:.3f}"),
+    ("humaneval_pass@1", "pass@1 {:.3f}"), ("tokens_per_s", "{:,.0f} tok/s"),
+    ("mfu", "mfu {:.1%}"), ("step_time_s", "{:.2f} s/step"), ("memory_gb", "mem {:.2f} GB"),
+)
+
+
 def format_row(row: dict, max_steps: int) -> str:
     parts = [f"step {row['step']:>{len(str(max_steps))}}/{max_steps}"]
-    if "loss" in row:
-        parts.append(f"loss {row['loss']:.4f}")
-    if "val_loss" in row:
-        parts.append(f"val {row['val_loss']:.4f}")
-    if "lr" in row:
-        parts.append(f"lr {row['lr']:.2e}")
-    if "grad_norm" in row:
-        parts.append(f"grad {row['grad_norm']:.2f}")
-    if "humaneval_nll" in row:
-        parts.append(f"code nll {row['humaneval_nll']:.3f}")
-    if "humaneval_pass@1" in row:
-        parts.append(f"pass@1 {row['humaneval_pass@1']:.3f}")
-    if "tokens_per_s" in row:
-        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
-    if "mfu" in row:
-        parts.append(f"mfu {100 * row['mfu']:.1f}%")
-    if "step_time_s" in row:
-        parts.append(f"{row['step_time_s']:.2f} s/step")
-    if "memory_gb" in row:
-        parts.append(f"mem {row['memory_gb']:.2f} GB")
+    parts += [shown.format(row[key]) for key, shown in CONSOLE_FIELDS if key in row]
     return " | ".join(parts)
 
 

@@ -6,10 +6,13 @@ entries; vLLM passes it as its sliding window): 64 = 63 keys back plus the query
 cross-loop shift and no per-loop norm (loop r reads loop r-1's raw output) and its gate reads each
 head's rotated query (`model.gate_projections.<i>` [heads, head_dim]).
 
-Self-contained (transformers only): copied into every exported directory.
+Self-contained (transformers and its sibling configuration_iquestpltcoder.py): copied into every
+exported directory.
 """
 
 from transformers import PretrainedConfig
+
+from .configuration_iquestpltcoder import set_llama_keys
 
 
 class IQuestLoopCoderConfig(PretrainedConfig):
@@ -23,25 +26,7 @@ class IQuestLoopCoderConfig(PretrainedConfig):
                  eos_token_id=2, tie_word_embeddings=False, rope_theta=500000.0,
                  rope_scaling=None, attention_bias=False, attention_dropout=0.0, mlp_bias=False,
                  loop_num=2, loop_window_size=64, **kwargs):
-        if rope_scaling is not None:
-            raise ValueError(f"rope_scaling={rope_scaling!r}: this implementation has plain RoPE "
-                             "only; set rope_scaling to null in config.json")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.mlp_bias = mlp_bias
+        set_llama_keys(self, locals())
         self.loop_num = loop_num
         self.loop_window_size = loop_window_size
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id,

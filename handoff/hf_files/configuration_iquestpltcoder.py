@@ -13,11 +13,27 @@ the vLLM/SGLang loaders that serve it): Llama-style shape keys plus
                                 [64, 0] = 64 keys back plus the query itself
 
 The defaults are the published class's, so that a config.json leaving a key out means the same
-model here as there (the export writes every key). This file is self-contained (it imports transformers only): it is copied into every exported
-directory and loaded from there with `trust_remote_code=True`.
+model here as there (the export writes every key). This file is self-contained (it imports
+transformers only): it is copied into every exported directory and loaded from there with
+`trust_remote_code=True`.
 """
 
 from transformers import PretrainedConfig
+
+# The Llama-style keys both published families share, with their published meanings.
+LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+              "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache",
+              "rope_theta", "attention_bias", "attention_dropout", "mlp_bias")
+
+
+def set_llama_keys(config, values: dict) -> None:
+    """Set the shared keys from a config class's __init__ arguments (its locals())."""
+    if values["rope_scaling"] is not None:
+        raise ValueError(f"rope_scaling={values['rope_scaling']!r}: this implementation has plain "
+                         "RoPE only; set rope_scaling to null in config.json")
+    for key in LLAMA_KEYS:
+        setattr(config, key, values[key])
 
 
 class IQuestPLTCoderConfig(PretrainedConfig):
@@ -33,27 +49,9 @@ class IQuestPLTCoderConfig(PretrainedConfig):
                  plt_num_loops=2, plt_window_size=None, plt_normalize_per_loop=True,
                  plt_emb_scale=None, plt_hidden_scale=None, plt_gate_use_hidden_states=False,
                  **kwargs):
-        if rope_scaling is not None:
-            raise ValueError(f"rope_scaling={rope_scaling!r}: this implementation has plain RoPE "
-                             "only; set rope_scaling to null in config.json")
+        set_llama_keys(self, locals())
         if eos_token_id is None:
             eos_token_id = [2, 75864, 75869]
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.mlp_bias = mlp_bias
         self.plt_num_loops = plt_num_loops
         self.plt_window_size = list(plt_window_size) if plt_window_size is not None else [64, 0]
         self.plt_normalize_per_loop = plt_normalize_per_loop
