@@ -3,7 +3,8 @@
 - Every test process runs torch with one thread, and applies megatron-core's CPU compatibility
   layer at start (the same explicit call the entry points make; a no-op with CUDA).
 - `megatron_world`: torch.distributed (gloo, a world of one) and megatron's parallel state at TP=PP=1.
-- `data_cfg`, `prepared`: the small stdlib corpus (tests/fixtures.py), built once per process.
+- `data_cfg`, `prepared`, `tokenizer`: the small stdlib corpus and its tokenizer (tests/fixtures.py),
+  built once per process.
 - The order in which `make test`'s workers take the test files.
 """
 
@@ -55,3 +56,11 @@ def data_cfg():
 @pytest.fixture
 def prepared():
     return small_prepared()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The small corpus's 600-piece CodeTokenizer."""
+    from data.tokenizer import CodeTokenizer
+
+    return CodeTokenizer(small_prepared().tokenizer_model)

@@ -9,11 +9,6 @@ from tests.fixtures import small_data_config
 TRICKY = "def f(x):\n\tif x:\t# tab\n\t\treturn 'héllo ✓ 😀 日本'  \r\n\n\n    pass   \n\x0c\n"
 
 
-@pytest.fixture
-def tokenizer(prepared):
-    return CodeTokenizer(prepared.tokenizer_model)
-
-
 def test_round_trip_on_stdlib_files(tokenizer):
     cfg = small_data_config()
     corpus = stdlib_corpus(cfg.stdlib_exclude_dirs, cfg.stdlib_valid_fraction, cfg.stdlib_max_files)

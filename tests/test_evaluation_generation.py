@@ -4,19 +4,13 @@ stop sequences cut where HumanEval cuts, and decoding ends once every row has st
 import pytest
 import torch
 
-from data.tokenizer import CodeTokenizer
 from evaluation.generation import (STOP_SEQUENCES, generate_completions, stop_sequence_seen,
                                    truncate_at_stop)
 from evaluation.problems import Problem, load_problems
 from model.generation import generate
-from tests.fixtures import build_small, small_prepared
+from tests.fixtures import build_small
 
 MODEL = dict(vocab_size=640, max_position_embeddings=1024)  # the tokenizer has 600 pieces
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return CodeTokenizer(small_prepared().tokenizer_model)
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,13 @@ import math
 import pytest
 import torch
 
-from data.tokenizer import CodeTokenizer
 from evaluation.config import EvalCodeConfig, evaluate_code, validate_code_config
 from evaluation.nll import score_solutions, solution_nll
 from evaluation.problems import load_problems
 from model.config import ConfigError
-from tests.fixtures import build_small, small_prepared
+from tests.fixtures import build_small
 
 MODEL = dict(vocab_size=640, max_position_embeddings=1024)  # the tokenizer has 600 pieces
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return CodeTokenizer(small_prepared().tokenizer_model)
 
 
 @pytest.fixture(scope="module")
