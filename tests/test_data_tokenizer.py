@@ -3,7 +3,6 @@
 import pytest
 
 from data.corpus import stdlib_corpus
-from data.tokenizer import CodeTokenizer
 from tests.fixtures import small_data_config
 
 TRICKY = "def f(x):\n\tif x:\t# tab\n\t\treturn 'héllo ✓ 😀 日本'  \r\n\n\n    pass   \n\x0c\n"
