@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 import torch
 
 from model.decoding import LoopDecoder
+from model.unwrap import unwrap
 
 
 def choose_next_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
@@ -30,12 +31,6 @@ def choose_next_token(logits: torch.Tensor, temperature: float = 0.0, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 @torch.no_grad()
 def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, mode: Optional[str] = None, eos_id: Optional[int] = None,
@@ -45,7 +40,7 @@ def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperatur
     ``mode`` None lets LoopDecoder choose (sequential for a clp=false model). ``stop``, given the
     new tokens so far [b, t], marks the rows that are done ([b] bools: a stop sequence appeared);
     decoding ends once every row produced ``eos_id`` or was marked (rows are not cut at marks)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     longest = max(len(p) for p in prompts)
