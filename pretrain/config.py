@@ -216,10 +216,10 @@ class Config:
 
 
 def register() -> None:
+    """Make the schema Hydra's `base_config` (conf/config.yaml's first default). Idempotent."""
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
-register()
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
@@ -229,6 +229,7 @@ def compose(overrides: List[str]):
     and the dry run check before anything starts. A typo raises Hydra's error naming the key."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 

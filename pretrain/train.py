@@ -263,6 +263,7 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    import pretrain.config  # noqa: F401  (registers the schema, conf/config.yaml's base_config)
+    from pretrain.config import register
 
+    register()  # the schema, conf/config.yaml's base_config
     cli()

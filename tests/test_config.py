@@ -2,24 +2,17 @@
 at start, naming the key. Composition is checked in-process (no training); one CLI run checks the
 exit status a user sees."""
 
-import os
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.config import Config, ConfigError, validate
-from tests.fixtures import REPO, output_of, run_trainer
-
-CONF = os.path.join(REPO, "conf")
+from pretrain.config import Config, ConfigError, compose, validate
+from tests.fixtures import output_of, run_trainer
 
 
 def composed(*overrides) -> Config:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=["run_dir=/tmp/unused", *overrides])
-    return OmegaConf.to_object(cfg)
+    return OmegaConf.to_object(compose(["run_dir=/tmp/unused", *overrides]))
 
 
 def test_defaults_compose_to_the_default_job():

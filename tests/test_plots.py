@@ -69,7 +69,9 @@ def _sweep_jobs(*command_line):
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    import pretrain.config  # noqa: F401  (registers the schema the defaults list names)
+    from pretrain.config import register
+
+    register()  # the schema the defaults list names
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base=None):
         cfg = compose("config", overrides=["+experiment=loop_sweep"], return_hydra_config=True)
