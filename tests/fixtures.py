@@ -171,6 +171,31 @@ def output_of(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
 
 
+# -- attacks on checkpoints ----------------------------------------------------------------------
+class Exploit:
+    """A pickle that runs `touch MARKER` when it is unpickled: no loader may ever create MARKER."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def reseal(folder):
+    """What an attacker who can write a checkpoint folder does after swapping a file: fix its
+    checksums (so that the loaders themselves are what is tested)."""
+    from pretrain.checkpoint.integrity import CHECKSUMS_FILE, file_digest
+
+    manifest_path = os.path.join(folder, CHECKSUMS_FILE)
+    with open(manifest_path) as stream:
+        manifest = json.load(stream)
+    for name in manifest["files"]:
+        manifest["files"][name] = file_digest(os.path.join(folder, name))
+    with open(manifest_path, "w") as stream:
+        json.dump(manifest, stream)
+
+
 # -- the hand-off (tests/test_handoff_*.py) --------------------------------------------------------
 # A small PLT written as a loopcoder checkpoint and exported. The published families' gates and
 # norms start at fixed values (gate 0, norms 1); these models get random ones, so that every tensor

@@ -26,8 +26,8 @@ from pretrain.checkpoint.integrity import CHECKSUMS_FILE, file_digest
 from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.resume import _refuse_damaged, check_model_fields
 from pretrain.errors import EXIT_CHECKPOINT, EXIT_CONFIG, CheckpointError
-from tests.fixtures import (REPO, SMALL, output_of, read_metrics, run_trainer, small_data,
-                            trainer_command, trainer_env)
+from tests.fixtures import (REPO, SMALL, Exploit, output_of, read_metrics, reseal, run_trainer,
+                            small_data, trainer_command, trainer_env)
 
 RUN = SMALL + small_data() + ["train.decay_steps=20", "checkpoint.keep=0"]
 
@@ -255,23 +255,6 @@ def test_a_structural_field_cannot_be_allowed_to_change():
 
 
 # -- crafted pickles -------------------------------------------------------------------------------
-class Exploit:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def reseal(folder):
-    """What an attacker who can write the folder does: fix the checksums after the swap."""
-    manifest_path = folder / CHECKSUMS_FILE
-    manifest = json.loads(manifest_path.read_text())
-    for name in manifest["files"]:
-        manifest["files"][name] = file_digest(str(folder / name))
-    manifest_path.write_text(json.dumps(manifest))
-
-
 @pytest.mark.parametrize("target", [".metadata", "common.pt", "rng/rank_00000.pt"])
 def test_a_crafted_pickle_in_a_megatron_checkpoint_runs_nothing(six_steps, tmp_path, target):
     root = copy_run(six_steps, tmp_path)

@@ -19,8 +19,8 @@ import sys
 
 import pytest
 
-from tests.fixtures import (REPO, SMALL, output_of, read_metrics, run_torchrun, run_trainer,
-                            small_data, trainer_env)
+from tests.fixtures import (REPO, SMALL, Exploit, output_of, read_metrics, reseal, run_torchrun,
+                            run_trainer, small_data, trainer_env)
 
 pytestmark = [
     pytest.mark.distributed,
@@ -103,6 +103,31 @@ def test_resume_from_a_deepspeed_checkpoint_is_exact(tmp_path, zero3_run):
     for step in (4, 5, 6):
         assert resumed[step]["loss"] == straight[step]["loss"], step
         assert resumed[step]["grad_norm"] == straight[step]["grad_norm"], step
+
+
+def test_a_crafted_pickle_in_a_deepspeed_checkpoint_runs_nothing(tmp_path, zero3_run):
+    """DeepSpeed's own loader unpickles its files: each is read with weights_only here, so a file
+    holding anything beyond tensors and DeepSpeed's data classes is refused by name, by every
+    rank together, before DeepSpeed's collective load starts (exit 4)."""
+    import torch
+
+    from pretrain.errors import EXIT_CHECKPOINT
+
+    ckpt = tmp_path / "checkpoints"
+    shutil.copytree(zero3_run / "checkpoints", ckpt)
+    folder, marker = ckpt / "iter_0000006", tmp_path / "pwned"
+    torch.save({"optimizer_state_dict": Exploit(marker)},
+               folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    reseal(folder)
+    result = run_deepspeed(tmp_path, 3, "train.max_steps=8")
+    assert result.returncode != 0, output_of(result)  # torchrun's own status: 1 when a rank failed
+    assert "failed (exitcode: 4)" in output_of(result)
+    assert "holds a pickled posix.system" in output_of(result)
+    assert "checkpoint.allow_pickle=true" in output_of(result)
+    assert not marker.exists(), "the crafted pickle ran"
+    converted = convert(folder, tmp_path / "converted")
+    assert converted.returncode == EXIT_CHECKPOINT, output_of(converted)
+    assert not marker.exists()
 
 
 ROUND_TRIP = """

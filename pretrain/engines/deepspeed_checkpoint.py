@@ -81,6 +81,31 @@ def weights_only_loading(allow_pickle: bool = False):
         torch.load = original
 
 
+def check_pickles(folder: str, allow_pickle: bool = False) -> None:
+    """Refuse, before any rank reads it, a file of `folder` that pickles a class beyond tensors and
+    DeepSpeed's data classes (only each file's small pickle is read, not its tensors). Every rank
+    decides alike (rank 0 checks, all raise), so no rank fails alone inside DeepSpeed's collective
+    load."""
+    from pretrain.checkpoint.collective import on_main
+
+    if allow_pickle:
+        return
+
+    def scan():
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".pt"):
+                path = os.path.join(folder, name)
+                unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                          if g not in DEEPSPEED_DATA_CLASSES]
+                if unsafe:
+                    raise CheckpointError(
+                        f"{path} holds a pickled {unsafe[0]}, which loopcoder does not unpickle "
+                        f"(unpickling can run code); if you trust this checkpoint, pass "
+                        f"checkpoint.allow_pickle=true (tools: --allow-pickle)")
+
+    on_main(f"cannot load {folder}", scan)
+
+
 def save(folder: str, ds_engine) -> None:
     """DeepSpeed's save_checkpoint into `folder` (every rank; synchronous)."""
     folder = os.path.normpath(folder)
@@ -100,6 +125,7 @@ def load(folder: str, ds_engine, saved: dict, zero_stage: int, allow_pickle: boo
             f"{saved_world} processes; this run has zero_stage={zero_stage} on {world}. "
             f"Pass deepspeed.zero_stage={saved_stage} with {saved_world} processes, or "
             f"export the weights (python -m scripts.convert_checkpoint) and resume from them")
+    check_pickles(folder, allow_pickle)
     with weights_only_loading(allow_pickle):
         loaded, _ = ds_engine.load_checkpoint(os.path.dirname(folder), tag=name,
                                               load_optimizer_states=True,
@@ -144,6 +170,7 @@ def read_weights(folder: str, saved: dict, model_cfg=None,
 
     folder = os.path.normpath(folder)
     partitioned = any(name.endswith("optim_states.pt") for name in os.listdir(folder))
+    check_pickles(folder, allow_pickle)
     with weights_only_loading(allow_pickle):
         if saved.get("weights_only") or not partitioned:
             # No ZeRO (or bf16) partitions of fp32 masters: the module file holds the weights.
