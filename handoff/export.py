@@ -101,7 +101,7 @@ def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16") -> str:
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
-                      max_shard_size: str = "5GB", iteration=None) -> str:
+                      max_shard_size: str = "5GB", iteration=None, allow_pickle: bool = False) -> str:
     """Export the checkpoint `checkpoint` (an iter_ folder, or a checkpoint dir: its `latest`, or
     iter_<iteration> when given) to `out_dir`; returns the directory."""
     from pretrain.checkpoint import checkpoint_tokenizer, files, read_weights, resolve_checkpoint
@@ -118,7 +118,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
         folder = resolve_checkpoint(checkpoint)
     published_config(read_model_config(folder))  # an unexportable model fails before reading
     tokenizer = checkpoint_tokenizer(folder)
-    model_cfg, weights, _ = read_weights(folder)
+    model_cfg, weights, _ = read_weights(folder, allow_pickle=allow_pickle)
     tokenizer.check_model_vocab(model_cfg.vocab_size)
     tmp = _staging(out_dir)
     try:

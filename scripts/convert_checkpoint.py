@@ -28,8 +28,10 @@ def main(argv=None) -> int:
                                      epilog=__doc__.split("\n", 2)[2])
     parser.add_argument("src", help="iter_ folder or checkpoint dir (its `latest`)")
     parser.add_argument("dst", help="checkpoint dir to write the converted iter_ folder into")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="let a DeepSpeed checkpoint you trust unpickle classes beyond its own")
     args = parser.parse_args(argv)
-    path = convert_checkpoint(args.src, args.dst)
+    path = convert_checkpoint(args.src, args.dst, args.allow_pickle)
     print(f"wrote {path} (engine={checkpoint_engine(path)}, weights only)")
     return 0
 

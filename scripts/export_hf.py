@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config-only", action="store_true",
                         help="config.json and code of a preset (give Hydra overrides), no weights")
     parser.add_argument("overrides", nargs="*", help="with --config-only: e.g. model=plt_7b")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="let a DeepSpeed checkpoint you trust unpickle classes beyond its own")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
         from handoff.export import export_checkpoint
 
         out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
-                                args.iteration)
+                                args.iteration, args.allow_pickle)
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
 

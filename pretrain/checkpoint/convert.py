@@ -33,11 +33,11 @@ def checkpoint_engine(path: str) -> str:
     return read_trainer_state(path).get("engine", "megatron")
 
 
-def convert_checkpoint(src: str, dst_root: str) -> str:
+def convert_checkpoint(src: str, dst_root: str, allow_pickle: bool = False) -> str:
     """Convert the iter_ folder `src` (or the `latest` of a checkpoint dir) into the other engine's
     format under `dst_root`; returns the new iter_ folder."""
     src = resolve_checkpoint(src)
-    model_cfg, weights, state = read_weights(src)
+    model_cfg, weights, state = read_weights(src, allow_pickle=allow_pickle)
     target = "megatron" if state.get("engine", "megatron") == "deepspeed" else "deepspeed"
     name = files.iter_name(state["step"])
     tmp = os.path.join(dst_root, files.tmp_name(state["step"]))

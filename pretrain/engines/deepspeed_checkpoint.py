@@ -101,7 +101,7 @@ def check_pickles(folder: str, allow_pickle: bool = False) -> None:
                     raise CheckpointError(
                         f"{path} holds a pickled {unsafe[0]}, which loopcoder does not unpickle "
                         f"(unpickling can run code); if you trust this checkpoint, pass "
-                        f"checkpoint.allow_pickle=true (tools: --allow-pickle)")
+                        f"checkpoint.allow_pickle=true (scripts.convert_checkpoint and scripts.export_hf: --allow-pickle)")
 
     on_main(f"cannot load {folder}", scan)
 
