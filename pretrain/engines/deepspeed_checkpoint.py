@@ -72,7 +72,7 @@ def weights_only_loading(allow_pickle: bool = False):
             raise CheckpointError(
                 f"{f} holds a pickled {what}, which loopcoder does not unpickle (unpickling can "
                 f"run code); if you trust this checkpoint, pass checkpoint.allow_pickle=true "
-                f"(tools: --allow-pickle)") from None
+                f"(scripts.convert_checkpoint, scripts.export_hf: --allow-pickle)") from None
 
     torch.load = load
     try:
@@ -101,7 +101,8 @@ def check_pickles(folder: str, allow_pickle: bool = False) -> None:
                     raise CheckpointError(
                         f"{path} holds a pickled {unsafe[0]}, which loopcoder does not unpickle "
                         f"(unpickling can run code); if you trust this checkpoint, pass "
-                        f"checkpoint.allow_pickle=true (scripts.convert_checkpoint and scripts.export_hf: --allow-pickle)")
+                        f"checkpoint.allow_pickle=true (scripts.convert_checkpoint, scripts.export_hf: "
+                        f"--allow-pickle)")
 
     on_main(f"cannot load {folder}", scan)
 
