@@ -74,7 +74,7 @@ def check_kernels(device, dtype, seq, head_dim) -> bool:
 
 def load_preset(name: str, **overrides) -> ModelConfig:
     with open(os.path.join(ROOT, "conf", "model", f"{name}.yaml")) as stream:
-        fields = yaml.safe_load(stream)
+        fields = yaml.safe_load(stream) or {}  # a preset of only defaults (plt_tiny) is empty
     return dataclasses.replace(ModelConfig(**fields), **overrides)
 
 
