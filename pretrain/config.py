@@ -26,6 +26,7 @@ from data.config import DataConfig
 from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
+from model.pipeline import virtual_pipeline_size
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
            "register"]
@@ -241,7 +242,8 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
 def validate(cfg: Config, world_size: int) -> None:
     """Refuse combinations no single field can catch (ConfigError naming the keys), and settle
     what depends on the world size: an unset train.micro_batch_size becomes the whole per-rank
-    share of the global batch."""
+    share of the global batch (split in parallel.pp micro-batches when the loops are the virtual
+    pipeline chunks)."""
     t, p, m = cfg.train, cfg.parallel, cfg.model
     for key, value in [("train.max_steps", t.max_steps), ("train.global_batch_size", t.global_batch_size),
                        ("train.seq_length", t.seq_length), ("parallel.tp", p.tp), ("parallel.pp", p.pp)]:
@@ -250,18 +252,30 @@ def validate(cfg: Config, world_size: int) -> None:
             f"the world size {world_size} is not divisible by parallel.tp * parallel.pp = "
             f"{p.tp} * {p.pp}; launch a multiple of {p.tp * p.pp} processes or change parallel.tp/pp")
     dp = data_parallel_size(cfg, world_size)
+    # The loops as virtual pipeline chunks (pp > 1, R > 1): megatron's interleaved schedule runs a
+    # step's micro-batches in groups of parallel.pp, so a step needs a multiple of pp of them.
+    group = p.pp if virtual_pipeline_size(m.num_loops, p.pp) else 1
     if t.micro_batch_size is None:
         require(t.global_batch_size % dp == 0,
                 f"train.global_batch_size={t.global_batch_size} is not divisible by the "
                 f"data-parallel size {dp} (world {world_size} / (tp {p.tp} * pp {p.pp})); pick a "
                 f"global batch that is a multiple of {dp}")
-        t.micro_batch_size = t.global_batch_size // dp
+        share = t.global_batch_size // dp
+        t.micro_batch_size = share // group if share % group == 0 else share
     require(t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size}; it must be >= 1")
     require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
             f"train.global_batch_size={t.global_batch_size} is not divisible by "
             f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp} = "
             f"{t.micro_batch_size * dp}; pick a global batch that is a multiple of "
             f"{t.micro_batch_size * dp}")
+    micro_batches = t.global_batch_size // (t.micro_batch_size * dp)
+    require(micro_batches % group == 0,
+            f"{micro_batches} micro-batch(es) per step (train.global_batch_size="
+            f"{t.global_batch_size} / (train.micro_batch_size={t.micro_batch_size} * data-parallel "
+            f"size {dp})), but with the loops as virtual pipeline chunks (parallel.pp={p.pp}, "
+            f"model.num_loops={m.num_loops}) megatron's interleaved schedule needs a multiple of "
+            f"parallel.pp={p.pp}; set train.micro_batch_size to give one, or leave it unset with a "
+            f"global batch that is a multiple of {dp * group}")
     # The architecture against the layout: the checks the model runs when it is built.
     m.validate(p.tp, p.pp, p.vpp)
     require(not (p.pp > 1 and m.num_loops > 1 and p.overlap_grad_reduce),

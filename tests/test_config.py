@@ -42,6 +42,17 @@ def test_global_batch_must_divide_by_micro_batch_times_dp():
         validate(cfg, world_size=2)
 
 
+def test_the_micro_batch_splits_for_the_loops_as_pipeline_chunks():
+    """pp=2, R=2: megatron's interleaved schedule runs a step's micro-batches in groups of pp. The
+    unset micro batch splits each rank's share so; a set one that cannot is refused by name."""
+    cfg = composed("parallel.pp=2")
+    validate(cfg, world_size=2)
+    assert cfg.train.micro_batch_size == 4  # the default global batch 8 on DP=1: 2 micro-batches
+    with pytest.raises(ConfigError, match=r"1 micro-batch\(es\) per step .* needs a multiple of "
+                                          r"parallel.pp=2"):
+        validate(composed("parallel.pp=2", "train.micro_batch_size=8"), world_size=2)
+
+
 def test_tp_must_divide_heads():
     cfg = composed("parallel.tp=3")
     with pytest.raises(ConfigError, match="parallel.tp=3 does not divide "
