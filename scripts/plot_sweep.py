@@ -1,7 +1,7 @@
 """Plot a loop sweep: loss against tokens per run, the gain-cost view of every run's loops, and the
 code metric per run.
 
-    python scripts/plot_sweep.py RUN_DIR... [--out FILE.png]     (default: sweep.png)
+    python scripts/plot_sweep.py RUN_DIR... [--out FILE.png]     # default: sweep.png
 
 Each run is labelled from its config.yaml (`model.num_loops`, `model.clp`). The right panel is
 LoopCoder-v2's gain-cost view (shared/PLT_SPEC.md "Loop diagnostics"): per loop r >= 2, the output
