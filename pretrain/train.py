@@ -57,8 +57,9 @@ def run(cfg: DictConfig) -> int:
     validate(config, world_size)
     world = init_distributed(config.parallel, config.train.seed, config.model.num_loops)
     try:
-        # ${now:...} may differ by a second between ranks: rank 0's folder is the run's folder,
-        # and the paths derived from it (checkpoint.dir, ...) are resolved again from it.
+        # A time-stamped run_dir may still differ between ranks (multi-node torchrun, a user's own
+        # ${now:}): rank 0's folder is the run's folder, and the paths derived from it
+        # (checkpoint.dir, ...) are resolved again from it.
         cfg.run_dir = broadcast_object(cfg.run_dir)
         config = OmegaConf.to_object(cfg)
         validate(config, world_size)
@@ -169,8 +170,12 @@ def _write_run_config(run_dir: str, config_yaml: str) -> None:
     with open(os.path.join(run_dir, "config.yaml"), "w") as stream:
         stream.write(config_yaml)
     values = OmegaConf.to_container(OmegaConf.create(config_yaml))
-    resume = OmegaConf.create({"defaults": ["base_config", "_self_"], **values,
-                               "hydra": {"run": {"dir": run_dir}, "job": {"chdir": False}}})
+    hydra = {"run": {"dir": run_dir}, "job": {"chdir": False}}
+    if HydraConfig.initialized():  # the console format this run logged in (conf/config.yaml)
+        formatters = HydraConfig.get().job_logging.get("formatters")
+        if formatters is not None:
+            hydra["job_logging"] = {"formatters": OmegaConf.to_container(formatters)}
+    resume = OmegaConf.create({"defaults": ["base_config", "_self_"], **values, "hydra": hydra})
     with open(os.path.join(run_dir, "resume.yaml"), "w") as stream:
         stream.write(f"# Continue this run as it was configured (written at its start):\n"
                      f"#   python -m pretrain.train --config-dir {run_dir} --config-name resume\n")

@@ -104,3 +104,19 @@ def test_code_evaluation_during_training_joins_the_step_rows(tmp_path):
         assert rows[step]["humaneval_tokens"] > 0
     assert "humaneval_nll" not in rows[1]
     assert "code nll" in output_of(result)
+
+
+def test_ranks_started_in_different_seconds_name_one_run_folder():
+    """torchrun's ranks resolve the default run_dir from their agent's start time (pretrain/config.py
+    launch_time): two children started 1.5 s apart by one parent get the same folder name."""
+    child = ("from pretrain.config import launch_time; "
+             "print(launch_time('%Y-%m-%d_%H-%M-%S'))")
+    parent = (f"import subprocess, sys, time\n"
+              f"first = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True)\n"
+              f"time.sleep(1.5)\n"
+              f"second = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True)\n"
+              f"print(first.stdout.strip(), second.stdout.strip(), first.stderr[-500:], second.stderr[-500:])\n")
+    done = subprocess.run([sys.executable, "-c", parent], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=dict(trainer_env(), TORCHELASTIC_RUN_ID="test"))
+    first, second = done.stdout.split()[:2]
+    assert first == second, done.stdout

@@ -30,7 +30,7 @@ import shutil
 import torch
 
 import pretrain.checkpoint.files as files
-from pretrain.checkpoint.collective import collectively, on_main
+from pretrain.collective import collectively, on_main
 from pretrain.checkpoint.integrity import seal
 from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.lock import FolderLock

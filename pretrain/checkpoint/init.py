@@ -19,7 +19,7 @@ import os
 import shutil
 
 import pretrain.checkpoint.files as files
-from pretrain.checkpoint.collective import on_main
+from pretrain.collective import on_main
 from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, verify_complete
 from pretrain.checkpoint.state import read_trainer_state
 from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only

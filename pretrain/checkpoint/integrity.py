@@ -23,7 +23,7 @@ import os
 from typing import Dict, List
 
 import pretrain.checkpoint.files as files
-from pretrain.checkpoint.collective import on_each_rank, on_main
+from pretrain.collective import on_each_rank, on_main
 from pretrain.distributed import rank
 from pretrain.errors import CheckpointError
 

@@ -86,7 +86,7 @@ def check_pickles(folder: str, allow_pickle: bool = False) -> None:
     DeepSpeed's data classes (only each file's small pickle is read, not its tensors). Every rank
     decides alike (rank 0 checks, all raise), so no rank fails alone inside DeepSpeed's collective
     load."""
-    from pretrain.checkpoint.collective import on_main
+    from pretrain.collective import on_main
 
     if allow_pickle:
         return
