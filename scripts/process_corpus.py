@@ -4,7 +4,7 @@
         --output data/code --executor local --tasks 8 --workers 2
     python -m scripts.process_corpus --input 'stack/*.parquet' --text-key content \
         --tokenizer tok/code.model --output data/stack --executor slurm --tasks 512 \
-        --partition cpu --account proj --time 02:00:00 [--wait]
+        --partition cpu --account proj --time 02:00:00 [--wait] [--dry-run]
 
 Writes <output>-0000i-of-0000N.{bin,idx} and <output>.json (use <output> in data.blend, as with
 scripts/preprocess.py), <output>.stats.json, and the work folder <output>.work/ (intermediate files,
@@ -17,7 +17,7 @@ import os
 import sys
 
 from data.curation.executors import ExecutorSettings
-from data.curation.pipeline import run_pipeline
+from data.curation.pipeline import render_pipeline, run_pipeline
 from data.curation.plan import (
     DEFAULT_EXTENSIONS, CorpusPlan, FilterSettings, MinhashSettings, classify_input,
 )
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--sbatch-arg", action="append", default=[], metavar="FLAG",
                        help="extra #SBATCH flag, e.g. --constraint=cpu")
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs, then print the statistics")
+    slurm.add_argument("--dry-run", action="store_true",
+                       help="print every stage's batch script; submit nothing, write no plan")
     return parser
 
 
@@ -118,9 +120,12 @@ def main(argv=None) -> int:
         kind=args.executor, workers=args.workers, partition=args.partition, account=args.account,
         qos=args.qos, time=args.time, cpus_per_task=args.cpus_per_task,
         mem_per_cpu_gb=args.mem_per_cpu_gb, job_name=args.job_name, env_setup=args.env_setup,
-        sbatch_args=args.sbatch_arg, wait=args.wait)
+        sbatch_args=args.sbatch_arg, wait=args.wait, dry_run=args.dry_run)
     try:
         plan = plan_from_args(args)
+        if settings.dry_run:
+            print(render_pipeline(plan, settings))
+            return 0
         result = run_pipeline(plan, settings)
     except (DataError, FileNotFoundError) as err:  # bad input: the message names it and the fix
         print(f"error: {err}", file=sys.stderr)

@@ -347,6 +347,26 @@ def test_the_trainer_blends_the_output_and_resumes_with_its_fingerprint(straight
     assert sorted(losses_by_step(tmp_path)) == [1, 2, 3, 4]
 
 
+def test_slurm_dry_run_prints_every_stage_and_saves_no_plan(corpus, tmp_path, capsys):
+    from scripts import process_corpus
+
+    root, _ = corpus
+    prefix = str(tmp_path / "code")
+    args = corpus_args(root, prefix, "--executor", "slurm", "--partition", "cpu", "--account", "proj",
+                       "--sbatch-arg=--constraint=amd", "--env-setup", "module load python", "--dry-run")
+    assert process_corpus.main(args) == 0
+    out = capsys.readouterr().out
+    stages = re.findall(r"^# stage (\w+): (\d+) tasks", out, re.MULTILINE)
+    assert stages == [("filter", "3"), ("exact_find", "1"), ("minhash_sign", "3"),
+                      ("minhash_buckets", "14"), ("minhash_cluster", "1"), ("tokenize", "3"),
+                      ("finalize", "1")]
+    for line in ("#SBATCH --partition=cpu", "#SBATCH --account=proj", "#SBATCH --constraint=amd",
+                 "module load python"):
+        assert out.count(line) == 7, line
+    assert "--mem-per-cpu" not in out  # the cluster's default unless asked
+    assert not os.path.exists(os.path.join(f"{prefix}.work", "plan.json"))
+
+
 # ------------------------------------------------------------------------------- bad requests
 def test_a_resume_with_other_settings_is_refused(straight_run, corpus, capsys):
     from scripts import process_corpus

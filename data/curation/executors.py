@@ -18,6 +18,7 @@ finalize stage adds the statistics up itself; datatrove would double the number 
 nodes declare no memory refuses).
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -47,12 +48,15 @@ class ExecutorSettings:
     env_setup: List[str] = field(default_factory=list)    # shell lines at the top of every job
     sbatch_args: List[str] = field(default_factory=list)  # extra #SBATCH flags, e.g. --constraint=cpu
     wait: bool = False               # slurm: wait for the last stage, then print the statistics
+    dry_run: bool = False            # slurm: print the batch scripts, submit nothing
 
     def check(self) -> None:
         if self.kind not in ("local", "slurm"):
             raise PlanError(f"--executor={self.kind!r}; use local or slurm")
         if self.workers < 0:
             raise PlanError(f"--workers={self.workers} must be >= 0")
+        if self.dry_run and self.kind != "slurm":
+            raise PlanError("--dry-run shows the SLURM batch scripts: use it with --executor slurm")
         for flag in self.sbatch_args:
             if not flag.startswith("--"):
                 raise PlanError(f"--sbatch-arg {flag!r}: give a long sbatch flag, e.g. --constraint=cpu")
@@ -100,24 +104,44 @@ def _env_command(settings: ExecutorSettings) -> str:
         "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}",  # tasks share the node's cores
         *settings.env_setup,
     ]
-    return "\n".join(lines)
+    # Indented like datatrove's template around it, so its dedent applies to every line.
+    return "\n        ".join(lines)
+
+
+def _cluster_executor(plan: CorpusPlan, stage: Stage, settings: ExecutorSettings,
+                      depends: "ClusterExecutor" = None) -> ClusterExecutor:
+    return ClusterExecutor(
+        stage.pipeline, tasks=stage.tasks, time=settings.time, partition=settings.partition,
+        cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb,
+        workers=settings.workers or -1, job_name=f"{settings.job_name}_{stage.name}",
+        qos=settings.qos or None, env_command=_env_command(settings),
+        sbatch_args=_sbatch_dict(settings), depends=depends,
+        logging_dir=stage_dir(plan, stage.name), tasks_per_job=stage.tasks_per_job,
+    )
 
 
 def submit_slurm(plan: CorpusPlan, stages: List[Stage], settings: ExecutorSettings) -> List[Tuple[str, str]]:
     """Submit every stage with unfinished tasks; [(stage, job id)] (id -1: nothing left to run)."""
     executors, previous = [], None
     for stage in stages:
-        previous = ClusterExecutor(
-            stage.pipeline, tasks=stage.tasks, time=settings.time, partition=settings.partition,
-            cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb,
-            workers=settings.workers or -1, job_name=f"{settings.job_name}_{stage.name}",
-            qos=settings.qos or None, env_command=_env_command(settings),
-            sbatch_args=_sbatch_dict(settings), depends=previous,
-            logging_dir=stage_dir(plan, stage.name), tasks_per_job=stage.tasks_per_job,
-        )
+        previous = _cluster_executor(plan, stage, settings, depends=previous)
         executors.append(previous)
     executors[-1].run()
     return [(stage.name, str(executor.job_id)) for stage, executor in zip(stages, executors)]
+
+
+def render_slurm(plan: CorpusPlan, stages: List[Stage], settings: ExecutorSettings) -> str:
+    """The batch script of every stage as submit_slurm would send it, all tasks included (each
+    job also gets --dependency=afterok on the one before); nothing is submitted."""
+    scripts = []
+    for stage in stages:
+        executor = _cluster_executor(plan, stage, settings)
+        jobs = math.ceil(stage.tasks / stage.tasks_per_job)
+        pickled = executor.logging_dir.resolve_paths("executor.pik")
+        scripts.append(f"# stage {stage.name}: {stage.tasks} tasks in {jobs} array jobs\n"
+                       + executor.get_launch_file_contents(
+                           executor.get_sbatch_args(jobs), f"srun -l -n 1 launch_pickled_pipeline {pickled}"))
+    return "\n".join(scripts)
 
 
 def _queue(job_ids: List[str]) -> List[Tuple[str, str, str]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from data.curation.executors import (
-    ExecutorSettings, incomplete_tasks, run_local, submit_slurm, wait_slurm,
+    ExecutorSettings, incomplete_tasks, render_slurm, run_local, submit_slurm, wait_slurm,
 )
 from data.curation.plan import CorpusPlan, prepare_work_dir, stage_dir
 from data.curation.shards import stats_path
@@ -48,6 +48,14 @@ class PipelineResult:
                       f"-> {plan.output_prefix} ({self.summary['documents']} documents, "
                       f"{self.summary['tokens']} tokens); statistics in {stats_path(plan)}"]
         return "\n".join(lines)
+
+
+def render_pipeline(plan: CorpusPlan, settings: ExecutorSettings) -> str:
+    """--dry-run: the batch scripts of every stage. Nothing is submitted and no plan is saved (a
+    real run after it may still change any setting); only the empty log folders are made."""
+    settings.check()
+    plan.check()
+    return render_slurm(plan, build_stages(plan), settings)
 
 
 def run_pipeline(plan: CorpusPlan, settings: ExecutorSettings) -> PipelineResult:
