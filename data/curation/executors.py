@@ -14,8 +14,8 @@ so a re-run does only what did not finish.
 
 Two changes to datatrove's SLURM executor (`ClusterExecutor`): no per-stage merge_stats job (the
 finalize stage adds the statistics up itself; datatrove would double the number of jobs), and no
---mem-per-cpu line unless asked for (datatrove always requests 2G per CPU, which a cluster whose
-nodes declare no memory refuses).
+--mem-per-cpu line unless --mem-per-cpu-gb is given (datatrove always asks for 2G per CPU; here,
+as with the training launcher's launch.mem, the cluster's default applies unless asked).
 """
 
 import math
