@@ -17,8 +17,8 @@ from tests.fixtures import THREADS, small_data_config, small_prepared
 # The longest files first: `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`
 # (files in this order, not xdist's most-tests-first), and a file of several minutes taken last
 # would run alone at the end while the other worker idles.
-LONGEST_FIRST = ("test_readme_commands.py", "test_checkpoint_robust_kill.py", "test_resharding.py",
-                 "test_deepspeed.py")
+LONGEST_FIRST = ("test_readme_commands.py", "test_corpus_pipeline_slurm.py", "test_deepspeed.py",
+                 "test_checkpoint_robust_kill.py", "test_resharding.py")
 
 
 def pytest_configure(config):
