@@ -13,6 +13,12 @@ SLURM's requeue.
 Exit protocol (pretrain/signals.py): the trainer checkpoints and exits 75 after a stop signal, and the
 script then runs `scontrol requeue $SLURM_JOB_ID`: the same job id starts again later (with
 SLURM_RESTART_COUNT=1, ...) and `checkpoint.resume=auto` continues from `<checkpoint.dir>/latest`.
+Unless the user cancelled the job: `scancel JOBID` sends TERM too (the trainer still saves), and
+requeueing would undo the cancel (SLURM allows it). Measured on the test cluster, while the batch
+shell still runs: a cancelled job reads `JobState=COMPLETING Reason=None`, one past its time limit
+`JobState=COMPLETING Reason=TimeLimit`. So on the first the script requeues nothing and cancels the
+chained follow-ups (`scancel` ends the run); a time limit is requeued, and so is a TERM while the job
+is RUNNING (a preemption's grace time; the test cluster has no preemption to measure).
 Exit 0 means the run reached train.max_steps: the script cancels the chained follow-up jobs that
 would have nothing to do. Any other status ends the job as failed; a chained follow-up job
 (afterany) then retries from the latest checkpoint.
@@ -138,7 +144,11 @@ while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
 wait "$srun_pid"; rc=$?
 echo "[launch] trainer exited with status $rc at $(date -Is)"
 
-if [ "$rc" -eq {EXIT_REQUEUE} ]; then
+state=$(scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | grep -o "JobState=[A-Z_]* Reason=[^ ]*")
+if [ "$rc" -eq {EXIT_REQUEUE} ] && [[ "$state" == "JobState=CANCELLED "* || "$state" == "JobState=COMPLETING Reason=None" ]]; then
+    echo "[launch] the job was cancelled (scancel): not requeued; its checkpoint is saved, resubmit to continue"
+    {q(python)} -m launch.slurm cancel-followups "$SLURM_JOB_ID" || true
+elif [ "$rc" -eq {EXIT_REQUEUE} ]; then
 {requeue}    exit {EXIT_REQUEUE}
 elif [ "$rc" -eq 0 ]; then
     # train.max_steps reached: chained follow-up jobs would only load the last checkpoint and stop.

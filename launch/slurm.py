@@ -219,7 +219,7 @@ def cancel_followups(job_id: str) -> None:
     ids = followups(job_id)
     if ids:
         subprocess.run(["scancel", *ids], check=True)
-        print(f"[launch] run complete: cancelled follow-up job(s) {', '.join(ids)}")
+        print(f"[launch] cancelled the chained follow-up job(s) {', '.join(ids)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,15 +6,21 @@ checkpoint, and exits with status EXIT_REQUEUE (75, EX_TEMPFAIL), which the sbat
 being written changes nothing: the save runs to its end and `latest` moves only after it (see
 pretrain/checkpoint.py). Ranks agree on stopping through an all-reduce of the flag each step, since
 the scheduler may signal only some of them.
+
+SIGUSR2 is the other way round: it stops nothing. It prints every thread's Python stack to stderr
+(faulthandler, which needs no working interpreter state) and the run goes on; the answer to "where
+is this rank waiting?" for a job that hangs (`scancel --signal=USR2 JOBID` reaches every rank).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 
 EXIT_REQUEUE = 75
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STACKS_SIGNAL = signal.SIGUSR2
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +53,8 @@ class StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def dump_stacks_on_request() -> None:
+    """From now on SIGUSR2 prints every thread's stack to stderr (processes forked later too)."""
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)

@@ -10,6 +10,7 @@ continues the run as it was configured, whatever the defaults are by then.
 Exit status (pretrain/errors.py): 0 done; 2 a config error, 3 a data error, 4 a checkpoint error,
 5 the run diverged: each with a one-paragraph message and the fix, no traceback; 75 (EXIT_REQUEUE)
 stopped by SIGUSR1/SIGTERM after saving a checkpoint; 1 anything unexpected (with its traceback).
+SIGUSR2 prints every thread's stack and the run goes on (pretrain/signals.py).
 """
 
 from __future__ import annotations
@@ -260,7 +261,10 @@ def cli() -> None:
     """`python -m pretrain.train`. Errors in composing the config (an unknown key, a wrong type)
     happen before main() runs; Hydra turns every exception into exit 1 unless HYDRA_FULL_ERROR is
     set, so set it and sort them here too."""
+    from pretrain.signals import dump_stacks_on_request
+
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    dump_stacks_on_request()
     try:
         main()
     except Exception as error:  # noqa: BLE001 sorted into user errors and bugs

@@ -3,6 +3,7 @@
 - Every test process runs torch with one thread, and applies megatron-core's CPU compatibility
   layer at start (the same explicit call the entry points make; a no-op with CUDA).
 - `megatron_world`: torch.distributed (gloo, a world of one) and megatron's parallel state at TP=PP=1.
+- `cluster`: a real two-node SLURM cluster (tests/local_cluster.py), one per test module.
 - `data_cfg`, `prepared`, `tokenizer`: the small stdlib corpus and its tokenizer (tests/fixtures.py),
   built once per process.
 - The order in which `make test`'s workers take the test files.
@@ -47,6 +48,31 @@ def megatron_world():
     single_process_world()
     model_parallel_cuda_manual_seed(1234)
     yield
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real two-node SLURM cluster on this machine (tests/local_cluster.py), for one test module;
+    its environment is this process's too, so in-process `launch.slurm` calls reach it. Skipped
+    where slurmd cannot run (not root, no apt-get)."""
+    from tests.local_cluster import ClusterUnavailable, LocalCluster, ensure_installed
+
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster runs slurmd as root (CI runs as root)")
+    try:
+        ensure_installed()
+    except ClusterUnavailable as err:
+        pytest.skip(str(err))
+    local = LocalCluster(tmp_path_factory.mktemp("slurm"))
+    local.start()
+    saved = dict(os.environ)
+    os.environ.update(local.env)
+    try:
+        yield local
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        local.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from data.curation.shards import KILL_HOOK
-from tests.local_cluster import PARTITION, ClusterUnavailable, LocalCluster, ensure_installed
+from tests.local_cluster import PARTITION
 from tests.fixtures import output_of
 from tests.test_corpus_pipeline import (
     KILLED_TASK_FILES, _mtimes, assert_planted_removed, build_corpus, cli_env, corpus_args,
@@ -17,22 +17,6 @@ from tests.test_corpus_pipeline import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster runs slurmd as root (CI runs as root)")
-    try:
-        ensure_installed()
-    except ClusterUnavailable as err:
-        pytest.skip(str(err))
-    local = LocalCluster(tmp_path_factory.mktemp("slurm"))
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="module")

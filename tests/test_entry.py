@@ -2,6 +2,7 @@
 traceback (pretrain/errors.py), the resume command a stopped run prints, the batch that adapts to
 the data-parallel size, the end-of-run sample under every layout."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_missing_data_exits_3(tmp_path):
 
 def test_a_stopped_run_resumes_with_its_own_config_from_the_printed_command(tmp_path):
     """Overrides the defaults do not have (R=3, a multi-line prompt): the printed command
-    composes the run's saved config, not today's defaults."""
+    composes the run's saved config, not today's defaults. Before the stop, SIGUSR2 prints the
+    stacks and the run goes on."""
     overrides = ["model.num_loops=3", "train.decay_steps=20", "checkpoint.interval=0",
                  "sample.prompt='def f(x):\n    return'", *RUN]
     process = subprocess.Popen(trainer_command(tmp_path, "train.max_steps=200", *overrides),
@@ -58,9 +60,15 @@ def test_a_stopped_run_resumes_with_its_own_config_from_the_printed_command(tmp_
         if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
             break
         time.sleep(0.05)
+    process.send_signal(signal.SIGUSR2)
+    steps_then = len(read_metrics(tmp_path))
+    while time.time() < deadline and len(read_metrics(tmp_path)) < steps_then + 2:
+        time.sleep(0.05)
     process.send_signal(signal.SIGUSR1)
     output, _ = process.communicate(timeout=240)
     assert process.returncode == EXIT_REQUEUE, output
+    assert re.search(r"^Current thread 0x\w+ \(most recent call first\):\n(  File .*\n)+", output,
+                     re.M) and "pretrain/trainer.py" in output, output
     command = f"python -m pretrain.train --config-dir {tmp_path} --config-name resume"
     assert command in output
     before = OmegaConf.load(tmp_path / "config.yaml")

@@ -5,7 +5,6 @@ Jobs are the tiny PLT on the stdlib corpus, CPU/gloo, submitted through `python 
 Each job's log is printed when a test fails."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import launch.slurm
-from tests.local_cluster import ClusterUnavailable, LocalCluster, ensure_installed
 
 pytestmark = pytest.mark.slow
 
@@ -36,26 +34,6 @@ def tiny(cache_dir, **extra) -> list[str]:
     }
     overrides.update(extra)
     return [f"{key}={value}" for key, value in overrides.items()]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster runs slurmd as root (CI runs as root)")
-    try:
-        ensure_installed()
-    except ClusterUnavailable as err:
-        pytest.skip(str(err))
-    local = LocalCluster(tmp_path_factory.mktemp("slurm"))
-    local.start()
-    saved = dict(os.environ)
-    os.environ.update(local.env)  # in-process `launch.slurm` calls reach this cluster too
-    try:
-        yield local
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        local.stop()
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +79,13 @@ def wait_job(cluster, job_id, run_dir, timeout_s=300) -> dict:
                                 "OUT_OF_MEMORY"):
             return info
         time.sleep(1)
+    # Every rank prints its stacks into the log (pretrain/signals.py): where the job waits.
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=cluster.env)
+    time.sleep(5)
     pytest.fail(f"job {job_id} still {info['JobState']} after {timeout_s} s\n{job_logs(run_dir)}")
 
 
-def job_logs(run_dir, tail: int = 6000) -> str:
+def job_logs(run_dir, tail: int = 20000) -> str:
     logs = sorted(Path(run_dir, "slurm").glob("*.out"))
     return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-tail:]}" for log in logs)
 
@@ -162,6 +143,38 @@ def test_usr1_checkpoints_requeues_and_resumes_with_exact_losses(cluster, cache_
     assert 3 <= stopped_at < STEPS, log[-6000:]
     reference = losses(reference_run[0])
     assert losses(run_dir) == reference  # same world, same data order: bit-identical losses
+
+
+def test_usr2_prints_every_ranks_stacks_and_scancel_ends_the_run(cluster, cache_dir, tmp_path,
+                                                                  capsys):
+    """The README's command for a job that seems stuck: every rank's stacks in the log, the run
+    goes on. Then a user's `scancel`: the trainer saves, and the job is not requeued."""
+    run_dir = str(tmp_path)
+    (job_id,) = submit_in_process(capsys, tiny(cache_dir, **{
+        "launch.nodes": 2, "run_dir": run_dir, "train.max_steps": 100000}))
+    metrics = Path(run_dir, "metrics.jsonl")
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline, f"no training steps logged\n{job_logs(run_dir)}"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=cluster.env, check=True)
+    while job_logs(run_dir, tail=10**7).count("Current thread 0x") < 2:  # one dump per rank
+        assert time.monotonic() < deadline, job_logs(run_dir)
+        time.sleep(0.2)
+    steps_then = len(metrics.read_text().splitlines())
+    while len(metrics.read_text().splitlines()) < steps_then + 3:
+        assert time.monotonic() < deadline, f"no steps after the dump\n{job_logs(run_dir)}"
+        time.sleep(0.2)
+    assert "pretrain/trainer.py" in job_logs(run_dir, tail=10**7)
+
+    subprocess.run(["scancel", job_id], env=cluster.env, check=True)
+    info = wait_job(cluster, job_id, run_dir)
+    time.sleep(15)  # a requeued job would be RUNNING again by now (cred_expire=10)
+    info = job_info(cluster, job_id)
+    log = job_logs(run_dir, tail=10**7)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", log[-6000:]
+    assert "not requeued; its checkpoint is saved" in log, log[-6000:]
+    assert Path(run_dir, "checkpoints", "latest").exists(), log[-6000:]
 
 
 # ------------------------------------------------------------------------------- sweep
