@@ -4,8 +4,8 @@ The contract with launch/: on either signal the trainer finishes the step it is 
 checkpoint, and exits with status EXIT_REQUEUE (75, EX_TEMPFAIL), which the sbatch script reads as
 "requeue me". The handler only sets a flag, so a signal that arrives again while the checkpoint is
 being written changes nothing: the save runs to its end and `latest` moves only after it (see
-pretrain/checkpoint.py). Ranks agree on stopping through an all-reduce of the flag each step, since
-the scheduler may signal only some of them.
+pretrain/checkpoint/frame.py). Ranks agree on stopping through an all-reduce of the flag each step,
+since the scheduler may signal only some of them.
 
 SIGUSR2 is the other way round: it stops nothing. It prints every thread's Python stack to stderr
 (faulthandler, which needs no working interpreter state) and the run goes on; the answer to "where

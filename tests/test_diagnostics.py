@@ -124,7 +124,7 @@ def test_metrics_rows_are_json_with_step_and_loop():
 
 
 def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
-    # A checkpoint in the trainer's layout (pretrain/checkpoint.py), model part only.
+    # A checkpoint in the trainer's layout (pretrain/checkpoint/), model part only.
     from dataclasses import asdict
 
     from megatron.core import dist_checkpointing
