@@ -9,7 +9,8 @@ Each run gets, from the kernel and the distribution (never from disabling Python
   process ends every process it started;
 - a read-only view of the whole file system, a fresh tmpfs as /tmp (its working folder, sized by
   ``Limits.file_bytes``), the home folder of the harness's user hidden when the sandbox user cannot
-  enter it (only the interpreter's folders are put back, read-only);
+  enter it (only the interpreter's folders are put back, read-only, and so are they when they live
+  in /tmp);
 - a scrubbed environment (PATH, HOME, TMPDIR, LANG), no capabilities, a new session;
 - an unprivileged user of its own when the harness is root (leased across processes:
   evaluation/sandbox_users.py): rlimits on processes do not bind root, and that user owns nothing
@@ -51,24 +52,26 @@ DRIVER_SOURCE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "d
                      encoding="utf-8").read()
 
 # The unshare backend's set-up, run as root inside the new namespaces: a fresh /tmp, hide the
-# folders the sandbox user may not enter (putting back the interpreter's, staged through /tmp
-# since the hiding tmpfs covers their source), every mount read-only but /tmp, then run the rest
-# of the command line (setpriv to the leased user, the driver). Any failed step stops it: the run
-# fails, closed.
+# folders the sandbox user may not enter, put back the interpreter's folders (hidden ones, and
+# those under /tmp: a checkout or venv in /tmp), every mount read-only but /tmp, then run the rest
+# of the command line (setpriv to the leased user, the driver). The fresh /tmp is assembled on
+# /dev first (covered for a moment, uncovered by the move) so that the interpreter's folders are
+# bound into it while their sources are still in view. Any failed step stops it: the run fails,
+# closed.
 UNSHARE_SETUP = r"""
 set -eu
+umask 022  # the folders made for the interpreter's ones: enterable by the sandbox user
 size=$1; hide=$2; keep=$3; shift 3
-mount -t tmpfs -o "size=$size,mode=1777" loopcoder-sandbox /tmp
-if [ -n "$hide" ]; then
-  IFS=:; n=0
-  for path in $keep; do mkdir "/tmp/.keep$n"; mount --bind "$path" "/tmp/.keep$n"; n=$((n+1)); done
-  for path in $hide; do mount -t tmpfs -o size=1m,mode=755 loopcoder-hidden "$path"; done
-  n=0
-  for path in $keep; do
-    mkdir -p "$path"; mount --move "/tmp/.keep$n" "$path"; rmdir "/tmp/.keep$n"; n=$((n+1))
-  done
-  unset IFS
-fi
+mount -t tmpfs -o "size=$size,mode=1777" loopcoder-sandbox /dev
+IFS=:; n=0
+for path in $keep; do mkdir "/dev/.keep$n"; mount --bind "$path" "/dev/.keep$n"; n=$((n+1)); done
+mount --move /dev /tmp
+for path in $hide; do mount -t tmpfs -o size=1m,mode=755 loopcoder-hidden "$path"; done
+n=0
+for path in $keep; do
+  mkdir -p "$path"; mount --move "/tmp/.keep$n" "$path"; rmdir "/tmp/.keep$n"; n=$((n+1))
+done
+unset IFS
 for target in $(cut -d' ' -f5 /proc/self/mountinfo); do
   [ "$target" = /tmp ] || mount -o remount,bind,ro "$target"
 done
@@ -137,6 +140,13 @@ def _hidden_roots(folders: List[str]) -> Tuple[List[str], List[str]]:
     return _outermost(hide), _outermost(keep)
 
 
+def _folders_between(path: str, covers: List[str]) -> List[str]:
+    """The folders strictly between the covering folder `path` lies in and `path`, outermost first."""
+    cover = next(c for c in covers if path.startswith(c + "/"))
+    parts = path[len(cover) + 1:].split("/")[:-1]
+    return [os.path.join(cover, *parts[:depth]) for depth in range(1, len(parts) + 1)]
+
+
 def _outermost(paths) -> List[str]:
     return sorted(p for p in paths if not any(p.startswith(other + "/") for other in paths))
 
@@ -163,7 +173,13 @@ class Sandbox:
             raise ValueError(f"sandbox backend {backend!r}; use auto, bwrap or unshare")
         self.limits = limits
         self.as_root = os.geteuid() == 0
-        self.hide, self.keep = _hidden_roots(_needed_folders()) if self.as_root else ([], [])
+        needed = _needed_folders()
+        hide, keep = _hidden_roots(needed) if self.as_root else ([], [])
+        # The fresh /tmp hides all of the host's /tmp already, and covers an interpreter that
+        # lives there (a checkout in /tmp): bind that back (into folders the sandbox user can
+        # enter, whatever the modes of their host counterparts).
+        self.hide = [path for path in hide if not path.startswith("/tmp/")]
+        self.keep = _outermost(set(keep) | {path for path in needed if path.startswith("/tmp/")})
         self.driver_args = [sys.executable, "-I", "-c", DRIVER_SOURCE,
                             json.dumps(limits.rlimits())]
         self.backend = self._choose(BACKENDS if backend == "auto" else (backend,))
@@ -202,14 +218,20 @@ class Sandbox:
         for path in self.hide:
             hiding += ["--tmpfs", path]
         for path in self.keep:
+            # bwrap would make the folders between the covering tmpfs and `path` mode 0700 (as
+            # measured with bubblewrap 0.8): make them enterable for the sandbox user first.
+            for folder in _folders_between(path, self.hide + ["/tmp"]):
+                hiding += ["--perms", "0755", "--dir", folder]
             hiding += ["--ro-bind", path, path]
         namespaces = ["--unshare-all", "--cap-drop", "ALL"] if uid is None else [
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
+        # Sources are read from the host's tree, so the interpreter's folders bound after the
+        # fresh /tmp reappear in it.
         return ["bwrap", *namespaces, "--die-with-parent", "--new-session",
-                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *hiding,
+                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--perms", "1777", "--size", str(self.limits.file_bytes), "--tmpfs", "/tmp",
-                "--chdir", "/tmp", "--", *run_as, *self.driver_args]
+                *hiding, "--chdir", "/tmp", "--", *run_as, *self.driver_args]
 
     def run(self, program: str, slot: int = 0) -> Outcome:
         """Run ``program``; ``slot`` (the worker's number) is where the search for a free sandbox

@@ -158,8 +158,9 @@ def _train_from(config, config_yaml: str, world, engine, data, checkpointer, sto
     finally:
         metrics.finish()
     if status != 0 and world.is_main:
-        log.warning("stopped by %s at a checkpoint; exit %d so the job is requeued. Continue "
-                    "with: python -m pretrain.train --config-dir %s --config-name resume",
+        log.warning("stopped by %s at a checkpoint; exit %d (under SLURM: requeue, unless the job "
+                    "was cancelled). Continue with: python -m pretrain.train --config-dir %s "
+                    "--config-name resume",
                     stop.signal_name, status, run_dir)
     return status
 

@@ -3,6 +3,7 @@ fork bomb, a memory hog, writes outside the sandbox, sockets, killing the parent
 are contained, counted as failed, and the evaluation around them finishes. Every backend this
 machine has is tested (bubblewrap, and unshare as root)."""
 
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,39 @@ def test_each_planted_bug_fails(sandbox, problems):
     assert passed == []
     assert all(o.result.startswith("failed: AssertionError") or "Error" in o.result
                for o in outcomes)
+
+
+def test_the_sandbox_runs_the_harness_interpreter_and_its_standard_library(sandbox):
+    """Not another Python the sandbox user happens to reach (bubblewrap made the folders above a
+    bound interpreter 0700, and a root harness's sandbox fell back to /usr's Python)."""
+    program = (f"import os, sys\nassert sys.base_prefix == {sys.base_prefix!r}, sys.base_prefix\n"
+               f"assert os.path.exists(sys.executable)\nassert os.__file__.startswith("
+               f"{sys.base_prefix!r}), os.__file__\n")
+    outcome = sandbox.run(program)
+    assert outcome.passed, outcome
+
+
+def test_an_interpreter_under_tmp_runs_in_the_fresh_tmp(sandbox, tmp_path):
+    """A checkout or venv in /tmp (where `git clone` into /tmp puts `make test`'s): the fresh
+    /tmp covers the interpreter's folder, which the sandbox binds back, read-only."""
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    harness = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {REPO!r})\n"
+        "from evaluation.sandbox import Limits, Sandbox\n"
+        f"sandbox = Sandbox(Limits(timeout_s=30.0, memory_bytes=1 << 30), {sandbox.backend!r})\n"
+        "runs = [sandbox.run('import sys\\nassert sys.prefix.startswith(\"/tmp/\")\\n'),\n"
+        "        sandbox.run('import sys\\nopen(sys.prefix + \"/written\", \"w\")\\n')]\n"
+        "print(json.dumps([[run.passed, run.result] for run in runs]))\n")
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", harness], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (reads, reads_result), (writes, writes_result) = json.loads(result.stdout)
+    assert reads, reads_result
+    assert not writes and "Read-only file system" in writes_result, writes_result
+    assert not (venv / "written").exists()
 
 
 def test_a_run_that_exits_before_its_tests_is_not_a_pass(sandbox, problems):

@@ -19,15 +19,16 @@ import logging
 import os
 from typing import Optional
 
-from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
 import pretrain.checkpoint.files as files
-from pretrain.errors import CheckpointError
+from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
 from pretrain.checkpoint.frame import verify_folder
 from pretrain.checkpoint.integrity import verify as verify_checksums
 from pretrain.checkpoint.state import load_rng, read_trainer_state
 from pretrain.distributed import rank
+from pretrain.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
+
 
 def model_fields_of(model_cfg) -> dict:
     return dataclasses.asdict(model_cfg)
@@ -45,9 +46,9 @@ def resolve_resume(resume: str, root: str) -> Optional[str]:
     if latest is not None:
         target = os.path.join(folder, latest)
         if not os.path.isdir(target):
-            raise CheckpointError(f"{os.path.join(folder, files.LATEST)} names {target}, which does not "
-                              f"exist; pass checkpoint.resume=PATH of an iter_ folder or "
-                              f"checkpoint.resume=none")
+            raise CheckpointError(f"{os.path.join(folder, files.LATEST)} names {target}, which "
+                                  f"does not exist; pass checkpoint.resume=PATH of an iter_ "
+                                  f"folder or checkpoint.resume=none")
         return target
     if resume == "auto":
         return None
