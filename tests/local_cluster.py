@@ -107,7 +107,9 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=3600
-KillWait=10
+# SLURM's default: what a cancelled or timed-out trainer has to save (a loaded 2-core machine
+# needs more than 10 s).
+KillWait=30
 InactiveLimit=0
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n

@@ -168,10 +168,14 @@ def test_usr2_prints_every_ranks_stacks_and_scancel_ends_the_run(cluster, cache_
     assert "pretrain/trainer.py" in job_logs(run_dir, tail=10**7)
 
     subprocess.run(["scancel", job_id], env=cluster.env, check=True)
-    info = wait_job(cluster, job_id, run_dir)
+    deadline = time.monotonic() + 120  # the save, within KillWait (tests/local_cluster.py)
+    while "[launch] trainer exited with status" not in job_logs(run_dir, tail=10**7):
+        assert time.monotonic() < deadline, job_logs(run_dir)
+        time.sleep(0.5)
     time.sleep(15)  # a requeued job would be RUNNING again by now (cred_expire=10)
     info = job_info(cluster, job_id)
     log = job_logs(run_dir, tail=10**7)
+    assert "[launch] trainer exited with status 75" in log, log[-6000:]  # it saved in time
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", log[-6000:]
     assert "not requeued; its checkpoint is saved" in log, log[-6000:]
     assert Path(run_dir, "checkpoints", "latest").exists(), log[-6000:]
