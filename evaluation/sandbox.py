@@ -131,11 +131,6 @@ def _hidden_roots(folders: List[str]) -> Tuple[List[str], List[str]]:
                 hide.add(ancestor)
                 keep.add(folder)
                 break
-    for path in hide | keep:
-        if ":" in path:
-            raise SandboxUnavailable(f"the interpreter's folder {path!r} has a ':' in its path, "
-                                     "which the sandbox cannot bind; use a Python installed "
-                                     "elsewhere")
     # A folder inside another one of the same list is already covered: keep the outermost.
     return _outermost(hide), _outermost(keep)
 
@@ -180,6 +175,11 @@ class Sandbox:
         # enter, whatever the modes of their host counterparts).
         self.hide = [path for path in hide if not path.startswith("/tmp/")]
         self.keep = _outermost(set(keep) | {path for path in needed if path.startswith("/tmp/")})
+        for path in self.hide + self.keep:
+            if ":" in path:
+                raise SandboxUnavailable(f"the interpreter's folder {path!r} has a ':' in its "
+                                         "path, which the sandbox cannot bind; use a Python "
+                                         "installed elsewhere")
         self.driver_args = [sys.executable, "-I", "-c", DRIVER_SOURCE,
                             json.dumps(limits.rlimits())]
         self.backend = self._choose(BACKENDS if backend == "auto" else (backend,))

@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -97,17 +99,20 @@ def test_the_sandbox_runs_the_harness_interpreter_and_its_standard_library(sandb
     assert outcome.passed, outcome
 
 
-def test_an_interpreter_under_tmp_runs_in_the_fresh_tmp(sandbox, tmp_path):
+def test_an_interpreter_under_tmp_runs_in_the_fresh_tmp(sandbox):
     """A checkout or venv in /tmp (where `git clone` into /tmp puts `make test`'s): the fresh
     /tmp covers the interpreter's folder, which the sandbox binds back, read-only."""
-    assert str(tmp_path).startswith("/tmp/")
-    venv = tmp_path / "venv"
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        _check_interpreter_in(Path(folder) / "venv", sandbox.backend)
+
+
+def _check_interpreter_in(venv: Path, backend: str) -> None:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     harness = (
         "import json, sys\n"
         f"sys.path.insert(0, {REPO!r})\n"
         "from evaluation.sandbox import Limits, Sandbox\n"
-        f"sandbox = Sandbox(Limits(timeout_s=30.0, memory_bytes=1 << 30), {sandbox.backend!r})\n"
+        f"sandbox = Sandbox(Limits(timeout_s=30.0, memory_bytes=1 << 30), {backend!r})\n"
         "runs = [sandbox.run('import sys\\nassert sys.prefix.startswith(\"/tmp/\")\\n'),\n"
         "        sandbox.run('import sys\\nopen(sys.prefix + \"/written\", \"w\")\\n')]\n"
         "print(json.dumps([[run.passed, run.result] for run in runs]))\n")
