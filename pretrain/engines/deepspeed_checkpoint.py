@@ -53,6 +53,13 @@ def _data_classes() -> list:
     return found
 
 
+def _refuse_pickle(path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} holds a pickled {what}, which loopcoder does not unpickle (unpickling can run "
+        f"code); if you trust this checkpoint, pass checkpoint.allow_pickle=true "
+        f"(scripts.convert_checkpoint, scripts.export_hf: --allow-pickle)")
+
+
 @contextlib.contextmanager
 def weights_only_loading(allow_pickle: bool = False):
     """Within it, torch.load (as DeepSpeed calls it) unpickles no code (module docstring)."""
@@ -69,10 +76,7 @@ def weights_only_loading(allow_pickle: bool = False):
         except pickle.UnpicklingError as error:
             found = re.search(r"GLOBAL ([\w.]+)", str(error))
             what = found.group(1) if found else "objects beyond tensors"
-            raise CheckpointError(
-                f"{f} holds a pickled {what}, which loopcoder does not unpickle (unpickling can "
-                f"run code); if you trust this checkpoint, pass checkpoint.allow_pickle=true "
-                f"(scripts.convert_checkpoint, scripts.export_hf: --allow-pickle)") from None
+            raise _refuse_pickle(f, what) from None
 
     torch.load = load
     try:
@@ -98,11 +102,7 @@ def check_pickles(folder: str, allow_pickle: bool = False) -> None:
                 unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
                           if g not in DEEPSPEED_DATA_CLASSES]
                 if unsafe:
-                    raise CheckpointError(
-                        f"{path} holds a pickled {unsafe[0]}, which loopcoder does not unpickle "
-                        f"(unpickling can run code); if you trust this checkpoint, pass "
-                        f"checkpoint.allow_pickle=true (scripts.convert_checkpoint, scripts.export_hf: "
-                        f"--allow-pickle)")
+                    raise _refuse_pickle(path, unsafe[0])
 
     on_main(f"cannot load {folder}", scan)
 
