@@ -144,11 +144,13 @@ while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
 wait "$srun_pid"; rc=$?
 echo "[launch] trainer exited with status $rc at $(date -Is)"
 
-state=$(scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | grep -o "JobState=[A-Z_]* Reason=[^ ]*")
-if [ "$rc" -eq {EXIT_REQUEUE} ] && [[ "$state" == "JobState=CANCELLED "* || "$state" == "JobState=COMPLETING Reason=None" ]]; then
-    echo "[launch] the job was cancelled (scancel): not requeued; its checkpoint is saved, resubmit to continue"
-    {q(python)} -m launch.slurm cancel-followups "$SLURM_JOB_ID" || true
-elif [ "$rc" -eq {EXIT_REQUEUE} ]; then
+if [ "$rc" -eq {EXIT_REQUEUE} ]; then
+    state=$(scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | grep -o "JobState=[A-Z_]* Reason=[^ ]*")
+    if [[ "$state" == "JobState=CANCELLED "* || "$state" == "JobState=COMPLETING Reason=None" ]]; then
+        echo "[launch] the job was cancelled (scancel): not requeued; its checkpoint is saved, resubmit to continue"
+        {q(python)} -m launch.slurm cancel-followups "$SLURM_JOB_ID" || true
+        exit "$rc"
+    fi
 {requeue}    exit {EXIT_REQUEUE}
 elif [ "$rc" -eq 0 ]; then
     # train.max_steps reached: chained follow-up jobs would only load the last checkpoint and stop.
