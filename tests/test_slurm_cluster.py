@@ -90,6 +90,15 @@ def job_logs(run_dir, tail: int = 20000) -> str:
     return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-tail:]}" for log in logs)
 
 
+def wait_for_rows(cluster, job_id, run_dir, rows: int, timeout_s=240) -> None:
+    """Wait until the running job's metrics.jsonl has `rows` rows."""
+    metrics, deadline = Path(run_dir, "metrics.jsonl"), time.monotonic() + timeout_s
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= rows):
+        assert time.monotonic() < deadline, f"fewer than {rows} metrics rows\n{job_logs(run_dir)}"
+        assert job_info(cluster, job_id)["JobState"] in ("PENDING", "RUNNING"), job_logs(run_dir)
+        time.sleep(0.2)
+
+
 def losses(run_dir) -> dict[int, float]:
     """step -> loss from metrics.jsonl (the last row of a step wins)."""
     rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
@@ -127,12 +136,7 @@ def test_usr1_checkpoints_requeues_and_resumes_with_exact_losses(cluster, cache_
                                                                   tmp_path, capsys):
     run_dir = str(tmp_path)
     (job_id,) = submit_in_process(capsys, tiny(cache_dir, **{"launch.nodes": 2, "run_dir": run_dir}))
-    metrics = Path(run_dir, "metrics.jsonl")
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert time.monotonic() < deadline, f"no training steps logged\n{job_logs(run_dir)}"
-        assert job_info(cluster, job_id)["JobState"] in ("PENDING", "RUNNING"), job_logs(run_dir)
-        time.sleep(0.2)
+    wait_for_rows(cluster, job_id, run_dir, 3)
     # What --signal=B:USR1@grace does before the time limit, now: only the batch shell is signalled.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=cluster.env, check=True)
 
@@ -152,19 +156,14 @@ def test_usr2_prints_every_ranks_stacks_and_scancel_ends_the_run(cluster, cache_
     run_dir = str(tmp_path)
     (job_id,) = submit_in_process(capsys, tiny(cache_dir, **{
         "launch.nodes": 2, "run_dir": run_dir, "train.max_steps": 100000}))
-    metrics = Path(run_dir, "metrics.jsonl")
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert time.monotonic() < deadline, f"no training steps logged\n{job_logs(run_dir)}"
-        time.sleep(0.2)
+    wait_for_rows(cluster, job_id, run_dir, 3)
     subprocess.run(["scancel", "--signal=USR2", job_id], env=cluster.env, check=True)
+    deadline = time.monotonic() + 240
     while job_logs(run_dir, tail=10**7).count("Current thread 0x") < 2:  # one dump per rank
         assert time.monotonic() < deadline, job_logs(run_dir)
         time.sleep(0.2)
-    steps_then = len(metrics.read_text().splitlines())
-    while len(metrics.read_text().splitlines()) < steps_then + 3:
-        assert time.monotonic() < deadline, f"no steps after the dump\n{job_logs(run_dir)}"
-        time.sleep(0.2)
+    rows_then = len(Path(run_dir, "metrics.jsonl").read_text().splitlines())
+    wait_for_rows(cluster, job_id, run_dir, rows_then + 3)  # the run goes on after the dump
     assert "pretrain/trainer.py" in job_logs(run_dir, tail=10**7)
 
     subprocess.run(["scancel", job_id], env=cluster.env, check=True)
