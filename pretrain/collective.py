@@ -10,8 +10,12 @@ failing rank's own message, on every rank.
 
 from __future__ import annotations
 
+import logging
+
 from pretrain.distributed import all_reduce_max, broadcast_object, is_main, rank
 from pretrain.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 
 def _attempt(fn):
@@ -30,6 +34,11 @@ def _describe(error: BaseException) -> str:
 def collectively(what: str, fn) -> None:
     """Run fn on every rank; if it failed anywhere, every rank raises CheckpointError together."""
     ok, error = _attempt(fn)
+    if not ok:
+        # On record before the all-reduce: if fn failed on this rank before a collective inside it
+        # (megatron's save has barriers), the other ranks wait there and this one here, for good;
+        # seen on the test cluster after a stop signal, where only SIGUSR2 dumps showed the wait.
+        logger.error("rank %d: %s: %s", rank(), what, _describe(error))
     if all_reduce_max(not ok):
         detail = _describe(error) if not ok else "failed on another rank"
         raise CheckpointError(f"{what} (rank {rank()}: {detail})") from (error if not ok else None)
