@@ -6,8 +6,11 @@
 1. Kernels: ``model.kernels.attend`` with every backend that can run here (torch always; flash when
    flash-attn imports and the device is CUDA) against a float64 dense softmax over the mask of
    ``causal_window_mask``: plain causal, the 65-key window (swa_window=64) and a 5-key window, GQA.
-   Tolerance: bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.004); an output is a convex mix
-   of O(1) values, so 2e-2 absolute allows a few roundings of inputs and accumulation; fp32: 1e-5.
+   The torch backend's windowed training calls run blocked (the line says so); their gradients of
+   q, k, v are checked too. Tolerance: bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.004); an
+   output is a convex mix of O(1) values, so 2e-2 absolute allows a few roundings of inputs and
+   accumulation; gradients, whose size grows with the sequence, 2e-2 of the reference's largest
+   entry; fp32: 1e-5 (gradients 1e-5 relative).
 2. Model: conf/model/plt_1b.yaml (``--tiny``: plt_tiny) at R=1 and R=2, bf16 parameters on the
    GPU (fp32 on CPU), forward + backward + AdamW for ``--steps`` timed steps after warm-up. Prints
    tokens/s, MFU from pretrain/flops.py (the trainer's function) against the nominal peak and
@@ -32,9 +35,10 @@ sys.path.insert(0, ROOT)
 
 from model import ModelConfig, PLTModel  # noqa: E402
 from model.flops import GPU_PEAK_TFLOPS, flops_per_token  # noqa: E402
-from model.kernels import attend, causal_window_mask, flash_available, resolve_backend  # noqa: E402
+from model.kernels import (attend, causal_window_mask, flash_available,  # noqa: E402
+                           resolve_backend, sliding_window_block)
 from planning import planner  # noqa: E402
-from pretrain.distributed import single_process_world  # noqa: E402
+from pretrain.distributed import shutdown_distributed, single_process_world  # noqa: E402
 
 
 def reference(q, k, v, window):
@@ -46,6 +50,23 @@ def reference(q, k, v, window):
     mask = causal_window_mask(q.shape[1], k.shape[1], window, q.device)
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     return torch.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def check_gradients(q, k, v, window, backend, tolerance) -> bool:
+    """Gradients of q, k, v through ``attend`` against the float64 reference's, each as its largest
+    error over the reference's largest entry."""
+    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+    weights = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device)
+    got = torch.autograd.grad((attend(*inputs, window=window, backend=backend).float()
+                               * weights).sum(), inputs)
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad((reference(*exact, window) * weights.double()).sum(), exact)
+    errors = [((g.double() - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want)]
+    passed = max(errors) <= tolerance
+    errors_text = ", ".join(f"{e:.1e}" for e in errors)
+    print(f"kernels: {backend:5s} gradients window {str(window):4s} max |err|/max |grad| of q, k, "
+          f"v {errors_text} (tol {tolerance:.0e}) {'ok' if passed else 'FAIL'}")
+    return passed
 
 
 def check_kernels(device, dtype, seq, head_dim) -> bool:
@@ -66,9 +87,13 @@ def check_kernels(device, dtype, seq, head_dim) -> bool:
                 error = (got.double() - expected).abs().max().item()
                 passed = error <= atol
                 ok &= passed
+                block = sliding_window_block(q_len, seq, window) if backend == "torch" else None
+                path = f" (blocked by {block})" if block else ""
                 print(f"kernels: {backend:5s} {str(dtype).replace('torch.', ''):8s} q_len {q_len:5d} "
                       f"k_len {seq:5d} window {str(window):4s} max |err| {error:.2e} "
-                      f"(tol {atol:.0e}) {'ok' if passed else 'FAIL'}")
+                      f"(tol {atol:.0e}) {'ok' if passed else 'FAIL'}{path}")
+                if q_len == seq and window is not None:
+                    ok &= check_gradients(q, k, v, window, backend, atol)
     return ok
 
 
@@ -172,7 +197,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     seq = args.seq or (128 if args.tiny else 8192)
 
-    ok = check_kernels(device, dtype, seq=min(seq, 1024) if not args.tiny else 96,
+    # --tiny: 300 tokens, long enough for the torch backend's blocked window path, with a part block
+    ok = check_kernels(device, dtype, seq=min(seq, 1024) if not args.tiny else 300,
                        head_dim=32 if args.tiny else 128)
     single_process_world()
     measured = matmul_tflops(device, dtype)
@@ -188,6 +214,7 @@ def main(argv=None) -> int:
         print("tokens/s relative to R=%d: " % base + ", ".join(
             f"R={r} {rates[r] / rates[base]:.2f}" for r in sorted(rates)))
     print("kernel checks: " + ("all ok" if ok else "FAILED"))
+    shutdown_distributed()
     return 0 if ok else 1
 
 

@@ -17,8 +17,13 @@ torch.distributed._tools.mem_tracker.MemTracker in tests/test_planner.py):
 - SwiGLU (megatron MLP, no fusion) saves fc1's output, silu's output, ``x_linear + offset`` and fc2's
   input. The attention output is o_proj's input (a view) in the plain loop; the gated loop saves
   both branches, the gate and the mixed result.
-- The torch attention backend saves the local branch's [s, s] mask converted to the compute dtype;
-  flash-attn needs none. Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp].
+- The torch attention backend runs the local branch blocked over a long sequence (model/kernels.py
+  ``sliding_window_block``): it saves K/V padded by w rows (batch 1: the spans of B + w rows per
+  block of B queries are views of it; batch > 1: the spans are copied), a [B, B + w] mask per
+  block converted to the compute dtype and, when the query cannot be viewed as blocks (batch > 1:
+  it is [s, b]-major; or s not a multiple of B), a copy of the query. A short sequence runs dense
+  and saves the [s, s] mask instead. flash-attn needs none of these.
+  Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp].
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from model.kernels import sliding_window_block
 from model.pipeline import virtual_pipeline_size
 
 GIB = 2**30
@@ -148,11 +154,16 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
     seq, batch = layout.seq_length, layout.micro_batch_size
     norm = 2 * st * h * 4 + st * 4  # fp32 copy of the input, normalised fp32, rstd
     lse = batch * d["heads_local"] * seq * 4
+    # This loop's K (after RoPE) and V are saved by the kernel that reads them, except by the
+    # torch backend's blocked local branch, which saves its padded copies instead (counted there).
+    blocked_local = (gated and layout.attention_backend == "torch"
+                     and sliding_window_block(seq, seq, m.swa_window) is not None)
+    own_kv = 0 if blocked_local else tok * kv * B
     terms = {
         "norms": 2 * norm,
         "qkv_input": st * h * B,
-        "v_copy": tok * kv * B,                 # V's own copy (model/attention.py _project)
-        "rope_qk": tok * (q + kv) * B + 4 * seq * d["head_dim"] * B,
+        "v_copy": own_kv,                       # V's own copy (model/attention.py _project)
+        "rope_qk": tok * q * B + own_kv + 4 * seq * d["head_dim"] * B,
         "attention_output": tok * q * B + lse,  # also o_proj's input (a view) in the plain loop
         "mlp_input": st * h * B,
         "mlp_fc1_output": tok * 2 * f * B,
@@ -165,9 +176,31 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
         # fp32: the gate norm's input is the input norm's (the same tensor); bf16: its own copy
         gate_norm = (1 if not layout.bf16 else 2) * st * h * 4 + st * 4
         terms["gate"] = gate_norm + st * h * B + 2 * tok * d["heads_local"] * B
+    if gated:  # both gates mix the same two branches (model/attention.py mix_branches)
         terms["local_branch"] = 2 * tok * q * B + lse  # y_local and the mixed output
         if layout.attention_backend == "torch":
-            terms["local_mask"] = seq * seq * B
+            terms.update(torch_local_branch_terms(m, layout))
+    return terms
+
+
+def torch_local_branch_terms(m, layout: Layout) -> Dict[str, int]:
+    """What the torch backend's sliding-window call saves besides its inputs and output (the
+    module docstring): blocked over a long sequence, dense with an [s, s] mask over a short one."""
+    d = _dims(m, layout)
+    seq, batch, B = layout.seq_length, layout.micro_batch_size, d["act_bytes"]
+    window = m.swa_window
+    block = sliding_window_block(seq, seq, window)
+    if block is None:
+        return {"local_mask": seq * seq * B}
+    blocks = -(-seq // block)
+    # batch 1: the spans are overlapping views of the padded K/V; batch > 1: their own copy
+    span_rows = window + blocks * block if batch == 1 else batch * blocks * (block + window)
+    terms = {
+        "local_kv_spans": 2 * span_rows * d["kv_local"] * B,
+        "local_mask": batch * blocks * block * (block + window) * B,
+    }
+    if batch > 1 or seq % block:
+        terms["local_query_blocks"] = batch * blocks * block * d["q_local"] * B
     return terms
 
 
