@@ -157,3 +157,47 @@ def test_second_signal_while_the_stop_checkpoint_is_written(tmp_path, async_save
     latest = root / (root / "latest").read_text().strip()
     verify_complete(str(latest))
     assert not [n for n in os.listdir(root) if n.startswith(".tmp_")]
+
+
+
+@pytest.mark.parametrize("when", ["first_save", "after_first_save"])
+def test_stop_signals_to_every_process_of_the_run(tmp_path, when):
+    """SLURM signals every process of a job step, not only the trainer: megatron-core's checkpoint
+    writer has helper processes (its results queue's server, spawned at the first save and seconds
+    in starting; the forked writers). SIGTERM and SIGUSR1 in turn to the whole process group every
+    20 ms until the run ends (scancel, the launcher forwarding it, the time-limit warning), from
+    while the first save runs (the server starting) or from once it is done (the server running):
+    the stop checkpoint is written and the run exits 75, not a death by signal. Before the server
+    was shielded it died and the save failed."""
+    import signal
+    import time
+
+    from pretrain.signals import EXIT_REQUEUE
+
+    process = subprocess.Popen(
+        trainer_command(tmp_path, "train.max_steps=200", "checkpoint.interval=2", *RESUMABLE),
+        cwd=REPO, env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    root = tmp_path / "checkpoints"
+    deadline = time.time() + 240
+
+    def saving():
+        return root.exists() and any(n.startswith(".tmp_") for n in os.listdir(root))
+
+    ready = saving if when == "first_save" else (lambda: (root / "latest").exists())
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.001)
+    for number in range(100_000):
+        if time.time() > deadline or process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, (signal.SIGTERM, signal.SIGUSR1)[number % 2])
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == EXIT_REQUEUE, output
+    assert "at a checkpoint; exit 75" in output, output
+    latest = (root / "latest").read_text().strip()
+    verify_complete(str(root / latest))
+    assert not [n for n in os.listdir(root) if n.startswith(".tmp_")]

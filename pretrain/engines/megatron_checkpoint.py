@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 from typing import Dict
 
 import torch
@@ -145,12 +146,61 @@ def sharded_state(model, optimizer, is_loading: bool) -> dict:
     return {"model": model_state, "optimizer": optimizer_state}
 
 
+# -- the writer's results queue, out of the stop signals' reach ----------------------------------
+_results_manager = None
+# SIGINT too: a Ctrl-C in a terminal reaches the whole foreground process group.
+_SERVER_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT}
+
+
+def _ignore_stop_signals() -> None:
+    """Runs first in the queue's server process, once it has started up (see below)."""
+    for signum in _SERVER_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _install_results_queue() -> None:
+    """megatron-core's writer returns its results through a queue served by a process of its own
+    (filesystem_async._get_write_results_queue: a spawned multiprocessing Manager, made at the first
+    save). SLURM signals every process of a job step, so the stop signals that ask for the final
+    checkpoint (scancel's SIGTERM, the time-limit SIGUSR1, the launcher forwarding them) killed that
+    server too, even while it started; the save then failed with EOFError or BrokenPipeError (the
+    stop checkpoint lost, or one rank failed while the others waited in megatron's barrier until
+    KillWait). We start the server ourselves and hand megatron its queue. The signals are blocked
+    in this thread while the server starts (a blocked mask survives fork and exec, so the new process
+    cannot die of them while it imports; here they wait and reach the trainer's handlers once
+    unblocked), and the server ignores them from its initializer on. megatron still shuts it down at
+    exit (its finalizer ends with SIGKILL when it must)."""
+    global _results_manager
+    import multiprocessing
+    from multiprocessing import resource_tracker
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if _results_manager is not None or getattr(filesystem_async, "_results_queue", None) is not None:
+        return
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
+    try:
+        # A spawn needs multiprocessing's resource tracker, and starting one unblocks SIGINT and
+        # SIGTERM in this thread afterwards (resource_tracker.ensure_running): start it first
+        # (under the mask, so it cannot die of SIGUSR1/2 either), then block again.
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
+        manager.start(initializer=_ignore_stop_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    _results_manager = manager
+    filesystem_async._results_queue = manager.Queue()
+
+
 # -- save, load, check ---------------------------------------------------------------------------
 def save(folder: str, model, optimizer, async_save: bool = False):
     """dist_checkpointing.save of the model (and optimizer) on every rank; an AsyncRequest with
     async_save, else None once written."""
     from megatron.core import dist_checkpointing
 
+    _install_results_queue()
     state = sharded_state(model, optimizer, is_loading=False)
     refuse_pickled_objects(state)
     return dist_checkpointing.save(state, folder, sharded_strategy=STRATEGY,
