@@ -136,7 +136,7 @@ def _train(config, config_yaml: str, world) -> int:
             _print_sample(config, engine, data.tokenizer, world)
         return status
     finally:
-        stop.restore()
+        stop.finish()
 
 
 def _train_from(config, config_yaml: str, world, engine, data, checkpointer, stop,
@@ -262,7 +262,7 @@ def cli() -> None:
     """`python -m pretrain.train`. Errors in composing the config (an unknown key, a wrong type)
     happen before main() runs; Hydra turns every exception into exit 1 unless HYDRA_FULL_ERROR is
     set, so set it and sort them here too."""
-    from pretrain.signals import dump_stacks_on_request
+    from pretrain.signals import dump_stacks_on_request, ignore_stop_signals
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     dump_stacks_on_request()
@@ -270,6 +270,8 @@ def cli() -> None:
         main()
     except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
         _exit_on_user_error(error)
+    finally:
+        ignore_stop_signals()  # the exit status (75 after a stop) must not become a death by signal
 
 
 if __name__ == "__main__":
