@@ -14,6 +14,11 @@
 # Budget: a fresh machine starts in a minute or two; the check itself takes about 3-5 minutes
 # (kernels ~10 s, two 1B models x 7 steps at seq 8192). `run --steps 3` halves the model part.
 # CPU dry run of the same code path (no wheels needed here): bash bench/gpu_check.sh cpu
+#
+# The trainer itself on the GPU (the default job's entry point: bf16, NCCL, the distributed
+# optimizer, a checkpoint and a resume from it): bash bench/gpu_check.sh train. It needs the trainer's
+# pure-Python requirements the image lacks as wheels too: bash bench/gpu_check.sh prepare-train.
+# wandb is left out (mode=disabled): its wheel and its many requirements would not fit the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"; shift || true
@@ -30,7 +35,18 @@ case "$mode" in
       --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1
     ls -l .whl
     ;;
-  run)
+  prepare-train)
+    bash "$0" prepare
+    for req in hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 'dill<0.4.2' 'multiprocess<0.70.20'; do
+      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform any -d .whl "$req"
+    done
+    # hydra's parser runtime ships as an sdist only: build its (pure-Python) wheel here
+    python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+    ls -l .whl
+    ;;
+  run|train)
     if ls .whl/*.whl >/dev/null 2>&1; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
@@ -42,6 +58,15 @@ case "$mode" in
       export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONUNBUFFERED=1
+    if [ "$mode" = train ]; then
+      # The default job for 40 steps with a checkpoint at 20 and 40, then a resume to 60 from it.
+      run_dir=/tmp/gpu_train; rm -rf "$run_dir"
+      common=(run_dir="$run_dir" logging.wandb.mode=disabled checkpoint.interval=20 train.decay_steps=60 "$@")
+      python3 -m pretrain.train "${common[@]}" train.max_steps=40
+      python3 -m pretrain.train "${common[@]}" train.max_steps=60
+      [ -n "${OUT:-}" ] && cp "$run_dir/metrics.jsonl" "$OUT/gpu_train_metrics.jsonl"
+      exit 0
+    fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     log="${OUT:-/tmp}/gpu_check.log"
     python3 bench/gpu_check.py --device cuda "$@" 2>&1 | grep -v -E 'warnings.warn|UserWarning' | tee "$log"

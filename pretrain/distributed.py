@@ -52,11 +52,15 @@ def env_world() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def _start_process_group(backend: str, rank: int, world_size: int) -> None:
+def _start_process_group(backend: str, rank: int, world_size: int, device: torch.device) -> None:
+    # NCCL binds each rank's communicator to its own GPU; left to guess, torch picks a device from
+    # the global rank (and warns that a node whose rank-to-GPU mapping differs can hang).
+    device_id = device if backend == "nccl" else None
     if world_size == 1:
         # A world of one needs no rendezvous: an in-memory store, so no port can collide.
         torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
-                                             rank=0, world_size=1, timeout=TIMEOUT)
+                                             rank=0, world_size=1, timeout=TIMEOUT,
+                                             device_id=device_id)
         return
     # A multi-node SLURM job whose rendezvous resolves to loopback would hang in the first
     # collective: fail here, before any, with the reason.
@@ -64,7 +68,8 @@ def _start_process_group(backend: str, rank: int, world_size: int) -> None:
     if "RANK" not in os.environ:  # srun: torch reads the rendezvous from these
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = slurm_rendezvous()
     torch.distributed.init_process_group(backend, init_method="env://", rank=rank,
-                                         world_size=world_size, timeout=TIMEOUT)
+                                         world_size=world_size, timeout=TIMEOUT,
+                                         device_id=device_id)
 
 
 def init_model_parallel(tp: int, pp: int, num_loops: int, seed: int, **kwargs) -> None:
@@ -89,7 +94,7 @@ def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     if not torch.distributed.is_initialized():
-        _start_process_group(backend, rank, world_size)
+        _start_process_group(backend, rank, world_size, device)
     init_model_parallel(parallel.tp, parallel.pp, num_loops, seed)
     return World(rank, world_size, local_rank, device, backend)
 
@@ -103,11 +108,11 @@ def single_process_world(seed: int = 1234) -> World:
     cpu_compat.apply()
     use_cuda = torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     if not torch.distributed.is_initialized():
-        _start_process_group(backend, 0, 1)
+        _start_process_group(backend, 0, 1, device)
     if not parallel_state.model_parallel_is_initialized():
         init_model_parallel(1, 1, 1, seed)
-    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     return World(torch.distributed.get_rank(), torch.distributed.get_world_size(), 0, device,
                  torch.distributed.get_backend())
 
