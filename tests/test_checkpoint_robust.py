@@ -201,3 +201,27 @@ def test_stop_signals_to_every_process_of_the_run(tmp_path, when):
     latest = (root / "latest").read_text().strip()
     verify_complete(str(root / latest))
     assert not [n for n in os.listdir(root) if n.startswith(".tmp_")]
+
+
+def test_the_checkpoint_writers_helper_dies_with_a_killed_trainer(tmp_path):
+    """The results queue's server ignores the stop signals, so it must notice by itself that its
+    trainer is gone (kill -9 of the trainer alone: no exit hook ran) and exit, not live on."""
+    import signal
+    import time
+
+    import psutil
+
+    process = subprocess.Popen(
+        trainer_command(tmp_path, "train.max_steps=200", "checkpoint.interval=2", *RESUMABLE),
+        cwd=REPO, env=trainer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "checkpoints" / "latest").exists():
+        assert process.poll() is None
+        time.sleep(0.05)
+    helpers = [child for child in psutil.Process(process.pid).children()
+               if "spawn_main" in " ".join(child.cmdline())]
+    assert len(helpers) == 1, [child.cmdline() for child in helpers]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive

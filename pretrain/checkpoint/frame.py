@@ -53,6 +53,7 @@ class Checkpointer:
     def __init__(self, cfg, engine, loader, config_yaml: str, model_fields: dict,
                  tokenizer_model: str, run_dir: str):
         self.root, self.keep, self.async_save = cfg.dir, cfg.keep, cfg.async_save
+        self.saves_planned = cfg.interval > 0 or cfg.save_final
         self.engine, self.loader = engine, loader
         self.config_yaml, self.model_fields = config_yaml, model_fields
         self.tokenizer_model = tokenizer_model
@@ -72,6 +73,8 @@ class Checkpointer:
         start = read_trainer_state(resumed)["step"] if resumed else 0
         on_main(f"cannot prepare {self.root}",
                 lambda: (set_aside_later_branch(self.root, start, resumed), self._clear_stale()))
+        if self.saves_planned:  # else a stop signal's save starts what it needs itself
+            self.engine.prepare_saving()
 
     def close(self) -> None:
         self._lock.release()

@@ -107,6 +107,10 @@ class Engine(abc.ABC):
         return sum(p.numel() for p in self.inference_model.parameters())
 
     # -- the checkpoint payload (pretrain/checkpoint/frame.py calls these on every rank) ------
+    def prepare_saving(self) -> None:
+        """Before the first step of a run that will save: start what a save needs, so that the
+        first one (perhaps the checkpoint on a stop signal) does not wait for it."""
+
     def payload_state(self) -> dict:
         """What this engine records about its payload in the checkpoint's loopcoder.json."""
         return {}

@@ -139,6 +139,9 @@ class MegatronEngine(Engine):
         return loss
 
     # -- checkpoint payload -------------------------------------------------------------------
+    def prepare_saving(self) -> None:
+        megatron_checkpoint.start_results_queue()
+
     def save_payload(self, folder: str, async_save: bool = False):
         return megatron_checkpoint.save(folder, self.model, self.optimizer, async_save)
 
