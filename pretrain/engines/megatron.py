@@ -14,7 +14,7 @@ import math
 from functools import partial
 import torch
 
-from pretrain.engines import megatron_checkpoint
+from pretrain.engines import megatron_checkpoint, megatron_results_queue
 from pretrain.engines.base import (Engine, MicroBatches, StepResult, build_lr_schedule, mean_of,
                                    model_config_of, params_dtype, token_weighted_loss, use_bf16)
 
@@ -140,7 +140,7 @@ class MegatronEngine(Engine):
 
     # -- checkpoint payload -------------------------------------------------------------------
     def prepare_saving(self) -> None:
-        megatron_checkpoint.start_results_queue()
+        megatron_results_queue.start_results_queue()
 
     def save_payload(self, folder: str, async_save: bool = False):
         return megatron_checkpoint.save(folder, self.model, self.optimizer, async_save)
