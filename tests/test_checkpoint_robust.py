@@ -205,7 +205,8 @@ def test_stop_signals_to_every_process_of_the_run(tmp_path, when):
 
 def test_the_checkpoint_writers_helper_dies_with_a_killed_trainer(tmp_path):
     """The results queue's server ignores the stop signals, so it must notice by itself that its
-    trainer is gone (kill -9 of the trainer alone: no exit hook ran) and exit, not live on."""
+    trainer is gone (kill -9 of the trainer alone: no exit hook ran) and exit, not live on; and it
+    is small (the standard library only, not torch)."""
     import signal
     import time
 
@@ -219,8 +220,9 @@ def test_the_checkpoint_writers_helper_dies_with_a_killed_trainer(tmp_path):
         assert process.poll() is None
         time.sleep(0.05)
     helpers = [child for child in psutil.Process(process.pid).children()
-               if "spawn_main" in " ".join(child.cmdline())]
+               if "results_queue_server.py" in " ".join(child.cmdline())]
     assert len(helpers) == 1, [child.cmdline() for child in helpers]
+    assert helpers[0].memory_info().rss < 100 * 2**20
     process.send_signal(signal.SIGKILL)
     process.wait()
     _, alive = psutil.wait_procs(helpers, timeout=10)

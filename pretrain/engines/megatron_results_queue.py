@@ -6,68 +6,78 @@ save). SLURM signals every process of a job step, so the stop signals that ask f
 checkpoint (scancel's SIGTERM, the time-limit SIGUSR1, the launcher forwarding them) killed that
 server too, even while it started; the save then failed with EOFError or BrokenPipeError (the stop
 checkpoint lost, or one rank failed while the others waited in megatron's barrier until KillWait).
-We start the server ourselves and hand megatron its queue: from a thread of its own, which blocks
-these signals (a blocked mask survives fork and exec, so the new process cannot die of them while
-it starts up; the trainer's handlers run in the main thread, untouched), and the server ignores
-them from its initializer on. A spawned server imports the trainer's main module (seconds): the
-trainer starts it before the first step (`start_results_queue`), so that the first save, often
-the stop checkpoint, does not wait for it. megatron still shuts it down at exit.
+
+We hand megatron a queue of our own, served by pretrain/engines/results_queue_server.py: it ignores
+the stop signals, ends with the trainer, and starts in milliseconds (megatron's server imported the
+trainer's main module: seconds and ~390 MB per rank). It is started from a thread that blocks the
+stop signals, so the new process cannot die of them before it ignores them (a blocked mask survives
+fork and exec; the trainer's handlers run in the main thread, untouched), and before the first step
+of a run that saves (`start_results_queue`), so that no save waits for it.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
+import subprocess
+import sys
+import threading
+from multiprocessing.managers import BaseManager
+from multiprocessing.reduction import ForkingPickler
 
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_queue_server.py")
 _SERVER_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT}  # INT: Ctrl-C
-_server: dict = {}  # thread, manager, error
+_server: dict = {}  # thread; then queue, process, or error
 
 
-def _serve_for(trainer_pid: int) -> None:
-    """Runs first in the queue's server process, once it has started up. The server ignores the
-    stop signals, so it must not outlive a trainer that died without shutting it down (kill -9):
-    it exits when it is no longer the trainer's child."""
-    import threading
-    import time
+class _ResultsClient(BaseManager):
+    pass
 
-    for signum in _SERVER_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
 
-    def exit_with_the_trainer():
-        while os.getppid() == trainer_pid:
-            time.sleep(1)
-        os._exit(0)
+_ResultsClient.register("results_queue")
 
-    threading.Thread(target=exit_with_the_trainer, daemon=True).start()
+
+class _BytesQueue:
+    """The queue as megatron uses it (put, get_nowait), holding pickled bytes on the server: the
+    server unpickles what it receives, and the write results are torch classes it does not import."""
+
+    def __init__(self, proxy):
+        self._proxy = proxy
+
+    def put(self, item) -> None:
+        self._proxy.put(bytes(ForkingPickler.dumps(item)))
+
+    def get_nowait(self):
+        return ForkingPickler.loads(self._proxy.get_nowait())  # queue.Empty passes through
 
 
 def _start_server() -> None:
-    import multiprocessing
-    from multiprocessing import resource_tracker
-    from multiprocessing.managers import SyncManager
-
     try:
-        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
-        # A spawn needs multiprocessing's resource tracker, and starting one unblocks SIGINT and
-        # SIGTERM in the spawning thread afterwards (resource_tracker.ensure_running): start it
-        # first (under the mask, so it cannot die of SIGUSR1/2 either), then block again.
-        resource_tracker.ensure_running()
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
-        manager.start(initializer=_serve_for, initargs=(os.getpid(),))
-        _server["manager"] = manager
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)  # this thread only
+        # -I -S: the standard library alone (not this folder, not site-packages): no torch import.
+        process = subprocess.Popen([sys.executable, "-I", "-S", SERVER], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        authkey = os.urandom(32)
+        process.stdin.write(authkey.hex() + "\n")
+        process.stdin.flush()  # kept open: the server ends when this end closes (our exit)
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the checkpoint writer's results-queue server ({SERVER}) exited "
+                               f"with status {process.wait()} before it served")
+        client = _ResultsClient(address=ast.literal_eval(line), authkey=authkey)
+        client.connect()
+        _server.update(queue=_BytesQueue(client.results_queue()), process=process)
     except BaseException as error:  # noqa: BLE001 handed to the save that needs the queue
         _server["error"] = error
 
 
 def start_results_queue() -> None:
     """Start the server in the background (once per process; the megatron engine calls this before
-    the first step of a run that saves). Not a daemon thread: an exit while it starts waits for
-    it, so that megatron's exit hook shuts the server down."""
-    import threading
-
+    the first step of a run that saves)."""
     if "thread" not in _server:
-        _server["thread"] = threading.Thread(target=_start_server, name="checkpoint-results-queue")
+        _server["thread"] = threading.Thread(target=_start_server, name="checkpoint-results-queue",
+                                             daemon=True)
         _server["thread"].start()
 
 
@@ -79,6 +89,4 @@ def install_results_queue() -> None:
     _server["thread"].join()
     if "error" in _server:
         raise _server["error"]
-    if "queue" not in _server:
-        _server["queue"] = _server["manager"].Queue()
     filesystem_async._results_queue = _server["queue"]
