@@ -136,9 +136,9 @@ def blocked_window_attention(q, k, v, window: int, block: int, softmax_scale=Non
     to keys [i B - w, (i+1) B). K/V are padded with w zero rows in front (and, like the queries,
     behind up to whole blocks), cut into overlapping spans of B + w rows by ``unfold`` (a view,
     copied by the reshape into a batch of spans only when batch > 1), and all (batch x blocks)
-    spans go through one SDPA call with a [B, B + w] mask per block. Padded keys in front are masked; those behind are
-    seen only by padded queries, whose rows are dropped. Same layout and result as ``attend`` with
-    ``window``; any device and dtype, differentiable."""
+    spans go through one SDPA call with a [B, B + w] mask per block. Padded keys in front are
+    masked; those behind are seen only by padded queries, whose rows are dropped. Same layout and
+    result as ``attend`` with ``window``; any device and dtype, differentiable."""
     batch, seq, heads, dim = q.shape
     kv_heads = k.shape[2]
     blocks = -(-seq // block)

@@ -159,16 +159,15 @@ def test_second_signal_while_the_stop_checkpoint_is_written(tmp_path, async_save
     assert not [n for n in os.listdir(root) if n.startswith(".tmp_")]
 
 
-
 @pytest.mark.parametrize("when", ["first_save", "after_first_save"])
 def test_stop_signals_to_every_process_of_the_run(tmp_path, when):
-    """SLURM signals every process of a job step, not only the trainer: megatron-core's checkpoint
-    writer has helper processes (its results queue's server, spawned at the first save and seconds
-    in starting; the forked writers). SIGTERM and SIGUSR1 in turn to the whole process group every
-    20 ms until the run ends (scancel, the launcher forwarding it, the time-limit warning), from
-    while the first save runs (the server starting) or from once it is done (the server running):
-    the stop checkpoint is written and the run exits 75, not a death by signal. Before the server
-    was shielded it died and the save failed."""
+    """SLURM signals every process of a job step, not only the trainer: the checkpoint writer has
+    helper processes (the results queue's server, megatron-core's forked writers). SIGTERM and
+    SIGUSR1 in turn to the whole process group every 20 ms until the run ends (scancel, the
+    launcher forwarding it, the time-limit warning), from while the first save runs or from once it
+    is done: the stop checkpoint is written and the run exits 75, not a death by signal. (With
+    megatron's own server, which died of them, the save failed; a late signal during the shutdown
+    turned 75 into -10.)"""
     import signal
     import time
 

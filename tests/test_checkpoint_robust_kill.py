@@ -3,9 +3,9 @@ written, resume after each kill, and end with exactly the losses of an uninterru
 
 The kill moments come from a seeded RNG: half of them fire when the Nth save of a life has started
 writing (its `.tmp_iter_*` folder appeared, plus 0-40 ms), the rest at a random time after start
-(start-up, a step or a save). After each kill, `latest` must name a complete checkpoint (every file
-the dist format's metadata refers to is there and long enough) and no other state may be required:
-the next start resumes from it. Exactness: one process, fp32, the same data order and RNG states, so
+(start-up, a step or a save), at the latest after 1-4 of that life's steps. After each kill,
+`latest` must name a complete checkpoint (every file the dist format's metadata refers to is there
+and long enough) and no other state may be required: the next start resumes from it. Exactness: one process, fp32, the same data order and RNG states, so
 the resumed losses are compared with `==`.
 """
 
@@ -43,6 +43,10 @@ def tmp_folders(root, since=0.0):
     return sorted(found)
 
 
+def rows(metrics) -> int:
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
 def kill_when(process, root, rng):
     """Wait for this life's kill moment; returns True if a save of this life was in flight when it
     fired (a `.tmp_` folder it created), None if the process finished first."""
@@ -56,8 +60,12 @@ def kill_when(process, root, rng):
                 break
             time.sleep(0.002)
     else:
-        deadline = time.monotonic() + rng.uniform(3.0, 9.0)
-        while process.poll() is None and time.monotonic() < deadline:
+        # A random time, but no later than a few of this life's steps: a life must not outrun its
+        # kill by finishing the run (how long a life takes is the machine's, not the seed's).
+        deadline, steps = time.monotonic() + rng.uniform(1.0, 9.0), rng.randint(1, 4)
+        rows_before = rows(root.parent / "metrics.jsonl")
+        while (process.poll() is None and time.monotonic() < deadline
+               and rows(root.parent / "metrics.jsonl") - rows_before < steps):
             time.sleep(0.01)
     if process.poll() is not None:
         return None  # it finished first
