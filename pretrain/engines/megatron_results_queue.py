@@ -26,9 +26,12 @@ import threading
 from multiprocessing.managers import BaseManager
 from multiprocessing.reduction import ForkingPickler
 
+from pretrain.signals import STACKS_SIGNAL, STOP_SIGNALS
+
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_queue_server.py")
-_SERVER_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT}  # INT: Ctrl-C
-_server: dict = {}  # thread; then queue, process, or error
+# What the server ignores (its own list: it imports the standard library only); INT: Ctrl-C.
+_SERVER_SIGNALS = {*STOP_SIGNALS, STACKS_SIGNAL, signal.SIGINT}
+_server: dict = {}  # thread; then queue and process (held: its stdin must stay open), or error
 
 
 class _ResultsClient(BaseManager):

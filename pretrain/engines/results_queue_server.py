@@ -16,6 +16,8 @@ import sys
 import threading
 from multiprocessing.managers import BaseManager
 
+# The trainer's stop and stack-dump signals and Ctrl-C (pretrain/signals.py);
+# megatron_results_queue.py blocks the same set while it starts this process.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
