@@ -21,7 +21,9 @@ figure); peak RSS (same sampling: the largest process, and the sum over the tree
 - pipeline (all stages): the same command from scratch (--no-filters --no-near-dedup: all three
   tools must tokenize the same documents), reading W jsonl parts of the same corpus (datatrove
   shards by file).
-Every tool must write exactly the same number of tokens; the bench checks it.
+Every tool must write exactly the same number of tokens; the bench checks it (the ids themselves
+are checked by tests/test_fast_encoder.py and tests/test_corpus_pipeline*.py). scripts/preprocess.py and
+the pipeline encode with data/fast_encoder.py (sentencepiece's ids, kitoken's speed) when installed.
 
 Megatron-LM is not on PyPI: `git clone https://github.com/NVIDIA/Megatron-LM` and check out the tag
 of the installed megatron-core (core_v0.16.1), then pass the clone's path. Its script imports
@@ -50,7 +52,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # megatron imports torch here; it
 from data.config import DataConfig  # noqa: E402
 from data.corpus import stdlib_files, stdlib_root  # noqa: E402
 from data.indexed import check_shard, list_shards  # noqa: E402
-from data.tokenizer import train_tokenizer  # noqa: E402
+from data.tokenizer import CodeTokenizer, train_tokenizer  # noqa: E402
 
 # Runs Megatron-LM's script with `megatron.training`'s package __init__ skipped (see the docstring).
 MEGATRON_RUNNER = """
@@ -160,7 +162,8 @@ def main() -> None:
         model = train_tokenizer(one_copy, os.path.join(workdir, "tok.model"), args.vocab_size)
         print(f"corpus: {num_documents} documents, {num_bytes / 1e6:.0f} MB ({args.copies} stdlib "
               f"copies); tokenizer vocab {args.vocab_size}; {args.workers} workers; "
-              f"{os.cpu_count()} CPUs (shared machines give noisy figures)", flush=True)
+              f"{os.cpu_count()} CPUs (shared machines give noisy figures); our encoder: "
+              f"{CodeTokenizer(model).engine} (Megatron-LM's: sentencepiece)", flush=True)
         corpus = os.path.join(workdir, "corpus.jsonl")
         runs = {}
 

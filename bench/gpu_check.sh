@@ -37,7 +37,7 @@ case "$mode" in
     ;;
   prepare-train)
     bash "$0" prepare
-    for req in hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 'dill<0.4.2' 'multiprocess<0.70.20'; do
+    for req in hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 'dill<0.4.2' 'multiprocess<0.70.20' kitoken==0.11.1; do
       python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform any -d .whl "$req"

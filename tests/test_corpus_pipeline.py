@@ -23,6 +23,7 @@ from data.curation.filters import (
     AlphanumericFilter, ExtensionFilter, GeneratedFilter, LineLengthFilter, SizeFilter,
 )
 from data.curation.shards import KILL_HOOK
+from data.tokenizer import CodeTokenizer
 from tests.fixtures import (REPO, SMALL, losses_by_step, output_of, run_trainer, small_prepared,
                             subprocess_env)
 
@@ -282,6 +283,11 @@ def test_kept_documents_tokenize_exactly_as_preprocess_does(straight_run, corpus
                      "--output", reference, "--shards", "1", "--workers", "1"])
     ours = shard_documents(prefix)
     assert ours == shard_documents(reference)
+    # Both encode through CodeTokenizer's fast path: sentencepiece itself is the independent check.
+    tokenizer = CodeTokenizer(small_prepared().tokenizer_model)
+    assert tokenizer.engine == "kitoken"
+    kept = [texts[doc_id] for doc_id in published_ids(prefix)]
+    assert ours == [ids + [tokenizer.eod_id] for ids in tokenizer.sp.encode(kept, num_threads=1)]
     with open(f"{prefix}.json") as a, open(f"{reference}.json") as b:
         ours_manifest, reference_manifest = json.load(a), json.load(b)
     for key in ("tokenizer_sha256", "vocab_size", "num_documents", "num_tokens"):
