@@ -153,3 +153,16 @@ def test_without_kitoken_or_when_asked_sentencepiece_encodes(production_tokenize
     assert forced.encode_batch(texts) == missing.encode_batch(texts) == production_tokenizer.encode_batch(texts)
     with pytest.raises(ValueError, match="engine="):
         CodeTokenizer(production_tokenizer.model_path, engine="fast")
+
+
+def test_characters_beyond_the_table_are_never_cut_at(production_tokenizer, stdlib_texts, monkeypatch):
+    # A vocabulary with more characters than MAX_TABLE_CHARS (CJK comments, say): the rest join
+    # everything (fewer cuts), which stays exact.
+    import data.fast_encoder as fast_encoder
+    monkeypatch.setattr(fast_encoder, "MAX_TABLE_CHARS", 16)
+    fast, why = FastEncoder.for_model(production_tokenizer.sp)
+    assert why is None and fast._allowed.shape == (18, 18)
+    texts = stdlib_texts[:80] + ADVERSARIAL
+    assert [fast.encode(text) for text in texts] == production_tokenizer.sp.encode(texts, num_threads=1)
+    full = production_tokenizer._fast_encoder()
+    assert 0 < sum(fast.cut(t).count(SENTINEL) for t in texts) < sum(full.cut(t).count(SENTINEL) for t in texts)
