@@ -92,6 +92,7 @@ class FastEncoder:
     def __init__(self, sp, kitoken_encoder, classes: numpy.ndarray, allowed: numpy.ndarray):
         self.sp, self._kitoken = sp, kitoken_encoder
         self._classes, self._allowed = classes, allowed
+        self.probe = ""  # the load-time check's text (for_model)
 
     @classmethod
     def for_model(cls, sp) -> Tuple[Optional["FastEncoder"], Optional[str]]:
@@ -107,6 +108,7 @@ class FastEncoder:
             import kitoken
         except ImportError:
             return None, "kitoken is not installed (pip install kitoken)"
+        from importlib.metadata import version
         encoder = kitoken.Kitoken.from_sentencepiece(sp.serialized_model_proto())
         config = encoder.config()
         # Replace kitoken's whitespace split (it assumes split_by_whitespace, which code tokenizers
@@ -118,7 +120,7 @@ class FastEncoder:
         fast = cls(sp, encoder, *_pair_table(pieces))
         fast.probe = _probe_text(pieces, proto)
         if fast.encode(fast.probe) != sp.encode(fast.probe):
-            return None, f"kitoken {getattr(kitoken, '__version__', '?')} disagrees with sentencepiece on the probe text"
+            return None, f"kitoken {version('kitoken')} disagrees with sentencepiece on the probe text"
         return fast, None
 
     def cut(self, text: str) -> str:

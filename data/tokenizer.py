@@ -4,7 +4,7 @@
 - `CodeTokenizer(model_path)`: `.encode(str) -> list[int]`, `.decode(list[int]) -> str`, the special ids
   `.bos_id .eod_id .pad_id .fim_prefix_id .fim_middle_id .fim_suffix_id`, `.vocab_size`, `.sha256`,
   and `.check_model_vocab(model_vocab_size)`.
-Encoding goes through data/fast_encoder.py (the same ids as sentencepiece's, ~2.8x faster) when the
+Encoding goes through data/fast_encoder.py (the same ids as sentencepiece's, 2.5-2.8x faster) when the
 model and the install allow, else through sentencepiece; `.engine` says which.
 """
 
