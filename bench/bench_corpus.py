@@ -21,9 +21,9 @@ figure); peak RSS (same sampling: the largest process, and the sum over the tree
 - pipeline (all stages): the same command from scratch (--no-filters --no-near-dedup: all three
   tools must tokenize the same documents), reading W jsonl parts of the same corpus (datatrove
   shards by file).
-Every tool must write exactly the same number of tokens; the bench checks it (the ids themselves
-are checked by tests/test_fast_encoder.py and tests/test_corpus_pipeline*.py). scripts/preprocess.py and
-the pipeline encode with data/fast_encoder.py (sentencepiece's ids, kitoken's speed) when installed.
+Every tool must write exactly the same number of tokens; the bench checks it (the ids themselves:
+tests/test_fast_encoder.py, tests/test_corpus_pipeline*.py). scripts/preprocess.py and the
+pipeline encode with data/fast_encoder.py (sentencepiece's ids, kitoken's speed) when installed.
 
 Megatron-LM is not on PyPI: `git clone https://github.com/NVIDIA/Megatron-LM` and check out the tag
 of the installed megatron-core (core_v0.16.1), then pass the clone's path. Its script imports
