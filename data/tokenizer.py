@@ -127,6 +127,14 @@ class CodeTokenizer:
             self._fast, self._fast_refused = FastEncoder.for_model(self.sp)
         return self._fast
 
+    def __getstate__(self) -> dict:
+        # kitoken's encoder does not pickle (spawned loader workers, datasets' map): the copy
+        # builds its own on first use.
+        state = dict(self.__dict__)
+        if state["_fast"] is not None:
+            state["_fast"] = None
+        return state
+
     @property
     def engine(self) -> str:
         """Which encoder encodes: "kitoken" or "sentencepiece (<why not the fast one>)"."""

@@ -166,3 +166,11 @@ def test_characters_beyond_the_table_are_never_cut_at(production_tokenizer, stdl
     assert [fast.encode(text) for text in texts] == production_tokenizer.sp.encode(texts, num_threads=1)
     full = production_tokenizer._fast_encoder()
     assert 0 < sum(fast.cut(t).count(SENTINEL) for t in texts) < sum(full.cut(t).count(SENTINEL) for t in texts)
+
+
+def test_a_tokenizer_that_has_encoded_still_pickles(production_tokenizer):
+    # Spawned data-loader workers and datasets' map pickle it; kitoken's encoder does not pickle.
+    import pickle
+    production_tokenizer.encode("x = 1")
+    copy = pickle.loads(pickle.dumps(production_tokenizer))
+    assert copy.engine == "kitoken" and copy.encode("def f(): pass") == production_tokenizer.encode("def f(): pass")
