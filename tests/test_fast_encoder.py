@@ -86,7 +86,8 @@ def test_ids_equal_sentencepiece_on_random_piece_sequences(production_tokenizer)
 def test_lone_surrogate_is_named(production_tokenizer, engine):
     # sentencepiece's own error is a pybind11 cast message; both engines name the document.
     tokenizer = CodeTokenizer(production_tokenizer.model_path, engine=engine)
-    with pytest.raises(CorpusError, match="document 1 of the batch holds a lone surrogate U[+]D800 at character 1"):
+    named = "document 1 of the batch holds a lone surrogate U[+]D800 at character 1"
+    with pytest.raises(CorpusError, match=named):
         tokenizer.encode_batch(["ok", "a\ud800b"])
     with pytest.raises(CorpusError, match="lone surrogate"):
         tokenizer.encode("\udfff")
@@ -173,4 +174,5 @@ def test_a_tokenizer_that_has_encoded_still_pickles(production_tokenizer):
     import pickle
     production_tokenizer.encode("x = 1")
     copy = pickle.loads(pickle.dumps(production_tokenizer))
-    assert copy.engine == "kitoken" and copy.encode("def f(): pass") == production_tokenizer.encode("def f(): pass")
+    assert copy.engine == "kitoken"
+    assert copy.encode("def f(): pass") == production_tokenizer.encode("def f(): pass")
