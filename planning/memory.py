@@ -154,11 +154,11 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
     seq, batch = layout.seq_length, layout.micro_batch_size
     norm = 2 * st * h * 4 + st * 4  # fp32 copy of the input, normalised fp32, rstd
     lse = batch * d["heads_local"] * seq * 4
-    # This loop's K (after RoPE) and V are saved by the kernel that reads them, except by the
-    # torch backend's blocked local branch, which saves its padded copies instead (counted there).
-    blocked_local = (gated and layout.attention_backend == "torch"
-                     and sliding_window_block(seq, seq, m.swa_window) is not None)
-    own_kv = 0 if blocked_local else tok * kv * B
+    # What the torch backend's local branch saves (gated loops). This loop's K (after RoPE) and V
+    # are saved by the kernel that reads them, except when that branch runs blocked: it saves its
+    # padded copies instead (local_kv_spans).
+    torch_local = torch_local_branch_terms(m, layout) if gated and layout.attention_backend == "torch" else {}
+    own_kv = 0 if "local_kv_spans" in torch_local else tok * kv * B
     terms = {
         "norms": 2 * norm,
         "qkv_input": st * h * B,
@@ -178,8 +178,7 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
         terms["gate"] = gate_norm + st * h * B + 2 * tok * d["heads_local"] * B
     if gated:  # both gates mix the same two branches (model/attention.py mix_branches)
         terms["local_branch"] = 2 * tok * q * B + lse  # y_local and the mixed output
-        if layout.attention_backend == "torch":
-            terms.update(torch_local_branch_terms(m, layout))
+        terms.update(torch_local)
     return terms
 
 
