@@ -50,7 +50,7 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # megatron imports torch here; it computes nothing
 
 from data.config import DataConfig  # noqa: E402
-from data.corpus import stdlib_files, stdlib_root  # noqa: E402
+from data.corpus import source_documents, stdlib_files, stdlib_root  # noqa: E402
 from data.indexed import check_shard, list_shards  # noqa: E402
 from data.tokenizer import CodeTokenizer, train_tokenizer  # noqa: E402
 
@@ -76,16 +76,9 @@ runpy.run_path(script, run_name="__main__")
 def build_corpus(workdir: str, copies: int, parts: int):
     """corpus.jsonl (all documents) and parts/part-i.jsonl (the same documents, in order, split in
     `parts` contiguous files); the texts of one copy (to train the tokenizer)."""
-    root, files = stdlib_root(), stdlib_files(DataConfig().stdlib_exclude_dirs)
-    texts = {}
-    for relpath in files:
-        try:
-            with open(os.path.join(root, relpath), encoding="utf-8", newline="") as stream:
-                text = stream.read()
-        except UnicodeDecodeError:
-            continue
-        if text:
-            texts[relpath] = text
+    files = stdlib_files(DataConfig().stdlib_exclude_dirs)
+    texts = {document["path"]: document["text"] for document in source_documents(stdlib_root(), files)
+             if document["text"]}
     total = copies * len(texts)
     os.makedirs(os.path.join(workdir, "parts"))
     part_streams = [open(os.path.join(workdir, "parts", f"part-{i:03d}.jsonl"), "w") for i in range(parts)]

@@ -176,7 +176,9 @@ def list_source_files(
     return sorted(found)
 
 
-def _read_files(root: str, files: List[str]):
+def source_documents(root: str, files: List[str]):
+    """{"text", "path"} of each UTF-8 file of `files` (paths relative to `root`), read exactly as
+    written; the others are skipped (read_source_folder names them)."""
     for relpath in files:
         path = os.path.join(root, relpath)
         try:
@@ -227,7 +229,7 @@ def read_source_folder(
         stamp.update(f"{relpath}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     try:
         dataset = datasets.Dataset.from_generator(
-            _read_files,
+            source_documents,
             gen_kwargs={"root": root, "files": files},
             features=SOURCE_FEATURES,  # declared: a folder whose every file is skipped is still a table
             cache_dir=cache_dir,

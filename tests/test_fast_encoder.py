@@ -1,7 +1,6 @@
 """The fast encoder (data/fast_encoder.py) gives sentencepiece's ids exactly, is really used where
 it applies, and steps aside (to sentencepiece) where it does not."""
 
-import os
 import random
 import sys
 
@@ -11,7 +10,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from data.config import DataConfig
-from data.corpus import stdlib_files, stdlib_root
+from data.corpus import source_documents, stdlib_files, stdlib_root
 from data.errors import CorpusError
 from data.fast_encoder import SENTINEL, FastEncoder
 from data.tokenizer import CodeTokenizer, train_tokenizer
@@ -19,14 +18,8 @@ from data.tokenizer import CodeTokenizer, train_tokenizer
 
 @pytest.fixture(scope="module")
 def stdlib_texts():
-    root, texts = stdlib_root(), []
-    for relpath in stdlib_files(DataConfig().stdlib_exclude_dirs):
-        try:
-            with open(os.path.join(root, relpath), encoding="utf-8", newline="") as stream:
-                texts.append(stream.read())
-        except (UnicodeDecodeError, OSError):
-            continue
-    return texts
+    files = stdlib_files(DataConfig().stdlib_exclude_dirs)
+    return [document["text"] for document in source_documents(stdlib_root(), files)]
 
 
 @pytest.fixture(scope="module")
