@@ -24,9 +24,13 @@ def stdlib_texts():
 
 @pytest.fixture(scope="module")
 def production_tokenizer(stdlib_texts, tmp_path_factory):
-    """The default tokenizer's shape: 4096 pieces trained on the stdlib (~3 s)."""
+    """The default tokenizer's shape: 4096 pieces trained on the stdlib (~3 s). Its engine is decided
+    here, before any test runs: the choice is made once per tokenizer and kept, so a test that hides
+    kitoken must not be the first to ask (every test passes alone and in any selection)."""
     path = str(tmp_path_factory.mktemp("tok") / "code.model")
-    return CodeTokenizer(train_tokenizer(stdlib_texts, path, 4096))
+    tokenizer = CodeTokenizer(train_tokenizer(stdlib_texts, path, 4096))
+    assert tokenizer.engine == "kitoken"
+    return tokenizer
 
 
 def _edited(sp, edit) -> spm.SentencePieceProcessor:
@@ -140,11 +144,14 @@ def test_model_trained_with_other_options_falls_back_to_sentencepiece(stdlib_tex
 def test_without_kitoken_or_when_asked_sentencepiece_encodes(production_tokenizer, monkeypatch):
     forced = CodeTokenizer(production_tokenizer.model_path, engine="sentencepiece")
     assert forced.engine == "sentencepiece (engine='sentencepiece')"
-    monkeypatch.setitem(sys.modules, "kitoken", None)  # import kitoken now raises ImportError
-    missing = CodeTokenizer(production_tokenizer.model_path)
-    assert "kitoken is not installed" in missing.engine
     texts = ADVERSARIAL[:14]
-    assert forced.encode_batch(texts) == missing.encode_batch(texts) == production_tokenizer.encode_batch(texts)
+    fast_ids = production_tokenizer.encode_batch(texts)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "kitoken", None)  # import kitoken now raises ImportError
+        missing = CodeTokenizer(production_tokenizer.model_path)
+        assert "kitoken is not installed" in missing.engine
+    assert production_tokenizer.engine == "kitoken"  # the shared fixture's choice is untouched
+    assert forced.encode_batch(texts) == missing.encode_batch(texts) == fast_ids
     with pytest.raises(ValueError, match="engine="):
         CodeTokenizer(production_tokenizer.model_path, engine="fast")
 
