@@ -19,12 +19,9 @@ config composed and validated, the sbatch script rendered, nothing submitted).
 
 import argparse
 import ast
-import contextlib
-import io
 import json
 import os
 import re
-import runpy
 import shlex
 import subprocess
 import sys
@@ -32,6 +29,7 @@ import sys
 import pytest
 
 from tests.fixtures import REPO, subprocess_env
+from tests.tool_runner import run_jobs
 
 PACKAGES = ("scripts", "bench", "launch", "pretrain", "planning", "handoff", "evaluation", "data")
 TOOL = r"(?:-m\s+((?:scripts|bench|launch)\.\w+)|((?:scripts|bench|launch)/\w+\.py))"
@@ -160,36 +158,9 @@ class _Parsed(BaseException):
 
 def child() -> None:
     """Run the jobs on stdin; print one JSON list of {id, args, status, output}."""
-    jobs, results = json.load(sys.stdin), []
+    jobs = json.load(sys.stdin)
     _stop_after_parsing()
-    for job in jobs:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            status = _run_as_main(job)
-        results.append(dict(id=job["id"], args=job["args"], status=status,
-                            output=out.getvalue()[-2000:]))
-    print(json.dumps(results))
-
-
-def _run_as_main(job: dict) -> str:
-    sys.argv = [job["path"] or job["module"], *job["args"]]
-    folder = os.path.dirname(os.path.abspath(job["path"])) if job["path"] else None
-    try:
-        if folder:
-            sys.path.insert(0, folder)
-            runpy.run_path(job["path"], run_name="__main__")
-        else:
-            runpy.run_module(job["module"], run_name="__main__", alter_sys=True)
-    except _Parsed:
-        return "parsed"
-    except SystemExit as stop:
-        return f"exit {stop.code or 0}"
-    except BaseException as error:  # noqa: BLE001 reported as the job's status
-        return f"raised {type(error).__name__}: {error}"
-    finally:
-        if folder:
-            sys.path.remove(folder)
-    return "exit 0"
+    print(json.dumps(run_jobs(jobs, stop_on=((_Parsed, "parsed"),), keep=2000)))
 
 
 def _stop_after_parsing() -> None:
