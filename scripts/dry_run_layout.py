@@ -35,6 +35,7 @@ def main(argv=None) -> int:
 
     from model import ConfigError
     from planning.dry_run import dry_run
+    from pretrain.errors import EXIT_CONFIG, EXIT_FAILED
     from scripts.plan import compose_config
 
     config = OmegaConf.to_object(compose_config(args.overrides))
@@ -42,10 +43,13 @@ def main(argv=None) -> int:
         report = dry_run(config, args.world, args.rank)
     except (ConfigError, NotImplementedError, ValueError) as error:
         print(f"layout error (world {args.world}, rank {args.rank}): {error}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     print(report.format(show_parameters=args.params))
-    return 0 if report.num_parameters == report.planned_parameters else 2
+    # The built rank's parameters and the planner's count disagree: a bug in one of them.
+    return 0 if report.num_parameters == report.planned_parameters else EXIT_FAILED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

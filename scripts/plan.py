@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from planning import planner
     from pretrain.config import ConfigError, validate
+    from pretrain.errors import EXIT_CONFIG
 
     cfg = compose_config(args.overrides)
     world_size = args.gpus or default_world_size(cfg)
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
             validate(config, world_size)  # the model's own layout checks included
         except ConfigError as error:
             print(f"invalid layout on {world_size} GPUs: {error}", file=sys.stderr)
-            return 1
+            return EXIT_CONFIG
         kwargs = {} if args.utilization is None else {"hardware_utilization": args.utilization}
         plans.append(planner.make_plan(config, world_size, gpu_memory_gib=gpu_memory, **kwargs))
     print(planner.format_table(plans))
@@ -86,4 +87,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -5,6 +5,7 @@
 """
 
 import argparse
+import sys
 import time
 
 from data.tokenizer import CodeTokenizer, train_tokenizer
@@ -30,4 +31,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -30,14 +30,14 @@ def test_a_7b_tp2_rank_of_64_builds_and_matches_the_planner():
 def test_a_layout_that_does_not_divide_the_layers_fails_naming_the_key():
     result = dry_run("model=plt_7b", "train=plt_7b", "parallel=node8_tp2", "parallel.pp=4",
                      "--world", "64", "--rank", "0")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "parallel.pp=4 does not divide model.num_layers=14" in result.stderr
 
 
 def test_a_pipeline_stage_builds_its_own_layers_or_the_model_says_why():
     result = dry_run("model=plt_tiny", "parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true",
                      "train.global_batch_size=16", "--world", "8", "--rank", "7", "--params")
-    if result.returncode == 1:  # a model without pipeline support refuses with its own message
+    if result.returncode == 2:  # a model without pipeline support refuses with its own message
         assert "pp" in result.stderr and "layout error" in result.stderr
         pytest.skip("the model does not build pp > 1 here: " + result.stderr.strip()[-200:])
     assert result.returncode == 0, result.stderr[-2000:]

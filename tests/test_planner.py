@@ -145,5 +145,5 @@ def test_plan_cli_prints_loops_side_by_side_and_warns_when_a_layout_cannot_fit(c
 def test_plan_cli_refuses_an_invalid_layout_naming_the_key(capsys):
     from scripts import plan
 
-    assert plan.main(["model=plt_7b", "train=plt_7b", "parallel.tp=3", "--gpus", "6"]) == 1
+    assert plan.main(["model=plt_7b", "train=plt_7b", "parallel.tp=3", "--gpus", "6"]) == 2
     assert "parallel.tp=3" in capsys.readouterr().err
