@@ -1,0 +1,145 @@
+"""docs/ stays true to the tree: every repository path the documents name in backticks exists,
+and every link and `docs/<name>.md#<section>` citation (in the documents and in the code)
+resolves to a file and a heading. (The first architecture document named a
+`pretrain/checkpoint.py` long after it had become a package.)"""
+
+import glob
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.fixtures import REPO
+
+DOCS = sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
+TOP_LEVEL = set(os.listdir(REPO))
+BACKTICKED = re.compile(r"`([^`]+)`")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+CITATION = re.compile(r"\bdocs/([\w-]+\.md)(#[\w-]+)?")
+
+
+def _text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        return stream.read()
+
+
+def heading_anchors(path: str) -> set:
+    """The anchors GitHub gives the headings of a Markdown file: lower case, punctuation dropped
+    (hyphens and underscores kept), spaces as hyphens."""
+    anchors = set()
+    for line in _text(path).splitlines():
+        found = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if found:
+            title = re.sub(r"[^\w\- ]", "", found.group(1).lower())
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
+def repository_paths(span: str) -> list:
+    """The repository paths a backticked span names: words whose first folder is one of the
+    repository's top-level entries (`model/...`, `tests/...`); placeholders such as
+    `<run_dir>/config.yaml` or a checkpoint's `rng/` are not. `python -m pkg.mod` names a module."""
+    words = span.split()
+    if words[:2] == ["python", "-m"] and len(words) > 2:
+        module = words[2].replace(".", "/")
+        return [module + ".py" if os.path.isfile(os.path.join(REPO, module + ".py")) else module]
+    paths = []
+    for word in words:
+        word = word.strip(",;:()[]").split("#")[0]
+        if "/" in word and word.split("/")[0] in TOP_LEVEL and not word.startswith("."):
+            paths.append(word)
+    return paths
+
+
+def _items(text: str):
+    """The text of each list item or paragraph (a line starting with "- ", a blank line or a
+    heading starts a new one)."""
+    item = []
+    for line in text.splitlines():
+        starts = line.lstrip().startswith(("- ", "#")) or not line.strip()
+        if starts and item:
+            yield "\n".join(item)
+            item = []
+        if line.strip():
+            item.append(line)
+    if item:
+        yield "\n".join(item)
+
+
+def named_paths(text: str) -> list:
+    """Every repository path the text names in backticks. A bare module or folder name
+    (`frame.py`, `curation/`) is read in the folder its list item named last
+    (`pretrain/checkpoint/`: ... `frame.py`); a bare module name in an item that named no folder
+    must exist somewhere in the repository."""
+    paths = []
+    for item in _items(text):
+        folder = None
+        for span in BACKTICKED.findall(item):
+            found = repository_paths(span)
+            paths += found
+            if len(found) == 1 and found[0].endswith("/") and found[0] == span:
+                folder = found[0]
+            elif not found and folder is not None and re.fullmatch(r"\w+\.py|\w+/", span):
+                paths.append(folder + span)
+            elif not found and re.fullmatch(r"\w+\.py", span) and not glob.glob(
+                    os.path.join(REPO, "**", span), recursive=True):
+                paths.append(span)
+    return paths
+
+
+def _exists(path: str) -> bool:
+    return bool(glob.glob(os.path.join(REPO, path))) if "*" in path else os.path.exists(
+        os.path.join(REPO, path))
+
+
+def test_docs_exist():
+    names = {os.path.basename(p) for p in DOCS}
+    assert {"README.md", "spec.md", "architecture.md", "checkpoint_format.md",
+            "run_folder.md"} <= names
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=os.path.basename)
+def test_every_named_path_exists(doc):
+    text = _text(doc)
+    missing = sorted({path for path in named_paths(text) if not _exists(path)})
+    assert not missing, f"{os.path.relpath(doc, REPO)} names paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=os.path.basename)
+def test_every_link_resolves(doc):
+    broken = []
+    for target in LINK.findall(_text(doc)):
+        if "://" in target:
+            continue
+        file_part, _, anchor = target.partition("#")
+        path = os.path.normpath(os.path.join(os.path.dirname(doc), file_part)) if file_part else doc
+        if not os.path.isfile(path):
+            broken.append(target)
+        elif anchor and anchor not in heading_anchors(path):
+            broken.append(target)
+    assert not broken, f"{os.path.relpath(doc, REPO)} links to what does not exist: {broken}"
+
+
+def tracked_files() -> list:
+    """The repository's files (tracked, and new ones git does not ignore)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the file list comes from git")
+    return [name for name in listed.stdout.splitlines()
+            if os.path.isfile(os.path.join(REPO, name))
+            and os.path.getsize(os.path.join(REPO, name)) < 2 << 20]
+
+
+def test_citations_of_docs_resolve():
+    """`docs/spec.md#decoding` in a docstring names a document and a section that exist."""
+    broken = []
+    for name in tracked_files():
+        for line_number, line in enumerate(_text(os.path.join(REPO, name)).splitlines(), 1):
+            for document, anchor in CITATION.findall(line):
+                path = os.path.join(REPO, "docs", document)
+                if not os.path.isfile(path) or (anchor and anchor[1:] not in heading_anchors(path)):
+                    broken.append(f"{name}:{line_number}: docs/{document}{anchor}")
+    assert not broken, "citations of docs/ that do not resolve:\n" + "\n".join(broken)
+
