@@ -141,3 +141,22 @@ def test_init_from_a_llama_starts_an_r2_run(tmp_path):
     assert result.returncode == 0, output_of(result)
     assert "initialised the weights from" in output_of(result)
     assert read_metrics(tmp_path / "run")[0]["loss"] > 0
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+    {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+], ids=["legacy-rope_scaling", "rope_parameters"])
+def test_a_llama_with_scaled_rope_is_refused_naming_the_key(tmp_path, capsys, rope):
+    """Our RoPE is Llama's default only: any scaling (either spelling of the key) is refused;
+    rope_parameters of the default type (what transformers 5 saves) is read above."""
+    from pretrain.errors import run_tool
+    from scripts import import_hf
+
+    llama = _llama_dir(tmp_path)
+    config = json.loads((llama / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    (llama / "config.json").write_text(json.dumps({**config, **rope}))
+    assert run_tool(import_hf.main, ["--hf", str(llama), "--out", str(tmp_path / "o")]) == 4
+    assert next(iter(rope)) in capsys.readouterr().err
+    assert not (tmp_path / "o" / "latest").exists()
