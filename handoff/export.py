@@ -103,7 +103,7 @@ def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16",
     """config.json, generation_config.json, README.md and the code for `model_cfg`: no weights are
     built (nothing is allocated: what `--config-only model=plt_7b` writes)."""
     _, dtype_name = _dtype(dtype)
-    _check_exportable(model_cfg, "the model given", allow_served_differently)
+    _check_exportable(model_cfg, "the model (--config-only)", allow_served_differently)
     tmp = _staging(out_dir)
     try:
         from data.tokenizer import BOS_ID, EOD_ID, PAD_ID

@@ -57,10 +57,10 @@ def who_loads(m: ModelConfig) -> LoaderStatement:
                                "looped transformer) has no loop >= 2 gate and their loaders "
                                "expect plt_gate tensors in every layer, so they refuse it", False)
     if not m.clp:
-        return LoaderStatement(family, remote, "NO, and worse: they would load it (every tensor "
-                               "they expect is here) but they ignore `plt_clp: false` and run "
+        return LoaderStatement(family, remote, "no, although they would load it: every tensor "
+                               "they expect is here, but they ignore `plt_clp: false` and run "
                                "LoopCoder-V2's cross-loop shift, which this model (clp=false "
-                               "with the hidden gate) never had: their output is not this "
+                               "with the hidden gate) never had, so their output is not this "
                                "model's", True)
     return LoaderStatement(family, remote, "yes: their iquest_loopcoder loader (LoopCoder-V2, "
                            "model_type iquestpltcoder) computes this model", False)
@@ -68,11 +68,14 @@ def who_loads(m: ModelConfig) -> LoaderStatement:
 
 def refusal(m: ModelConfig, where: str) -> str:
     """The one-paragraph refusal of an export the published loaders would serve differently."""
-    return (f"{where}: vLLM and SGLang would serve this export but compute another model: "
-            f"{who_loads(m).published}. Only transformers with this directory's code computes it. "
-            f"Export it anyway with {ALLOW_FLAG} (its README.md and config.json then say so), or "
-            "use model.gate_input=query with clp=false, which is the published IQuest-Coder-V1 "
-            "Loop architecture and exports as that")
+    return (f"{where}: this model (clp=false with the hidden gate) has no published format; it "
+            "would be written as LoopCoder-V2 with loopcoder's key `plt_clp: false`, which vLLM "
+            "and SGLang ignore: they would load the export and run the cross-loop shift this "
+            "model never had, so what they serve would not be this model. Only transformers with "
+            "the directory's own code (trust_remote_code=True) computes it. Export it anyway with "
+            f"{ALLOW_FLAG} (its README.md then says not to serve it with vLLM or SGLang), or "
+            "train with model.gate_input=query, which with clp=false is the published "
+            "IQuest-Coder-V1 Loop architecture")
 
 
 def readme(m: ModelConfig, dtype_name: str) -> str:
@@ -87,7 +90,7 @@ def readme(m: ModelConfig, dtype_name: str) -> str:
         "# A loopcoder export",
         "",
         f"model_type `{s.family}`, {m.num_layers} layers, hidden {m.hidden_size}, "
-        f"{loops}; weights in {dtype_name}. Written by loopcoder's scripts/export_hf.py.",
+        f"{loops}; dtype {dtype_name}. Written by loopcoder's scripts/export_hf.py.",
         "",
         "## Which tools load this directory",
         "",
