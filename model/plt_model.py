@@ -204,10 +204,11 @@ class PLTModel(LanguageModule):
 
     def _rope_in_model_dtype(self) -> None:
         """megatron computes the RoPE angles in float32 whatever the model's dtype; a float64
-        model (the exactness checks against references) gets float64 angles instead."""
+        model (the exactness checks against references) gets float64 angles instead, and float32
+        ones again (megatron's own formula) once cast back."""
         rope = self.rotary_pos_emb
-        dtype = next(self.parameters()).dtype
-        if dtype == torch.float64 and rope.inv_freq.dtype != dtype:
+        dtype = torch.float64 if next(self.parameters()).dtype == torch.float64 else torch.float32
+        if rope.inv_freq.dtype != dtype:
             dim = 2 * rope.inv_freq.numel()
             rope.inv_freq = 1.0 / (self.config.rotary_base ** (
                 torch.arange(0, dim, 2, dtype=dtype, device=rope.inv_freq.device) / dim))

@@ -39,3 +39,14 @@ def test_bf16_norm_and_rope_still_run_in_float32():
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 100
     expected = torch.nn.functional.rms_norm(x.bfloat16().float(), (64,), eps=1e-5).bfloat16()
     assert torch.equal(norm(x.bfloat16()), expected)
+
+
+def test_a_model_cast_back_to_float32_computes_as_before():
+    """The float64 RoPE angles do not stay behind when the model returns to float32."""
+    ours, _ = model_and_config(num_loops=2)
+    tokens = torch.randint(0, HANDOFF_VOCAB, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = ours(tokens)
+        ours.double()(tokens)
+        after = ours.float()(tokens)
+    assert after.dtype == torch.float32 and torch.equal(after, before)
