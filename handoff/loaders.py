@@ -50,8 +50,9 @@ def who_loads(m: ModelConfig) -> LoaderStatement:
         return LoaderStatement(family, "yes, natively: LlamaForCausalLM, no remote code",
                                "yes: LlamaForCausalLM, the architecture both ship", False)
     if family == LOOP_FAMILY:
-        return LoaderStatement(family, remote, "yes: their iquest_loopcoder loader (IQuest-Coder-V1 "
-                               "Loop, model_type iquestloopcoder) computes this model", False)
+        return LoaderStatement(family, remote, "yes: their iquest_loopcoder loader "
+                               "(IQuest-Coder-V1 Loop, model_type iquestloopcoder) computes this "
+                               "model", False)
     if not m.shared_kv:
         return LoaderStatement(family, remote, "no: this model (shared_kv=false, the vanilla "
                                "looped transformer) has no loop >= 2 gate and their loaders "

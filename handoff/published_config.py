@@ -131,7 +131,8 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
     if family not in FAMILIES:
         _fail(source, f"model_type={family!r} is not an architecture loopcoder reads: "
                       f"{PLT_FAMILY!r} (LoopCoder-V2), {LOOP_FAMILY!r} (IQuest-Coder-V1 Loop) or "
-                      f"{LLAMA_FAMILY!r} (a plain decoder: our R=1 model, or the block of an R>1 one)")
+                      f"{LLAMA_FAMILY!r} (a plain decoder: our R=1 model, or the block of an "
+                      "R>1 one)")
     defaults = LLAMA_DEFAULTS if family == LLAMA_FAMILY else SHAPE_DEFAULTS
     get = lambda key: config.get(key, defaults.get(key))  # noqa: E731
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

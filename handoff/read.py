@@ -100,8 +100,8 @@ def read_hf(hf_dir: str, loops: Optional[dict] = None
     """(ModelConfig, {our TP=PP=1 PLTModel name: float32 tensor}) of a verified HF directory of
     either published family or a Llama. `loops`: loop settings (handoff.llama_block.LOOP_FIELDS)
     that make a Llama (any one-loop directory) the block of a looped model (gates at their initial
-    values); a directory of a looped model has its own and ignores them. Raises PublishedFormatError naming the file and the
-    fix."""
+    values); a directory of a looped model has its own and ignores them. Raises
+    PublishedFormatError naming the file and the fix."""
     model_cfg, reader, stored = verify_hf_dir(hf_dir)
     weights = from_published(model_cfg, lambda name: reader.get(stored[name]).float())
     if loops and family_of(model_cfg) == LLAMA_FAMILY:

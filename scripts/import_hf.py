@@ -33,8 +33,8 @@ def loop_settings(overrides) -> dict:
         key, sep, value = override.partition("=")
         field = key[len("model."):] if key.startswith("model.") else None
         if not sep or field not in LOOP_FIELDS:
-            raise ConfigError(f"{override!r}: give loop settings as model.KEY=VALUE with KEY one of "
-                              f"{list(LOOP_FIELDS)} (the shapes come from the directory)")
+            raise ConfigError(f"{override!r}: give loop settings as model.KEY=VALUE with KEY one "
+                              f"of {list(LOOP_FIELDS)} (the shapes come from the directory)")
         settings[field] = yaml.safe_load(value)
     return settings
 
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     loops = loop_settings(args.loops)
     if loops and family_of(read_published_config(args.hf)[1]) != LLAMA_FAMILY:
         raise ConfigError(f"{args.hf} is a looped model with loop settings of its own; loop "
-                          f"settings ({' '.join(args.loops)}) apply to a Llama directory only: drop "
-                          "them")
+                          f"settings ({' '.join(args.loops)}) apply to a Llama directory only: "
+                          "drop them")
     folder = import_hf(args.hf, args.out, loops)
 
     model_cfg = read_model_config(folder)
