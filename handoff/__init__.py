@@ -5,11 +5,12 @@
     export_checkpoint(checkpoint, out_dir, ...)              python -m scripts.export_hf
     pretrain.checkpoint.init.import_hf(hf_dir, checkpoint_dir)   python -m scripts.import_hf
 
-One job per file: published_config (config.json <-> ModelConfig, both families), tensor_names
-(weight names and fused layouts), safetensors_files (streaming shards, never pickle),
-tokenizer_files (tokenizer.json equal to our sentencepiece), hf_files/ (the transformers
-implementation copied into every exported directory), read (verify and load a directory),
-export (write one).
+One job per file: published_config (config.json <-> ModelConfig, both families and Llama for
+R=1), tensor_names (weight names and fused layouts), safetensors_files (streaming shards, never
+pickle), tokenizer_files (tokenizer.json equal to our sentencepiece), hf_files/ (the transformers
+implementation copied into every exported directory), loaders (which tools load an export: its
+README.md), llama_block (a Llama as the block of a looped model), read (verify and load a
+directory), export (write one).
 """
 
 from handoff.published_config import PublishedFormatError

@@ -3,11 +3,14 @@
     export_checkpoint(checkpoint, out_dir, dtype="bf16", max_shard_size="5GB")
     export_config_only(model_cfg, out_dir)        # config.json and code only (no weights)
 
-The directory holds config.json (the family's published keys and an auto_map to the files below),
+The directory holds README.md (what the model is and which tools load it: handoff/loaders.py, also
+logged as a warning when vLLM/SGLang cannot serve it), config.json (the family's published keys and
+an auto_map to the files below; an R=1 model is a Llama: no auto_map, no code),
 generation_config.json, safetensors shards + model.safetensors.index.json (published tensor names,
 in the chosen dtype), the tokenizer (tokenizer.model, tokenizer.json, tokenizer_config.json: the
 same ids as data/tokenizer.py, EOD as eos) and handoff/hf_files/*.py (our transformers
-implementation, self-contained).
+implementation, self-contained). A model that vLLM and SGLang would load but compute differently
+(handoff/loaders.py) is refused unless `allow_served_differently`.
 
 Memory: the checkpoint is read once in float32 (pretrain.checkpoint.read_weights), then each
 tensor is converted and handed to the shard writer and its source dropped, so beyond the source
@@ -27,7 +30,8 @@ import shutil
 
 import torch
 
-from handoff.published_config import extension_keys, published_config
+from handoff.loaders import readme, refusal, who_loads
+from handoff.published_config import LLAMA_FAMILY, published_config
 from handoff.safetensors_files import ShardWriter, parse_size
 from handoff.tensor_names import to_published
 from handoff.tokenizer_files import write_tokenizer_files
@@ -69,25 +73,37 @@ def _write_json(folder: str, name: str, content: dict) -> None:
         stream.write("\n")
 
 
+def _check_exportable(model_cfg, where: str, allow_served_differently: bool) -> None:
+    """Refuse, before anything is read or written, a model with no published format (R=1 is
+    Llama, so every R is one) and, unless allowed, one vLLM/SGLang would serve differently."""
+    from model.config import ConfigError
+
+    published_config(model_cfg)
+    if who_loads(model_cfg).served_differently and not allow_served_differently:
+        raise ConfigError(refusal(model_cfg, where))
+
+
 def _write_code_and_configs(folder: str, model_cfg, dtype_name: str, ids: dict) -> None:
-    extensions = extension_keys(model_cfg)
-    if extensions:
-        logger.warning("model has %s: no published LoopCoder format has that; config.json says so "
-                       "with loopcoder's keys %s, which this directory's transformers code reads "
-                       "but vLLM and SGLang ignore (they would serve it as a PLT)",
-                       ", ".join(f"{k[4:]}=false" for k in extensions), sorted(extensions))
+    statement = who_loads(model_cfg)
+    if not statement.published_serve_it:
+        logger.warning("this export loads in transformers (%s); vLLM and SGLang: %s (README.md in "
+                       "the directory says the same)", statement.transformers, statement.published)
     config = published_config(model_cfg, dtype_name, ids["bos_token_id"], ids["eos_token_id"])
     _write_json(folder, "config.json", config)
     _write_json(folder, "generation_config.json", {**ids, "do_sample": False})
-    for path in glob.glob(os.path.join(HF_FILES, "*.py")):
-        shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
+    with open(os.path.join(folder, "README.md"), "w") as stream:
+        stream.write(readme(model_cfg, dtype_name))
+    if statement.family != LLAMA_FAMILY:  # a Llama loads natively everywhere: no code to ship
+        for path in glob.glob(os.path.join(HF_FILES, "*.py")):
+            shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
 
 
-def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16") -> str:
-    """config.json, generation_config.json and the code for `model_cfg`: no weights are built
-    (nothing is allocated: what `--config-only model=plt_7b` writes)."""
+def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16",
+                       allow_served_differently: bool = False) -> str:
+    """config.json, generation_config.json, README.md and the code for `model_cfg`: no weights are
+    built (nothing is allocated: what `--config-only model=plt_7b` writes)."""
     _, dtype_name = _dtype(dtype)
-    published_config(model_cfg)  # refuse an unexportable model before touching the disk
+    _check_exportable(model_cfg, "the model (--config-only)", allow_served_differently)
     tmp = _staging(out_dir)
     try:
         from data.tokenizer import BOS_ID, EOD_ID, PAD_ID
@@ -101,9 +117,11 @@ def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16") -> str:
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
-                      max_shard_size: str = "5GB", iteration=None, allow_pickle: bool = False) -> str:
+                      max_shard_size: str = "5GB", iteration=None, allow_pickle: bool = False,
+                      allow_served_differently: bool = False) -> str:
     """Export the checkpoint `checkpoint` (an iter_ folder, or a checkpoint dir: its `latest`, or
-    iter_<iteration> when given) to `out_dir`; returns the directory."""
+    iter_<iteration> when given) to `out_dir`; returns the directory. `allow_served_differently`:
+    export a model vLLM/SGLang would load but compute differently (handoff/loaders.py)."""
     from pretrain.checkpoint import checkpoint_tokenizer, files, read_weights, resolve_checkpoint
     from pretrain.checkpoint.weights import read_model_config
 
@@ -116,7 +134,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
                                     f"are {files.list_checkpoints(checkpoint)}")
     else:
         folder = resolve_checkpoint(checkpoint)
-    published_config(read_model_config(folder))  # an unexportable model fails before reading
+    # An unexportable model fails before reading.
+    _check_exportable(read_model_config(folder), folder, allow_served_differently)
     tokenizer = checkpoint_tokenizer(folder)
     model_cfg, weights, _ = read_weights(folder, allow_pickle=allow_pickle)
     tokenizer.check_model_vocab(model_cfg.vocab_size)

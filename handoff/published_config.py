@@ -4,10 +4,16 @@ formats"; the keys are the authors', never ours: ARCHITECTURE "Hand-off").
     published_config(model_cfg, dtype="bfloat16", bos_id=1, eos_id=2) -> dict   (config.json)
     model_config_from_published(config, source) -> ModelConfig
 
-Which family a model exports as follows from what it is: with the cross-loop shift (clp) it is
+Which family a model exports as follows from what it is: with one loop it is a plain Llama-style
+decoder and exports as the architecture transformers, vLLM and SGLang ship (`llama`,
+LlamaForCausalLM: no loop keys, no remote code); with the cross-loop shift (clp) it is
 LoopCoder-V2 (`iquestpltcoder`); without it, with shared K/V and the query gate, it is
 IQuest-Coder-V1 Loop (`iquestloopcoder`). Our ablations that neither family has (clp=false with
 the hidden gate, shared_kv=false) export as LoopCoder-V2 plus two keys of ours (`extension_keys`).
+Every setting of an R=1 model is one Llama has: RoPE is Llama's default (rotate-half, the same
+inverse frequencies, `rope_theta`), the norms are RMSNorm with `rms_norm_eps`, embeddings tied or
+not (`tie_word_embeddings`), no biases, no QK-norm, head_dim = hidden / heads; the loop fields
+(clp, scales, window, gate) do nothing at R=1.
 
 Windows: our `swa_window` counts keys back from the query, which itself is always seen.
 LoopCoder-V2's `plt_window_size [left, 0]` is flash-attn's (left, right): left = swa_window.
@@ -21,9 +27,12 @@ import dataclasses
 
 from model.config import ModelConfig
 
-PLT_FAMILY, LOOP_FAMILY = "iquestpltcoder", "iquestloopcoder"
-ARCHITECTURES = {PLT_FAMILY: "IQuestPLTCoderForCausalLM", LOOP_FAMILY: "IQuestLoopCoderForCausalLM"}
-# auto_map: the configuration and modeling files that the export copies into the directory.
+PLT_FAMILY, LOOP_FAMILY, LLAMA_FAMILY = "iquestpltcoder", "iquestloopcoder", "llama"
+FAMILIES = (PLT_FAMILY, LOOP_FAMILY, LLAMA_FAMILY)
+ARCHITECTURES = {PLT_FAMILY: "IQuestPLTCoderForCausalLM", LOOP_FAMILY: "IQuestLoopCoderForCausalLM",
+                 LLAMA_FAMILY: "LlamaForCausalLM"}
+# auto_map: the configuration and modeling files that the export copies into the directory (a
+# Llama needs none: transformers, vLLM and SGLang ship that architecture).
 AUTO_MAP = {
     PLT_FAMILY: {"AutoConfig": "configuration_iquestpltcoder.IQuestPLTCoderConfig",
                  "AutoModelForCausalLM": "modeling_iquestpltcoder.IQuestPLTCoderForCausalLM"},
@@ -36,6 +45,8 @@ PLT_DEFAULTS = dict(plt_num_loops=2, plt_window_size=[64, 0], plt_normalize_per_
 LOOP_DEFAULTS = dict(loop_num=2, loop_window_size=64)
 SHAPE_DEFAULTS = dict(hidden_act="silu", rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=None,
                       tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+# transformers' LlamaConfig defaults where they differ (a Llama config.json may leave them out).
+LLAMA_DEFAULTS = dict(SHAPE_DEFAULTS, rms_norm_eps=1e-6, rope_theta=10000.0)
 
 
 class PublishedFormatError(ValueError):
@@ -43,6 +54,8 @@ class PublishedFormatError(ValueError):
 
 
 def family_of(m: ModelConfig) -> str:
+    if m.num_loops == 1:
+        return LLAMA_FAMILY
     if m.num_loops > 1 and not m.clp and m.shared_kv and m.gate_input == "query":
         return LOOP_FAMILY
     return PLT_FAMILY
@@ -51,8 +64,9 @@ def family_of(m: ModelConfig) -> str:
 def extension_keys(m: ModelConfig) -> dict:
     """loopcoder's ablations that neither published family has (clp=false with the hidden gate,
     shared_kv=false: the PLT paper's controls), as two extra LoopCoder-V2 keys. Only our
-    transformers implementation reads them; the published loaders (vLLM, SGLang) ignore them and
-    would run such a model as a PLT: the export says so."""
+    transformers implementation reads them; the published loaders (vLLM, SGLang) ignore them:
+    they cannot load shared_kv=false (no gate tensors) and would run clp=false with the shift it
+    never had (handoff/loaders.py: the export refuses that unless asked, and says so)."""
     if m.num_loops == 1 or family_of(m) == LOOP_FAMILY:
         return {}
     keys = {}
@@ -65,12 +79,11 @@ def extension_keys(m: ModelConfig) -> dict:
 
 def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
                      eos_id: int = 2) -> dict:
-    """config.json for `m` in its family's published keys, with our auto_map."""
+    """config.json for `m` in its family's published keys, with our auto_map (none for Llama)."""
     family = family_of(m)
     config = {
         "architectures": [ARCHITECTURES[family]],
         "model_type": family,
-        "auto_map": AUTO_MAP[family],
         "vocab_size": m.vocab_size,
         "hidden_size": m.hidden_size,
         "intermediate_size": m.ffn_hidden_size,
@@ -93,13 +106,15 @@ def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
         "use_cache": True,
         "dtype": dtype,
     }
+    if family in AUTO_MAP:
+        config["auto_map"] = AUTO_MAP[family]
     if family == PLT_FAMILY:
         config.update(
             plt_num_loops=m.num_loops, plt_emb_scale=m.clp_emb_scale,
             plt_hidden_scale=m.clp_hidden_scale, plt_normalize_per_loop=m.normalize_per_loop,
             plt_gate_use_hidden_states=m.gate_input == "hidden",
             plt_window_size=[m.swa_window, 0], **extension_keys(m))
-    else:
+    elif family == LOOP_FAMILY:
         config.update(loop_num=m.num_loops, loop_window_size=m.swa_window + 1)
     return config
 
@@ -113,10 +128,13 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
     every error. Refuses what our model cannot be: unknown model_type, biases, another activation,
     RoPE scaling, a head_dim other than hidden/heads, a non-causal window."""
     family = config.get("model_type")
-    if family not in (PLT_FAMILY, LOOP_FAMILY):
-        _fail(source, f"model_type={family!r} is not a LoopCoder family; loopcoder reads "
-                      f"{PLT_FAMILY!r} (LoopCoder-V2) and {LOOP_FAMILY!r} (IQuest-Coder-V1 Loop)")
-    get = lambda key: config.get(key, SHAPE_DEFAULTS.get(key))  # noqa: E731
+    if family not in FAMILIES:
+        _fail(source, f"model_type={family!r} is not an architecture loopcoder reads: "
+                      f"{PLT_FAMILY!r} (LoopCoder-V2), {LOOP_FAMILY!r} (IQuest-Coder-V1 Loop) or "
+                      f"{LLAMA_FAMILY!r} (a plain decoder: our R=1 model, or the block of an "
+                      "R>1 one)")
+    defaults = LLAMA_DEFAULTS if family == LLAMA_FAMILY else SHAPE_DEFAULTS
+    get = lambda key: config.get(key, defaults.get(key))  # noqa: E731
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "vocab_size"):
         if not isinstance(config.get(key), int):
@@ -125,9 +143,7 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
         _fail(source, f"hidden_act={get('hidden_act')!r}, attention_bias={get('attention_bias')}, "
                       f"mlp_bias={get('mlp_bias')}: the LoopCoder block is SwiGLU (silu) without "
                       "biases")
-    if get("rope_scaling") is not None:
-        _fail(source, f"rope_scaling={get('rope_scaling')!r}: loopcoder trains plain RoPE; set "
-                      "rope_scaling to null")
+    rope_theta = _plain_rope_theta(config, source, defaults["rope_theta"])
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
     head_dim = config.get("head_dim", hidden // heads)
     if head_dim * heads != hidden:
@@ -138,7 +154,7 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
         num_attention_heads=heads, num_query_groups=config.get("num_key_value_heads", heads),
         ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
         max_position_embeddings=config.get("max_position_embeddings", 8192),
-        norm_epsilon=float(get("rms_norm_eps")), rotary_base=float(get("rope_theta")),
+        norm_epsilon=float(get("rms_norm_eps")), rotary_base=rope_theta,
         untie_embeddings_and_output_weights=not get("tie_word_embeddings"),
         init_method_std=float(config.get("initializer_range", 0.02)), attention_backend="auto")
     if family == PLT_FAMILY:
@@ -155,19 +171,37 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
                       normalize_per_loop=bool(plt["plt_normalize_per_loop"]),
                       gate_input="hidden" if plt["plt_gate_use_hidden_states"] else "query",
                       swa_window=window[0])
-    else:
+    elif family == LOOP_FAMILY:
         loop = {key: config.get(key, default) for key, default in LOOP_DEFAULTS.items()}
         if not isinstance(loop["loop_window_size"], int) or loop["loop_window_size"] < 2:
             _fail(source, f"loop_window_size={loop['loop_window_size']!r}; it counts the keys "
                           "including the query and must be >= 2")
         fields.update(num_loops=loop["loop_num"], clp=False, normalize_per_loop=False, shared_kv=True,
                       gate_input="query", swa_window=loop["loop_window_size"] - 1)
+    else:  # Llama: one pass, no loop settings (handoff.read gives it loops as a block)
+        fields.update(num_loops=1)
     model_cfg = ModelConfig(**fields)
     try:
         model_cfg.validate()
     except ValueError as error:
         _fail(source, f"describes a model loopcoder cannot build: {error}")
     return model_cfg
+
+
+def _plain_rope_theta(config: dict, source: str, default: float) -> float:
+    """rope_theta of plain RoPE, from the legacy keys (rope_theta, rope_scaling: null) or
+    transformers 5's `rope_parameters` ({"rope_type": "default", "rope_theta": ...})."""
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = config.get(key)
+        if rope is None:
+            continue
+        kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else rope
+        if kind != "default" or any(k not in ("rope_type", "type", "rope_theta") for k in rope):
+            _fail(source, f"{key}={rope!r}: loopcoder trains plain RoPE; set {key} to null "
+                          "(or rope_type 'default')")
+        if "rope_theta" in rope:
+            return float(rope["rope_theta"])
+    return float(config.get("rope_theta", default))
 
 
 def _scale(value) -> float:

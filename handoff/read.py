@@ -2,6 +2,7 @@
 
     model_cfg, weights = read_hf(hf_dir)        # checkpoint.init_from and scripts.import_hf
                                                 # (pretrain/checkpoint/init.py) call this
+    read_hf(llama_dir, loops={"num_loops": 2, ...})  # a Llama as the block of a looped model
 
 Every check runs before a tensor is converted, and each refusal (PublishedFormatError) names the
 file and the fix: config.json missing or of an unknown model_type; weights that are pickles; a
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from handoff.published_config import PublishedFormatError, model_config_from_published
+from handoff.llama_block import as_block_of
+from handoff.published_config import (LLAMA_FAMILY, PublishedFormatError, family_of,
+                                      model_config_from_published)
 from handoff.safetensors_files import SafetensorsReader
 from handoff.tensor_names import (IGNORED_SUFFIXES, canonical_name, from_published,
                                   published_shapes)
@@ -92,9 +95,15 @@ def verify_hf_dir(hf_dir: str) -> Tuple[ModelConfig, SafetensorsReader, Dict[str
     return model_cfg, reader, stored
 
 
-def read_hf(hf_dir: str) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
+def read_hf(hf_dir: str, loops: Optional[dict] = None
+            ) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
     """(ModelConfig, {our TP=PP=1 PLTModel name: float32 tensor}) of a verified HF directory of
-    either published family. Raises PublishedFormatError naming the file and the fix."""
+    either published family or a Llama. `loops`: loop settings (handoff.llama_block.LOOP_FIELDS)
+    that make a Llama (any one-loop directory) the block of a looped model (gates at their initial
+    values); a directory of a looped model has its own and ignores them. Raises
+    PublishedFormatError naming the file and the fix."""
     model_cfg, reader, stored = verify_hf_dir(hf_dir)
     weights = from_published(model_cfg, lambda name: reader.get(stored[name]).float())
+    if loops and family_of(model_cfg) == LLAMA_FAMILY:
+        model_cfg, weights = as_block_of(model_cfg, weights, loops)
     return model_cfg, weights

@@ -22,6 +22,8 @@ class RMSNorm(MegatronModule):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 (bf16 sums of squares lose precision), return in the input dtype.
-        out = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        # Normalise in fp32 at least (bf16 sums of squares lose precision; a float64 model keeps
+        # float64, what exactness checks against references run in), return in the input dtype.
+        wide = torch.promote_types(x.dtype, torch.float32)
+        out = F.rms_norm(x.to(wide), (x.shape[-1],), self.weight.to(wide), self.eps)
         return out.to(x.dtype)

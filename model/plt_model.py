@@ -196,10 +196,22 @@ class PLTModel(LanguageModule):
     # -- pieces ------------------------------------------------------------------------------
     def _rotary(self, seq_len: int, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
         """RoPE frequencies [s, 1 or b, 1, d]; the same absolute positions in every loop."""
+        self._rope_in_model_dtype()
         if position_ids is None:
             return self.rotary_pos_emb(seq_len)
         freqs = self.rotary_pos_emb(int(position_ids.max()) + 1)  # [S, 1, 1, d]
         return freqs[position_ids.t()].squeeze(2)  # [s, b, 1, d]
+
+    def _rope_in_model_dtype(self) -> None:
+        """megatron computes the RoPE angles in float32 whatever the model's dtype; a float64
+        model (the exactness checks against references) gets float64 angles instead, and float32
+        ones again (megatron's own formula) once cast back."""
+        rope = self.rotary_pos_emb
+        dtype = torch.float64 if next(self.parameters()).dtype == torch.float64 else torch.float32
+        if rope.inv_freq.dtype != dtype:
+            dim = 2 * rope.inv_freq.numel()
+            rope.inv_freq = 1.0 / (self.config.rotary_base ** (
+                torch.arange(0, dim, 2, dtype=dtype, device=rope.inv_freq.device) / dim))
 
     def per_loop_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """RMSNorm_final applied between loops (flag ``normalize_per_loop``, default on)."""

@@ -2,14 +2,17 @@
 transformers, vLLM and SGLang load; shared/PLT_SPEC.md "The published formats").
 
     python -m scripts.export_hf --checkpoint CKPT_DIR [--iteration N] --out HF_DIR
-        [--dtype bf16|fp32] [--max-shard-size 5GB]
+        [--dtype bf16|fp32] [--max-shard-size 5GB] [--allow-served-differently]
     python -m scripts.export_hf --config-only model=plt_7b [OVERRIDES] --out HF_DIR
 
 CKPT_DIR: an iter_XXXXXXX/ folder or a checkpoint dir with a `latest` file, of either engine
 (megatron at any TP/PP, DeepSpeed ZeRO 1-3). --config-only writes config.json and the code for a
 model preset (Hydra overrides as the trainer takes them) without building any weights. Load the
 result with AutoModelForCausalLM.from_pretrained(HF_DIR, trust_remote_code=True) and
-AutoTokenizer.from_pretrained(HF_DIR). The library code is handoff/export.py.
+AutoTokenizer.from_pretrained(HF_DIR); an R=1 model exports as a Llama (LlamaForCausalLM, no
+remote code). HF_DIR/README.md states which tools load it (transformers, vLLM, SGLang). A model
+that vLLM and SGLang would load but compute differently (clp=false with the hidden gate) is
+refused (exit 2) unless --allow-served-differently. The library code is handoff/export.py.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="with --config-only: e.g. model=plt_7b")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="let a DeepSpeed checkpoint you trust unpickle classes beyond its own")
+    parser.add_argument("--allow-served-differently", action="store_true",
+                        help="export a model that vLLM/SGLang would load but compute differently "
+                             "(clp=false with the hidden gate); its README.md says so")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -44,14 +50,14 @@ def main(argv=None) -> int:
         cfg = compose(args.overrides)
         model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
                                                         cfg.model))
-        out = export_config_only(model_cfg, args.out, args.dtype)
+        out = export_config_only(model_cfg, args.out, args.dtype, args.allow_served_differently)
     else:
         if not args.checkpoint or args.overrides:
             parser.error("pass --checkpoint CKPT_DIR (overrides go with --config-only)")
         from handoff.export import export_checkpoint
 
         out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
-                                args.iteration, args.allow_pickle)
+                                args.iteration, args.allow_pickle, args.allow_served_differently)
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -58,9 +58,9 @@ def _refused_without_writing(hf_dir, tmp_path, *expected):
 
 def test_unknown_model_type(hf_copy, tmp_path):
     config = json.loads((hf_copy / "config.json").read_text())
-    config["model_type"] = "llama"
+    config["model_type"] = "mistral"  # llama is read (an R=1 model)
     (hf_copy / "config.json").write_text(json.dumps(config))
-    _refused_without_writing(hf_copy, tmp_path, str(hf_copy / "config.json"), "'llama'")
+    _refused_without_writing(hf_copy, tmp_path, str(hf_copy / "config.json"), "'mistral'")
 
 
 def test_missing_tensor(hf_copy, tmp_path):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("megatron_world")
 transformers = pytest.importorskip("transformers")
 
 CASES = [  # (num_loops, clp, shared_kv, gate_input): R=1..4, clp and shared_kv on/off, both gates
-    pytest.param(1, True, True, "hidden", id="R1"),
+    pytest.param(1, True, True, "hidden", id="R1"),  # a Llama: transformers' own class
     pytest.param(2, True, True, "hidden", id="R2-loopcoder-v2"),
     pytest.param(3, True, True, "query", id="R3-query-gate"),
     pytest.param(4, True, True, "hidden", id="R4"),
@@ -43,7 +43,9 @@ def test_logits_and_greedy_tokens_equal_ours(tmp_path, num_loops, clp, shared_kv
 
     ours, cfg = model_and_config(num_loops=num_loops, clp=clp, shared_kv=shared_kv,
                                  gate_input=gate_input)
-    hf = load_hf(exported(ours, cfg, tmp_path))
+    # clp=false with the hidden gate: vLLM/SGLang would serve it differently (test_handoff_serving)
+    hf = load_hf(exported(ours, cfg, tmp_path,
+                          allow_served_differently=not clp and gate_input == "hidden"))
     tokens = _ids((2, 24))
     with torch.no_grad():
         expected, got = ours(tokens), hf(tokens, use_cache=False).logits

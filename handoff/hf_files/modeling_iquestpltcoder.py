@@ -70,8 +70,10 @@ class PLTRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # In float32 with the weight, then back to the input's dtype (as loopcoder trains it).
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        # bf16/fp16 in float32 (as loopcoder trains it), float64 in float64 (no float32 step a
+        # float64 check would see), then back to the input's dtype.
+        wide = compute_dtype(x.dtype)
+        return F.rms_norm(x.to(wide), (x.shape[-1],), self.weight.to(wide), self.eps).to(x.dtype)
 
 
 class PLTGate(nn.Module):
@@ -93,6 +95,11 @@ class PLTGate(nn.Module):
         else:
             logits = F.linear(self.gate_norm(residual), self.weight, self.bias).transpose(1, 2)
         return torch.sigmoid(logits).unsqueeze(-1)
+
+
+def compute_dtype(dtype):
+    """The dtype of norms and RoPE angles: float32 at least, the model's own when it is wider."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def rotate_half(x):
@@ -234,12 +241,13 @@ class PLTModel(PLTPreTrainedModel):
         return self.layers[layer_index].self_attn.plt_gate
 
     def _rope(self, positions, dtype):
-        """cos, sin [b, 1, s, head_dim] (rotate-half convention, float32 angles). Computed per
-        call rather than kept in a buffer: nothing to re-create after a meta-device load."""
-        dim = self.config.head_dim
+        """cos, sin [b, 1, s, head_dim] (rotate-half convention; angles in float32, or float64 for
+        a float64 model). Computed per call rather than kept in a buffer: nothing to re-create
+        after a meta-device load."""
+        dim, wide = self.config.head_dim, compute_dtype(dtype)
         inv_freq = 1.0 / (float(self.config.rope_theta) ** (
-            torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
-        freqs = positions.clamp(min=0).float()[..., None] * inv_freq
+            torch.arange(0, dim, 2, dtype=wide, device=positions.device) / dim))
+        freqs = positions.clamp(min=0).to(wide)[..., None] * inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # [b, 1, s, d]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

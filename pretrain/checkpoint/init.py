@@ -35,16 +35,17 @@ def is_hf_dir(path: str) -> bool:
             and not os.path.isfile(os.path.join(path, "latest")))
 
 
-def import_hf(hf_dir: str, checkpoint_dir: str) -> str:
+def import_hf(hf_dir: str, checkpoint_dir: str, loops=None) -> str:
     """A weights-only megatron checkpoint of `hf_dir` at step 0 in `checkpoint_dir` (iter_0000000
     + `latest`, sealed), with the directory's tokenizer.model when it has one: what
     `python -m scripts.import_hf` writes. Nothing is written when `hf_dir` fails verification
-    (handoff.read_hf). Returns the iter_ folder."""
+    (handoff.read_hf). `loops`: the loop settings a Llama directory (no loops of its own) is
+    imported under, as the block of that looped model. Returns the iter_ folder."""
     from omegaconf import OmegaConf
 
     from handoff.read import read_hf
 
-    model_cfg, weights = read_hf(hf_dir)
+    model_cfg, weights = read_hf(hf_dir, loops)
     os.makedirs(checkpoint_dir, exist_ok=True)
     tmp = os.path.join(checkpoint_dir, files.tmp_name(0))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -64,13 +65,16 @@ def import_hf(hf_dir: str, checkpoint_dir: str) -> str:
         raise
 
 
-def _stage(source: str, engine_name: str, staging: str) -> str:
-    """A weights-only checkpoint of `engine_name` made from `source` (rank 0); its iter_ folder."""
+def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> str:
+    """A weights-only checkpoint of `engine_name` made from `source` (rank 0); its iter_ folder.
+    A Llama directory becomes this run's model: its block under the run's loop settings."""
+    from handoff.llama_block import LOOP_FIELDS
     from pretrain.checkpoint.convert import convert_checkpoint
 
     shutil.rmtree(staging, ignore_errors=True)
     if is_hf_dir(source):
-        folder = import_hf(source, staging)  # megatron's format
+        loops = {key: model_fields[key] for key in LOOP_FIELDS if key in model_fields}
+        folder = import_hf(source, staging, loops)  # megatron's format
         if engine_name == "megatron":
             return folder
         source = folder
@@ -85,7 +89,7 @@ def init_from(source: str, engine, model_fields: dict, root: str, verify: str = 
     """Load the weights of `source` into `engine` (every rank); returns the folder read."""
     staging = os.path.join(root, STAGING_DIR)
     folder = on_main(f"cannot read checkpoint.init_from={source}",
-                     lambda: _stage(source, engine.name, staging))
+                     lambda: _stage(source, engine.name, staging, model_fields))
     try:
         state = verify_complete(folder, verify)
         check_model_fields(folder, state["model"], model_fields, allow_model_change,
