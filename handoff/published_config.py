@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from handoff.published_values import value_problem
 from model.config import ModelConfig
 
 PLT_FAMILY, LOOP_FAMILY = "iquestpltcoder", "iquestloopcoder"
@@ -116,6 +117,9 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
     if family not in (PLT_FAMILY, LOOP_FAMILY):
         _fail(source, f"model_type={family!r} is not a LoopCoder family; loopcoder reads "
                       f"{PLT_FAMILY!r} (LoopCoder-V2) and {LOOP_FAMILY!r} (IQuest-Coder-V1 Loop)")
+    problem = value_problem(config)  # types and ranges first: nothing below may crash on them
+    if problem:
+        _fail(source, f"{problem}; fix that field of config.json")
     get = lambda key: config.get(key, SHAPE_DEFAULTS.get(key))  # noqa: E731
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "vocab_size"):
@@ -129,7 +133,7 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
         _fail(source, f"rope_scaling={get('rope_scaling')!r}: loopcoder trains plain RoPE; set "
                       "rope_scaling to null")
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
-    head_dim = config.get("head_dim", hidden // heads)
+    head_dim = config.get("head_dim") or hidden // heads  # null: the published default
     if head_dim * heads != hidden:
         _fail(source, f"head_dim={head_dim} x num_attention_heads={heads} != hidden_size={hidden}; "
                       "loopcoder's attention has head_dim = hidden_size / num_attention_heads")
