@@ -222,6 +222,17 @@ def read_weight_map(index_path: str) -> Dict[str, str]:
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
         raise PublishedFormatError(
             f"{index_path} is not a safetensors index: it must be a JSON object whose "
-            "\"weight_map\" maps each tensor name to its shard's file name (got "
-            f"{str(index)[:80]}); copy it again from its source")
+            "\"weight_map\" maps each tensor name to its shard's file name (it holds "
+            f"{_shown(index)}); copy it again from its source")
     return weight_map
+
+
+def _shown(index) -> str:
+    """What an index that is not one holds instead (for its error message)."""
+    if not isinstance(index, dict):
+        return f"a JSON {type(index).__name__}"
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        return f"the keys {sorted(index)[:5]}, no weight_map object with entries"
+    bad = next(k for k, v in weight_map.items() if not isinstance(v, str))
+    return f"{bad!r}: {weight_map[bad]!r}"

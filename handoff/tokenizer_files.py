@@ -103,8 +103,8 @@ def _not_a_tokenizer(path: str, kind: str, problem: str):
     from handoff.published_config import PublishedFormatError
 
     raise PublishedFormatError(
-        f"{path} is not a {kind} ({problem}); copy it again from the model's source, or remove it "
-        "(loopcoder then keeps the tokenizer of the run)")
+        f"{path} is not a {kind} ({problem}); copy it again from the model's source (or export "
+        "the directory again)")
 
 
 def _tokenizer_json_ids(path: str) -> int:

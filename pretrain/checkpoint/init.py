@@ -24,6 +24,7 @@ from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, v
 from pretrain.checkpoint.state import read_trainer_state
 from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
 from pretrain.distributed import barrier, is_main
+from pretrain.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".init_from"
@@ -83,10 +84,14 @@ def _stage(source: str, engine_name: str, staging: str) -> str:
 def _check_loaded_weights(engine, folder: str) -> None:
     """NaN/inf in the loaded parameters (each rank its own part), named: a checkpoint that went
     bad must not start a run whose first step is NaN (the HF path is checked as it is read)."""
+    from handoff.published_config import PublishedFormatError
     from handoff.weight_checks import check_finite
 
-    for name, param in engine.model.named_parameters():
-        check_finite(name, param.data, folder)
+    try:
+        for name, param in engine.model.named_parameters():
+            check_finite(name, param.data, folder)
+    except PublishedFormatError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def init_from(source: str, engine, model_fields: dict, root: str, verify: str = "full",
