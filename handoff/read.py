@@ -38,7 +38,7 @@ def read_published_config(hf_dir: str) -> Tuple[dict, ModelConfig]:
         raise PublishedFormatError(f"{path} is missing; pass a Hugging Face model directory "
                                    "(config.json + safetensors), e.g. one scripts.export_hf wrote")
     try:
-        with open(file_in(hf_dir, CONFIG_FILE, hf_dir), encoding="utf-8") as stream:
+        with open(file_in(hf_dir, CONFIG_FILE), encoding="utf-8") as stream:
             config = json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PublishedFormatError(f"{path} is not JSON ({error}); copy it again from the "

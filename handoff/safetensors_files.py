@@ -110,8 +110,8 @@ def write_safetensors(path: str, tensors: Dict[str, torch.Tensor], metadata: dic
                 stream.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))
 
 
-def file_in(folder: str, name: str, named_by: str) -> str:
-    """The path of `name` (as `named_by` names it) inside `folder`, refusing one that lies
+def file_in(folder: str, name: str, named_by: Optional[str] = None) -> str:
+    """The path of `name` (as the file `named_by` names it) inside `folder`, refusing one that lies
     outside: an absolute name, a `..`, or a symlink whose target is elsewhere (a directory from
     the internet must not make us read, and then train on or export, any other file). The one
     symlink layout allowed out is the Hugging Face hub cache's: snapshots/<rev>/<file> pointing
@@ -125,8 +125,9 @@ def file_in(folder: str, name: str, named_by: str) -> str:
         os.path.basename(os.path.dirname(real_folder)) == "snapshots"
         and real.startswith(blobs + os.sep))
     if os.path.isabs(name) or ".." in parts or not inside:
+        what = f"{named_by} names {name!r}, which" if named_by else path
         raise PublishedFormatError(
-            f"{named_by} names {name!r}, which resolves to {real}, outside {real_folder}; "
+            f"{what} resolves to {real}, outside {real_folder}; "
             "loopcoder reads only the directory's own files: put the file itself into the "
             "directory and name it relative to it (no absolute path, no '..', no symlink out)")
     return path
@@ -145,8 +146,8 @@ class SafetensorsReader:
         for name, named_by in self._shard_files():
             path = file_in(folder, name, named_by)
             if not os.path.isfile(path):
-                raise PublishedFormatError(f"{named_by} names {name}, which is missing; copy the "
-                                           "whole directory")
+                raise PublishedFormatError(f"{named_by or folder} names {name}, which is missing; "
+                                           "copy the whole directory")
             entries = read_header(path)
             self._handles[name] = self._guarded(path, lambda: safe_open(path, framework="pt"))
             for key, entry in entries.items():
@@ -160,7 +161,7 @@ class SafetensorsReader:
         """[(shard file name, what names it)]."""
         index = os.path.join(self.folder, INDEX_FILE)
         if os.path.isfile(index):
-            files = sorted(set(read_weight_map(file_in(self.folder, INDEX_FILE, self.folder))
+            files = sorted(set(read_weight_map(file_in(self.folder, INDEX_FILE))
                                .values()))
             pickles = [f for f in files if not f.endswith(".safetensors")]
             if pickles:
@@ -168,7 +169,7 @@ class SafetensorsReader:
                                            "loopcoder reads safetensors only (never pickles)")
             return [(name, index) for name in files]
         if os.path.isfile(os.path.join(self.folder, SINGLE_FILE)):
-            return [(SINGLE_FILE, self.folder)]
+            return [(SINGLE_FILE, None)]
         present = sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else []
         pickles = [f for f in present if f.endswith(PICKLE_SUFFIXES)]
         if pickles:

@@ -145,5 +145,5 @@ def tokenizer_vocab_sizes(hf_dir: str) -> list:
     for name, count in (("tokenizer.json", _tokenizer_json_ids),
                         ("tokenizer.model", _sentencepiece_ids)):
         if os.path.lexists(os.path.join(hf_dir, name)):
-            found.append((count(file_in(hf_dir, name, hf_dir)), os.path.join(hf_dir, name)))
+            found.append((count(file_in(hf_dir, name)), os.path.join(hf_dir, name)))
     return found

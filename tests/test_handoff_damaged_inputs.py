@@ -62,10 +62,6 @@ def _rewrite_header(change):
     return damage
 
 
-def _tensor(header, name):
-    return header[name]
-
-
 def _last(header):
     return max((k for k in header if k != "__metadata__"),
                key=lambda k: header[k]["data_offsets"][1])
@@ -176,6 +172,23 @@ def _shard_elsewhere(hf, how):
     return hf / INDEX
 
 
+def _symlink_out(name):
+    """`name` replaced by a symlink to a copy of it outside the directory."""
+    def damage(hf):
+        outside = hf.parent / f"outside-{name}"
+        os.replace(hf / name, outside)
+        os.symlink(outside, hf / name)
+        return hf / name
+    return damage
+
+
+def _single_file(hf):
+    """The sharded layout turned into the single-file one (model.safetensors, no index)."""
+    os.replace(_shard(hf), hf / "model.safetensors")
+    (hf / INDEX).unlink()
+    return hf / "model.safetensors"
+
+
 def _weights(change):
     """Every tensor of the shard changed by `change(name, tensor)` (None: unchanged)."""
     def damage(hf):
@@ -220,6 +233,11 @@ DAMAGE = {
     "shard by absolute path": (lambda hf: _shard_elsewhere(hf, "absolute"), "outside"),
     "shard by ../": (lambda hf: _shard_elsewhere(hf, "dotdot"), "outside"),
     "shard symlinked outside": (lambda hf: _shard_elsewhere(hf, "symlink"), "outside"),
+    "single file symlinked outside": (lambda hf: _single_file(hf) and _symlink_out(
+        "model.safetensors")(hf), "outside"),
+    "index symlinked outside": (_symlink_out(INDEX), "outside"),
+    "config.json symlinked outside": (_symlink_out("config.json"), "outside"),
+    "tokenizer.model symlinked outside": (_symlink_out("tokenizer.model"), "outside"),
     # config.json: not JSON, not an object, wrong types, out of range
     "config not JSON": (_file("config.json", b"{\"model_type\": "), "not JSON"),
     "config a list": (_file("config.json", b"[1, 2]"), "not the object"),
@@ -313,29 +331,14 @@ def test_the_hub_cache_layout_may_link_into_its_blobs(hf_copy, tmp_path):
     assert model_cfg.num_loops == 2 and weights
 
 
-def test_a_full_disk_leaves_no_out_and_names_it(good_dir, tmp_path, monkeypatch, capsys):
-    """ENOSPC in the middle of writing the checkpoint (injected in the payload writer, as
-    megatron's writer raises it): exit 4 naming --out, and the folders it created are gone; an --out
-    the user made (empty) is left as it was."""
-    import errno
+def test_every_reader_refuses_a_shard_outside_the_directory(hf_copy, tmp_path):
+    """import_hf (the table above), checkpoint.init_from and evaluate --hf share one reader."""
+    from evaluation.load import load_hf
+    from handoff import PublishedFormatError
+    from pretrain.checkpoint.init import _stage
 
-    from pretrain.engines import megatron_checkpoint
-    from scripts import import_hf
-
-    def full_disk(folder, *args, **kwargs):
-        with open(os.path.join(folder, "__0_0.distcp"), "wb") as stream:
-            stream.write(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(folder, "__0_0.distcp"))
-
-    monkeypatch.setattr(megatron_checkpoint, "save", full_disk)
-    for out, made_by_user in ((tmp_path / "new" / "ckpt", False), (tmp_path / "given", True)):
-        if made_by_user:
-            out.mkdir()
-        capsys.readouterr()
-        assert run_tool(import_hf.main, ["--hf", str(good_dir), "--out", str(out)]) == EXIT_CHECKPOINT
-        err = capsys.readouterr().err
-        assert "no space left" in err and str(out) in err and "Traceback" not in err, err
-        if made_by_user:
-            assert out.is_dir() and os.listdir(out) == []
-        else:
-            assert not (tmp_path / "new").exists()
+    _shard_elsewhere(hf_copy, "dotdot")
+    for read in (load_hf, lambda hf: _stage(hf, "megatron", str(tmp_path / "staging"))):
+        with pytest.raises(PublishedFormatError, match="outside"):
+            read(str(hf_copy))
+    assert not (tmp_path / "staging").exists() or not os.listdir(tmp_path / "staging")
