@@ -9,7 +9,8 @@ One job per file: published_config (config.json <-> ModelConfig, both families),
 (weight names and fused layouts), safetensors_files (streaming shards, never pickle),
 tokenizer_files (tokenizer.json equal to our sentencepiece), hf_files/ (the transformers
 implementation copied into every exported directory), read (verify and load a directory),
-export (write one).
+export (write one); what reading checks: safetensors_header (a shard's header against its bytes),
+published_values (config.json's types and ranges), weight_checks (float dtypes, finite values).
 """
 
 from handoff.published_config import PublishedFormatError
