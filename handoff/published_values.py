@@ -56,6 +56,11 @@ def _types_problem(config: dict) -> Optional[str]:
     for key in OPTIONAL_SCALES:
         if config.get(key) is not None and not _is_number(config[key]):
             return f"{key}={config[key]!r}; it must be a finite number or null"
+    window = config.get("plt_window_size")
+    if window is not None and not (isinstance(window, list) and all(map(_is_int, window))):
+        return f"plt_window_size={window!r}; it must be a list of two integers [left, 0]"
+    if "loop_window_size" in config and not _is_int(config["loop_window_size"]):
+        return f"loop_window_size={config['loop_window_size']!r}; it must be an integer >= 2"
     if "hidden_act" in config and not isinstance(config["hidden_act"], str):
         return f"hidden_act={config['hidden_act']!r}; it must be a string (\"silu\")"
     return None

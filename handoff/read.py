@@ -40,7 +40,7 @@ def read_published_config(hf_dir: str) -> Tuple[dict, ModelConfig]:
     try:
         with open(file_in(hf_dir, CONFIG_FILE), encoding="utf-8") as stream:
             config = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise PublishedFormatError(f"{path} is not JSON ({error}); copy it again from the "
                                    "model's source") from error
     if not isinstance(config, dict):
@@ -88,11 +88,16 @@ def verify_hf_dir(hf_dir: str) -> Tuple[ModelConfig, SafetensorsReader, Dict[str
 def read_hf(hf_dir: str) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
     """(ModelConfig, {our TP=PP=1 PLTModel name: float32 tensor}) of a verified HF directory of
     either published family. Raises PublishedFormatError naming the file and the fix."""
-    model_cfg, reader, stored = verify_hf_dir(hf_dir)
+    try:
+        model_cfg, reader, stored = verify_hf_dir(hf_dir)
 
-    def get(name):  # checked as each tensor streams in: no second copy of the model
-        tensor = reader.get(stored[name]).float()
-        check_finite(name, tensor, reader.file_of(stored[name]))
-        return tensor
+        def get(name):  # checked as each tensor streams in: no second copy of the model
+            tensor = reader.get(stored[name]).float()
+            check_finite(name, tensor, reader.file_of(stored[name]))
+            return tensor
 
-    return model_cfg, from_published(model_cfg, get)
+        return model_cfg, from_published(model_cfg, get)
+    except OSError as error:  # unreadable, a folder where a file belongs, an I/O error
+        raise PublishedFormatError(
+            f"{error.filename or hf_dir} cannot be read ({error.strerror or error}); check its "
+            "permissions, or copy the directory again") from error

@@ -116,6 +116,9 @@ def file_in(folder: str, name: str, named_by: Optional[str] = None) -> str:
     the internet must not make us read, and then train on or export, any other file). The one
     symlink layout allowed out is the Hugging Face hub cache's: snapshots/<rev>/<file> pointing
     into that model's ../../blobs/."""
+    if "\x00" in name:
+        raise PublishedFormatError(f"{named_by or folder} names {name!r}, which holds a NUL byte: "
+                                   "no file has that name; copy the directory again")
     parts = name.replace("\\", "/").split("/")
     path = os.path.join(folder, name)
     real_folder = os.path.realpath(folder)
@@ -214,7 +217,7 @@ def read_weight_map(index_path: str) -> Dict[str, str]:
     try:
         with open(index_path, encoding="utf-8") as stream:
             index = json.load(stream)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise PublishedFormatError(f"{index_path} is not JSON ({error}); copy it again from its "
                                    "source, or delete it if the directory has one "
                                    f"{SINGLE_FILE}") from error

@@ -58,7 +58,7 @@ def _header_json(path: str) -> Tuple[dict, int]:
         raw = stream.read(length)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         _fail(path, f"its header is not JSON ({error})")
     if not isinstance(header, dict):
         _fail(path, f"its header is JSON of type {type(header).__name__}, not an object")

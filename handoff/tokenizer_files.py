@@ -114,7 +114,7 @@ def _tokenizer_json_ids(path: str) -> int:
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
         definition = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         _not_a_tokenizer(path, "tokenizers definition", f"not JSON: {error}")
     if not isinstance(definition, dict) or not isinstance(definition.get("model"), dict):
         _not_a_tokenizer(path, "tokenizers definition", "JSON without a \"model\" object: another "
@@ -144,6 +144,10 @@ def tokenizer_vocab_sizes(hf_dir: str) -> list:
     found = []
     for name, count in (("tokenizer.json", _tokenizer_json_ids),
                         ("tokenizer.model", _sentencepiece_ids)):
-        if os.path.lexists(os.path.join(hf_dir, name)):
-            found.append((count(file_in(hf_dir, name)), os.path.join(hf_dir, name)))
+        path = os.path.join(hf_dir, name)
+        if not os.path.lexists(path):
+            continue
+        if not os.path.isfile(path):  # a FIFO would block the read, a dangling link fail it
+            _not_a_tokenizer(path, "regular file", "a folder, a dangling link or a device")
+        found.append((count(file_in(hf_dir, name)), path))
     return found

@@ -238,8 +238,13 @@ DAMAGE = {
     "index symlinked outside": (_symlink_out(INDEX), "outside"),
     "config.json symlinked outside": (_symlink_out("config.json"), "outside"),
     "tokenizer.model symlinked outside": (_symlink_out("tokenizer.model"), "outside"),
+    "shard name with a NUL": (_index(_weight_map_to("model\x00.safetensors")), "NUL"),
     # config.json: not JSON, not an object, wrong types, out of range
     "config not JSON": (_file("config.json", b"{\"model_type\": "), "not JSON"),
+    "config nested past the stack": (_file("config.json", b"[" * 100000 + b"]" * 100000),
+                                     "not JSON"),
+    "window of bools": (_config(plt_window_size=[True, 0]), "plt_window_size=[True, 0]"),
+    "eps NaN": (_config(rms_norm_eps=math.nan), "rms_norm_eps=nan"),
     "config a list": (_file("config.json", b"[1, 2]"), "not the object"),
     "hidden_size a string": (_config(hidden_size="big"), "hidden_size='big'"),
     "rms_norm_eps negative": (_config(rms_norm_eps=-1.0), "rms_norm_eps=-1.0"),
@@ -263,6 +268,8 @@ DAMAGE = {
     "tokenizer.model garbage": (_file("tokenizer.model", os.urandom(512)), "not a sentencepiece"),
     "tokenizer.model empty": (_file("tokenizer.model", b""), "not a sentencepiece"),
     "tokenizer.model JSON": (_file("tokenizer.model", b'{"vocab": {}}'), "not a sentencepiece"),
+    "tokenizer.json a folder": (lambda hf: (hf / "tokenizer.json").unlink() or (
+        hf / "tokenizer.json").mkdir() or hf / "tokenizer.json", "not a regular file"),
     # weights that cannot train
     "integer weights": (_weights(lambda n, t: t.to(torch.int32)), "not a floating-point"),
     "bool weights": (_weights(lambda n, t: t != 0), "not a floating-point"),
@@ -329,6 +336,24 @@ def test_the_hub_cache_layout_may_link_into_its_blobs(hf_copy, tmp_path):
         os.symlink(os.path.join("..", "..", "blobs", path.name), snapshot / path.name)
     model_cfg, weights = read_hf(str(snapshot))
     assert model_cfg.num_loops == 2 and weights
+
+
+def test_a_shard_that_cannot_be_read_is_named(hf_copy, tmp_path, monkeypatch, capsys):
+    """An OSError while reading (permissions, an I/O error; injected: the tests run as root) is
+    the file's checkpoint error, not a traceback."""
+    from handoff import safetensors_header
+    from scripts import import_hf
+
+    shard = _shard(hf_copy)
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(safetensors_header.os.path, "getsize", unreadable)
+    capsys.readouterr()
+    out = tmp_path / "imported"
+    code = run_tool(import_hf.main, ["--hf", str(hf_copy), "--out", str(out)])
+    _assert_refused(code, capsys.readouterr().err, shard, "Permission denied", out)
 
 
 def test_every_reader_refuses_a_shard_outside_the_directory(hf_copy, tmp_path):
