@@ -114,6 +114,24 @@ def _truncated(hf):
     return path
 
 
+def _trailing_bytes(hf):
+    path = _shard(hf)
+    path.write_bytes(path.read_bytes() + b"\0" * 64)
+    return path
+
+
+def _tensor_in_two_shards(hf):
+    """A second shard holding the same tensors, named by the index for one of them."""
+    import shutil
+
+    second = hf / "model-00002-of-00002.safetensors"
+    shutil.copyfile(_shard(hf), second)
+    index = json.loads((hf / INDEX).read_text())
+    index["weight_map"][next(iter(index["weight_map"]))] = second.name
+    (hf / INDEX).write_text(json.dumps(index))
+    return second
+
+
 def _random_bytes(hf):
     path = _shard(hf)
     path.write_bytes(os.urandom(4096))
@@ -218,6 +236,8 @@ DAMAGE = {
     "header claims a larger tensor": (_rewrite_header(_claims_larger), "truncated"),
     "shape disagrees with offsets": (_rewrite_header(_shape_without_offsets), "needs"),
     "random bytes": (_random_bytes, "not a safetensors file"),
+    "bytes after the last tensor": (_trailing_bytes, "belong to none"),
+    "a tensor in two shards": (_tensor_in_two_shards, "is also in"),
     "header length past the end": (_length_past_the_end, "header claims"),
     "header not JSON": (_raw_header(b"{not json at all}   "), "not JSON"),
     "header a JSON list": (_raw_header(b"[1, 2, 3]"), "not a safetensors file"),
