@@ -35,10 +35,10 @@ def check_float_dtype(name: str, dtype, where: str) -> None:
         return
     shown = str(dtype).replace("torch.", "")
     raise PublishedFormatError(
-        f"{where}: tensor {name} is stored as {shown}, not a floating-point dtype; an integer or "
-        f"bool weight trains a dead model (no gradient flows through it): store the weights as "
-        f"float32, bfloat16, float16 or float64 (e.g. model.to(torch.bfloat16) before "
-        f"save_pretrained)")
+        f"{where}: tensor {name} is stored as {shown}; loopcoder reads weights stored as F32, "
+        "BF16, F16 or F64 only (an integer or bool weight trains a dead model: no gradient flows "
+        "through it; 8-bit floats are a quantization to undo first): store the weights in one of "
+        "those (e.g. model.to(torch.bfloat16) before save_pretrained)")
 
 
 def _count_bad(flat: torch.Tensor):

@@ -291,8 +291,9 @@ DAMAGE = {
     "tokenizer.json a folder": (lambda hf: (hf / "tokenizer.json").unlink() or (
         hf / "tokenizer.json").mkdir() or hf / "tokenizer.json", "not a regular file"),
     # weights that cannot train
-    "integer weights": (_weights(lambda n, t: t.to(torch.int32)), "not a floating-point"),
-    "bool weights": (_weights(lambda n, t: t != 0), "not a floating-point"),
+    "integer weights": (_weights(lambda n, t: t.to(torch.int32)), "F32, BF16, F16 or F64 only"),
+    "bool weights": (_weights(lambda n, t: t != 0), "F32, BF16, F16 or F64 only"),
+    "8-bit float weights": (_weights(lambda n, t: t.to(torch.float8_e4m3fn)), "as F8_E4M3"),
     "a NaN": (_weights(_poison(math.nan)), "1 NaN"),
     "an inf": (_weights(_poison(math.inf)), "1 infinite"),
     "a -inf in bf16": (_weights(lambda n, t: _poison(-math.inf)(n, t).to(torch.bfloat16)),
