@@ -10,7 +10,9 @@ R=1), tensor_names (weight names and fused layouts), safetensors_files (streamin
 pickle), tokenizer_files (tokenizer.json equal to our sentencepiece), hf_files/ (the transformers
 implementation copied into every exported directory), loaders (which tools load an export: its
 README.md), llama_block (a Llama as the block of a looped model), read (verify and load a
-directory), export (write one).
+directory), export (write one); what reading checks: safetensors_header (a shard's header against
+its bytes), published_values (config.json's types and ranges), weight_checks (float dtypes, finite
+values).
 """
 
 from handoff.published_config import PublishedFormatError

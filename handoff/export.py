@@ -35,6 +35,7 @@ from handoff.published_config import LLAMA_FAMILY, published_config
 from handoff.safetensors_files import ShardWriter, parse_size
 from handoff.tensor_names import to_published
 from handoff.tokenizer_files import write_tokenizer_files
+from handoff.weight_checks import check_finite_weights
 
 logger = logging.getLogger(__name__)
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
@@ -138,6 +139,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
     _check_exportable(read_model_config(folder), folder, allow_served_differently)
     tokenizer = checkpoint_tokenizer(folder)
     model_cfg, weights, _ = read_weights(folder, allow_pickle=allow_pickle)
+    check_finite_weights(weights, folder)  # NaN/inf refused by name before anything is written
     tokenizer.check_model_vocab(model_cfg.vocab_size)
     tmp = _staging(out_dir)
     try:

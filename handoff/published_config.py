@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from handoff.published_values import value_problem
 from model.config import ModelConfig
 
 PLT_FAMILY, LOOP_FAMILY, LLAMA_FAMILY = "iquestpltcoder", "iquestloopcoder", "llama"
@@ -133,6 +134,9 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
                       f"{PLT_FAMILY!r} (LoopCoder-V2), {LOOP_FAMILY!r} (IQuest-Coder-V1 Loop) or "
                       f"{LLAMA_FAMILY!r} (a plain decoder: our R=1 model, or the block of an "
                       "R>1 one)")
+    problem = value_problem(config)  # types and ranges first: nothing below may crash on them
+    if problem:
+        _fail(source, f"{problem}; fix that field of config.json")
     defaults = LLAMA_DEFAULTS if family == LLAMA_FAMILY else SHAPE_DEFAULTS
     get = lambda key: config.get(key, defaults.get(key))  # noqa: E731
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -145,7 +149,7 @@ def model_config_from_published(config: dict, source: str = "config.json") -> Mo
                       "biases")
     rope_theta = _plain_rope_theta(config, source, defaults["rope_theta"])
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
-    head_dim = config.get("head_dim", hidden // heads)
+    head_dim = config.get("head_dim") or hidden // heads  # null: the published default
     if head_dim * heads != hidden:
         _fail(source, f"head_dim={head_dim} x num_attention_heads={heads} != hidden_size={hidden}; "
                       "loopcoder's attention has head_dim = hidden_size / num_attention_heads")

@@ -1,7 +1,7 @@
 """Safetensors shards in and out, never pickle.
 
     writer = ShardWriter(folder, max_shard_bytes)   # add(name, tensor) ...; finish() -> index
-    reader = SafetensorsReader(hf_dir)              # .names(), .shape(name), .get(name)
+    reader = SafetensorsReader(hf_dir)              # .names(), .shape(name), .dtype(name), .get(name)
 
 Writing streams: tensors are buffered until the next one would overflow the shard, then that shard
 is written straight from the tensors' memory (`write_safetensors`, no serialized copy) and
@@ -10,8 +10,10 @@ listed in model.safetensors.index.json (weight_map + metadata.total_size), the l
 transformers, vLLM and SGLang read.
 
 Reading never unpickles: an HF directory with only *.bin/*.pt weights is refused (those are
-pickles: code runs on load), and every shard's header is checked to be safetensors' (8-byte
-length + JSON) before safetensors opens it lazily (memory-mapped, one tensor at a time).
+pickles: code runs on load). The index must be one (a JSON object with a weight_map of strings),
+every shard it names must lie inside the directory (`file_in`), and every shard's header is checked
+in full against the file's size (handoff/safetensors_header.py) before safetensors opens it lazily
+(memory-mapped, one tensor at a time); safetensors' own read errors become the file's error.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import struct
 from typing import Dict, Iterable, List, Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from handoff.published_config import PublishedFormatError
+from handoff.safetensors_header import read_header
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -107,50 +110,69 @@ def write_safetensors(path: str, tensors: Dict[str, torch.Tensor], metadata: dic
                 stream.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))
 
 
-def check_safetensors_header(path: str) -> None:
-    """Refuse a file that is not safetensors (a pickle renamed, a zip of torch.save) unread."""
-    with open(path, "rb") as stream:
-        head = stream.read(9)
-    size_ok = len(head) == 9 and 2 <= struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path)
-    if not size_ok or head[8:9] != b"{":
+def file_in(folder: str, name: str, named_by: Optional[str] = None) -> str:
+    """The path of `name` (as the file `named_by` names it) inside `folder`, refusing one that lies
+    outside: an absolute name, a `..`, or a symlink whose target is elsewhere (a directory from
+    the internet must not make us read, and then train on or export, any other file). The one
+    symlink layout allowed out is the Hugging Face hub cache's: snapshots/<rev>/<file> pointing
+    into that model's ../../blobs/."""
+    if "\x00" in name:
+        raise PublishedFormatError(f"{named_by or folder} names {name!r}, which holds a NUL byte: "
+                                   "no file has that name; copy the directory again")
+    parts = name.replace("\\", "/").split("/")
+    path = os.path.join(folder, name)
+    real_folder = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    blobs = os.path.join(os.path.dirname(os.path.dirname(real_folder)), "blobs")
+    inside = real.startswith(real_folder + os.sep) or (
+        os.path.basename(os.path.dirname(real_folder)) == "snapshots"
+        and real.startswith(blobs + os.sep))
+    if os.path.isabs(name) or ".." in parts or not inside:
+        what = f"{named_by} names {name!r}, which" if named_by else path
         raise PublishedFormatError(
-            f"{path} is not a safetensors file (no safetensors header; a pickle or torch.save "
-            "file?); loopcoder never unpickles weights: convert it to safetensors where it was "
-            "made (e.g. model.save_pretrained(dir, safe_serialization=True))")
+            f"{what} resolves to {real}, outside {real_folder}; "
+            "loopcoder reads only the directory's own files: put the file itself into the "
+            "directory and name it relative to it (no absolute path, no '..', no symlink out)")
+    return path
 
 
 class SafetensorsReader:
-    """The tensors of an HF directory, by name, read lazily from its safetensors shards."""
+    """The tensors of an HF directory, by name, read lazily from its safetensors shards. Every
+    shard lies inside the directory and has a consistent header (handoff/safetensors_header.py)
+    before safetensors opens it; a tensor in two shards is refused."""
 
     def __init__(self, folder: str):
         self.folder = folder
-        files = self._shard_files()
         self._where: Dict[str, str] = {}
+        self._entries: Dict[str, tuple] = {}
         self._handles = {}
-        for name in files:
-            path = os.path.join(folder, name)
+        for name, named_by in self._shard_files():
+            path = file_in(folder, name, named_by)
             if not os.path.isfile(path):
-                raise PublishedFormatError(f"{os.path.join(folder, INDEX_FILE)} names {name}, "
-                                           "which is missing; copy the whole directory")
-            check_safetensors_header(path)
-            handle = safe_open(path, framework="pt")
-            self._handles[name] = handle
-            for key in handle.keys():
-                self._where[key] = name
+                raise PublishedFormatError(f"{named_by or folder} names {name}, which is missing; "
+                                           "copy the whole directory")
+            entries = read_header(path)
+            self._handles[name] = self._guarded(path, lambda: safe_open(path, framework="pt"))
+            for key, entry in entries.items():
+                if key in self._where:
+                    raise PublishedFormatError(
+                        f"{path}: tensor {key} is also in {self.file_of(key)}; a tensor lives in "
+                        "one shard: copy the directory again from its source")
+                self._where[key], self._entries[key] = name, entry
 
-    def _shard_files(self) -> List[str]:
+    def _shard_files(self) -> List[tuple]:
+        """[(shard file name, what names it)]."""
         index = os.path.join(self.folder, INDEX_FILE)
         if os.path.isfile(index):
-            with open(index) as stream:
-                weight_map = json.load(stream).get("weight_map", {})
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(read_weight_map(file_in(self.folder, INDEX_FILE))
+                               .values()))
             pickles = [f for f in files if not f.endswith(".safetensors")]
             if pickles:
                 raise PublishedFormatError(f"{index} names {pickles[0]}, not a .safetensors file; "
                                            "loopcoder reads safetensors only (never pickles)")
-            return files
+            return [(name, index) for name in files]
         if os.path.isfile(os.path.join(self.folder, SINGLE_FILE)):
-            return [SINGLE_FILE]
+            return [(SINGLE_FILE, None)]
         present = sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else []
         pickles = [f for f in present if f.endswith(PICKLE_SUFFIXES)]
         if pickles:
@@ -162,15 +184,59 @@ class SafetensorsReader:
         raise PublishedFormatError(f"{self.folder} has no {INDEX_FILE} and no {SINGLE_FILE}; pass "
                                    "a Hugging Face model directory with safetensors weights")
 
+    @staticmethod
+    def _guarded(path: str, read):
+        """safetensors' own errors (a file changed under us, an I/O error) as the file's error."""
+        try:
+            return read()
+        except (OSError, RuntimeError, ValueError, SafetensorError) as error:
+            raise PublishedFormatError(f"{path} cannot be read as safetensors ({error}); copy "
+                                       "the file again from its source") from error
+
     def names(self) -> Iterable[str]:
         return self._where.keys()
 
     def shape(self, name: str) -> tuple:
-        return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
+        return self._entries[name][1]
+
+    def dtype(self, name: str) -> str:
+        """safetensors' dtype string (F32, BF16, I64, ...)."""
+        return self._entries[name][0]
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handles[self._where[name]].get_tensor(name)
+        return self._guarded(self.file_of(name),
+                             lambda: self._handles[self._where[name]].get_tensor(name))
 
     def file_of(self, name: str) -> Optional[str]:
         where = self._where.get(name)
         return None if where is None else os.path.join(self.folder, where)
+
+
+def read_weight_map(index_path: str) -> Dict[str, str]:
+    """The index's weight_map ({tensor name: shard file}), refusing an index that is not one."""
+    try:
+        with open(index_path, encoding="utf-8") as stream:
+            index = json.load(stream)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise PublishedFormatError(f"{index_path} is not JSON ({error}); copy it again from its "
+                                   "source, or delete it if the directory has one "
+                                   f"{SINGLE_FILE}") from error
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not (isinstance(weight_map, dict) and weight_map and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise PublishedFormatError(
+            f"{index_path} is not a safetensors index: it must be a JSON object whose "
+            "\"weight_map\" maps each tensor name to its shard's file name (it holds "
+            f"{_shown(index)}); copy it again from its source")
+    return weight_map
+
+
+def _shown(index) -> str:
+    """What an index that is not one holds instead (for its error message)."""
+    if not isinstance(index, dict):
+        return f"a JSON {type(index).__name__}"
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        return f"the keys {sorted(index)[:5]}, no weight_map object with entries"
+    bad = next(k for k, v in weight_map.items() if not isinstance(v, str))
+    return f"{bad!r}: {weight_map[bad]!r}"

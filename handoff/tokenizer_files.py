@@ -96,3 +96,58 @@ def write_tokenizer_files(tokenizer, folder: str, max_length: int) -> dict:
         json.dump(names, stream, indent=2)
     return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eod_id,
             "pad_token_id": tokenizer.pad_id}
+
+
+# -- reading a directory's tokenizer (handoff/read.py) -----------------------------------------------
+def _not_a_tokenizer(path: str, kind: str, problem: str):
+    from handoff.published_config import PublishedFormatError
+
+    raise PublishedFormatError(
+        f"{path} is not a {kind} ({problem}); copy it again from the model's source (or export "
+        "the directory again)")
+
+
+def _tokenizer_json_ids(path: str) -> int:
+    from tokenizers import Tokenizer
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+        definition = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        _not_a_tokenizer(path, "tokenizers definition", f"not JSON: {error}")
+    if not isinstance(definition, dict) or not isinstance(definition.get("model"), dict):
+        _not_a_tokenizer(path, "tokenizers definition", "JSON without a \"model\" object: another "
+                         "kind of file")
+    try:
+        ids = Tokenizer.from_str(text).get_vocab(with_added_tokens=True).values()
+    except Exception as error:  # noqa: BLE001 the tokenizers library raises plain Exception
+        _not_a_tokenizer(path, "tokenizers definition", str(error))
+    return max(ids) + 1 if ids else 0
+
+
+def _sentencepiece_ids(path: str) -> int:
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=path).get_piece_size()
+    except (RuntimeError, OSError) as error:
+        _not_a_tokenizer(path, "sentencepiece model", str(error))
+
+
+def tokenizer_vocab_sizes(hf_dir: str) -> list:
+    """[(ids the tokenizer can produce, its path)] for each of tokenizer.json and tokenizer.model
+    the directory has, each parsed by its own library (import_hf copies tokenizer.model into the
+    checkpoint and evaluate --hf encodes with it: a damaged one is refused here, by name)."""
+    from handoff.safetensors_files import file_in
+
+    found = []
+    for name, count in (("tokenizer.json", _tokenizer_json_ids),
+                        ("tokenizer.model", _sentencepiece_ids)):
+        path = os.path.join(hf_dir, name)
+        if not os.path.lexists(path):
+            continue
+        if not os.path.isfile(path):  # a FIFO would block the read, a dangling link fail it
+            _not_a_tokenizer(path, "regular file", "a folder, a dangling link or a device")
+        found.append((count(file_in(hf_dir, name)), path))
+    return found

@@ -18,7 +18,58 @@ first and nothing is written on a refusal (the library code is handoff/read.py).
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 import sys
+
+# What a write fails with when the disk (or the user's quota) is full.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def _disk_full(error: BaseException, out: str) -> bool:
+    """Whether `error` came from a full disk under `out` (checked before the cleanup frees it).
+    megatron's checkpoint writer reports its workers' errors only as text inside a
+    CheckpointException, and torch's zip writer on a full disk says only "unexpected pos": so the
+    errno, the message and the space left on the disk are all asked."""
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    stats = os.statvfs(existing)
+    if stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES:
+        return True
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            return True
+        if any(os.strerror(code) in str(error) for code in FULL_DISK):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _import(hf_dir: str, out: str, loops: dict) -> str:
+    """import_hf, leaving nothing behind when it fails: the temp folder is removed by import_hf,
+    the folders of --out this call created are removed here; a full disk is a checkpoint error naming --out."""
+    from pretrain.checkpoint.init import import_hf
+    from pretrain.errors import CheckpointError
+
+    created = None  # the topmost folder of --out's path that does not exist yet
+    path = os.path.abspath(out)
+    while not os.path.lexists(path):
+        created, path = path, os.path.dirname(path)
+    try:
+        return import_hf(hf_dir, out, loops)
+    except BaseException as error:  # noqa: BLE001 torch's CheckpointException is a BaseException
+        full = _disk_full(error, out)
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        if full:
+            raise CheckpointError(
+                f"cannot write the checkpoint into {os.path.abspath(out)}: no space left on the "
+                "device (nothing was kept there); free space on that disk or pass an --out on "
+                "another") from None
+        raise
 
 
 def loop_settings(overrides) -> dict:
@@ -49,7 +100,6 @@ def main(argv=None) -> int:
     from handoff.published_config import LLAMA_FAMILY, family_of
     from handoff.read import read_published_config
     from model.config import ConfigError
-    from pretrain.checkpoint.init import import_hf
     from pretrain.checkpoint.weights import read_model_config
 
     loops = loop_settings(args.loops)
@@ -57,7 +107,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"{args.hf} is a looped model with loop settings of its own; loop "
                           f"settings ({' '.join(args.loops)}) apply to a Llama directory only: "
                           "drop them")
-    folder = import_hf(args.hf, args.out, loops)
+    folder = _import(args.hf, args.out, loops)
 
     model_cfg = read_model_config(folder)
     settings = " ".join(f"model.{key}={getattr(model_cfg, key)}" for key in (

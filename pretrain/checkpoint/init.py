@@ -19,11 +19,12 @@ import os
 import shutil
 
 import pretrain.checkpoint.files as files
-from pretrain.collective import on_main
+from pretrain.collective import collectively, on_main
 from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, verify_complete
 from pretrain.checkpoint.state import read_trainer_state
 from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
 from pretrain.distributed import barrier, is_main
+from pretrain.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".init_from"
@@ -84,6 +85,19 @@ def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> s
     return convert_checkpoint(folder, os.path.join(staging, engine_name))
 
 
+def _check_loaded_weights(engine, folder: str) -> None:
+    """NaN/inf in the loaded parameters (each rank its own part), named: a checkpoint that went
+    bad must not start a run whose first step is NaN (the HF path is checked as it is read)."""
+    from handoff.published_config import PublishedFormatError
+    from handoff.weight_checks import check_finite
+
+    try:
+        for name, param in engine.model.named_parameters():
+            check_finite(name, param.data, folder)
+    except PublishedFormatError as error:
+        raise CheckpointError(str(error)) from None
+
+
 def init_from(source: str, engine, model_fields: dict, root: str, verify: str = "full",
               allow_model_change=()) -> str:
     """Load the weights of `source` into `engine` (every rank); returns the folder read."""
@@ -95,6 +109,8 @@ def init_from(source: str, engine, model_fields: dict, root: str, verify: str = 
         check_model_fields(folder, state["model"], model_fields, allow_model_change,
                            other_way="another checkpoint.init_from")
         engine.load_payload(folder, state, weights_only=True)
+        collectively(f"checkpoint.init_from={source} holds weights that cannot train",
+                     lambda: _check_loaded_weights(engine, folder))
     finally:
         barrier()
         if is_main():
