@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from model.kernels import ATTENTION_BACKENDS
 from model.pipeline import virtual_pipeline_size
 
-ATTENTION_BACKENDS = ("auto", "torch", "flash")
 GATE_INPUTS = ("hidden", "query")
 
 
@@ -56,8 +56,9 @@ class PLTFields:
     # input residual (LoopCoder-V2, PLT_SPEC), "query" = each head's rotated query (the published
     # IQuest-Coder-V1 Loop models; LoopCoder-V2's plt_gate_use_hidden_states=false).
     gate_input: str = "hidden"
-    # auto|torch|flash. In PLTConfig it replaces megatron's AttnBackend enum field of the same
-    # name: PLT brings its own core attention (model/kernels.py), megatron's selection never applies.
+    # One of model/kernels.py ATTENTION_BACKENDS. In PLTConfig it replaces megatron's AttnBackend
+    # enum field of the same name: PLT brings its own core attention, megatron's selection never
+    # applies.
     attention_backend: str = "auto"
     vocab_size: int = 4096
     max_position_embeddings: int = 2048
