@@ -23,7 +23,8 @@ torch.distributed._tools.mem_tracker.MemTracker in tests/test_planner.py):
   block converted to the compute dtype and, when the query cannot be viewed as blocks (batch > 1:
   it is [s, b]-major; or s not a multiple of B), a copy of the query. A short sequence runs dense
   and saves the [s, s] mask instead. flash-attn and flex need none of these.
-  Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp].
+  Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp]; the chunked one
+  (model.chunked_cross_entropy) a fp32 logsumexp per token.
 """
 
 from __future__ import annotations
@@ -223,7 +224,9 @@ def head_activation_terms(m, layout: Layout) -> Dict[str, int]:
         "loop_transitions": transitions * norm,
         "final_norm": norm,
         "head_input": st * d["h"] * B,
-        "cross_entropy": tok * d["vocab_local"] * 4 + tok * (1 + 8),
+        # megatron's saves the fp32 softmax; the chunked head only a logsumexp per token
+        "cross_entropy": (4 if m.chunked_cross_entropy else d["vocab_local"] * 4) * tok
+        + tok * (1 + 8),
     }
 
 
