@@ -30,30 +30,43 @@ def flex_available() -> bool:
     return True
 
 
+def causal_window_mask_mod(offset: torch.Tensor, window: torch.Tensor):
+    """The mask rule as flex's ``mask_mod``. One function for both branches (plain causal is a
+    window of k_len) whose numbers are captured 0-d tensors, not Python ints: the compiled kernel
+    then sees the same code with different buffers, and one compile serves every window."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        position = q_idx + offset
+        return (kv_idx <= position) & (kv_idx >= position - window)
+
+    return mask_mod
+
+
 @functools.lru_cache(maxsize=32)
 def block_mask(q_len: int, k_len: int, window: Optional[int], device: torch.device):
     """The BlockMask of the causal (and, with ``window``, sliding-window) rule above. Cached: a
     training run has one shape per branch, and building the mask scans q_len x k_len once."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    offset = k_len - q_len
+    numbers = [torch.tensor(n, device=device) for n in (k_len - q_len,
+                                                        k_len if window is None else window)]
+    return create_block_mask(causal_window_mask_mod(*numbers), B=None, H=None, Q_LEN=q_len,
+                             KV_LEN=k_len, device=device)
 
-    def causal(b, h, q_idx, kv_idx):
-        return kv_idx <= q_idx + offset
 
-    def causal_window(b, h, q_idx, kv_idx):
-        position = q_idx + offset
-        return (kv_idx <= position) & (kv_idx >= position - window)
-
-    return create_block_mask(causal if window is None else causal_window, B=None, H=None,
-                             Q_LEN=q_len, KV_LEN=k_len, device=device)
+# Compiled graphs per process before torch.compile gives up and runs flex eagerly, which would
+# materialise [heads, S, S] scores (tens of GB at S=8192): one per input shape and grad mode.
+RECOMPILE_LIMIT = 64
 
 
 @functools.lru_cache(maxsize=1)
 def _compiled_kernel():
     """flex_attention compiled once per process (torch caches a graph per input shape)."""
+    import torch._dynamo.config
     from torch.nn.attention.flex_attention import flex_attention
 
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                               RECOMPILE_LIMIT)
     return torch.compile(flex_attention, dynamic=False)
 
 
