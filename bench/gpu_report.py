@@ -33,12 +33,13 @@ def markdown(result: dict) -> str:
     out += [f"Attention kernels vs float64: {len(kernels) - len(failed)}/{len(kernels)} ok "
             f"(backends {', '.join(sorted({k['backend'] for k in kernels}))})."]
     out += [f"- FAIL {k['backend']} q_len {k['q_len']} window {k['window']}: {k['max_error']:.2e}"
-            f" {k.get('grad_errors', '')}" for k in failed] + [""]
+            f" {k.get('grad_errors', '')} {k.get('error', '')}" for k in failed] + [""]
     if result.get("cross_entropy"):
         out += ["Head + cross-entropy, one forward + backward:", ""]
         out += _table(["path", "ms", "peak GiB above inputs", "max err / max ref", "ok"], [
             [name, _num(e["seconds"] * 1e3), _num(e["peak_bytes"] / 2**30, "{:.2f}"),
              ", ".join(f"{x:.1e}" for x in e.get("errors", [])) or "reference", e.get("ok", "-")]
+            if "error" not in e else [name, "-", "-", e["error"], False]
             for name, e in result["cross_entropy"].items()])
     if result.get("training"):
         out += ["Training steps (forward + backward + AdamW):", ""]
