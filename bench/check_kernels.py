@@ -99,7 +99,8 @@ def check_attention(device, dtype, seq, head_dim) -> list:
                 grads = (" grads " + ", ".join(f"{e:.1e}" for e in row["grad_errors"])
                          if "grad_errors" in row else "")
                 print(f"kernels: {backend:5s} {row['dtype']:8s} q_len {q_len:5d} k_len {seq:5d} "
-                      f"window {str(window):4s} max |err| {error:.2e}{grads} (tol {atol:.0e}) "
+                      f"window {str(window):4s} max |err| {row['max_error']:.2e}{grads} "
+                      f"(tol {atol:.0e}) "
                       f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
     return rows
 

@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     print(f"matmul: {meta['matmul_tflops']:.3g} TFLOP/s measured", flush=True)
     plan(check)
     gpu_report.write(check.result, args.out)
-    kernels_ok = all(k["ok"] for k in check.result["kernels"]) and all(
+    kernels = check.result["kernels"]  # empty if the kernel check itself raised
+    kernels_ok = bool(kernels) and all(k["ok"] for k in kernels) and all(
         e.get("ok", True) for e in check.result.get("cross_entropy", {}).values())
     print(f"kernel checks: {'all ok' if kernels_ok else 'FAILED'}; cases not run: "
           f"{len(check.result['not_run'])}; wrote {args.out}/gpu_check.md and .json")
