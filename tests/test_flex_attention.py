@@ -39,8 +39,17 @@ def test_flex_in_float32_matches_float64_through_attend():
     q, k, v = _qkv(1, 150, 150, 4, 1, 8, torch.float32, seed=3)        # GQA: 4 heads on one group
     for window in (None, 64):
         got = attend(q, k, v, window=window, backend="flex")
-        torch.testing.assert_close(got.double(), dense_reference(q, k, v, window), rtol=0,
-                                   atol=1e-5)
+        exact = dense_masked(q.double(), k.double(), v.double(), window)
+        torch.testing.assert_close(got.double(), exact, rtol=0, atol=1e-5)
+
+
+def test_flex_follows_the_spec_rule_key_by_key():
+    # test_kernels' per-query reference picks keys position - w .. position by hand, independent
+    # of causal_window_mask (which dense_masked above shares with the kernels' docstring).
+    q, k, v = _qkv(1, 5, 70, 2, 1, 8, torch.float64)
+    for window in (None, 1, 64, 65):
+        torch.testing.assert_close(flex_attend(q, k, v, window), dense_reference(q, k, v, window),
+                                   rtol=0, atol=1e-10)
 
 
 def test_a_window_longer_than_the_sequence_is_plain_causal():
