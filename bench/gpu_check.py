@@ -66,7 +66,7 @@ class Check:
             device=torch.cuda.get_device_name(0) if self.on_gpu else "cpu",
             torch=torch.__version__, cuda=torch.version.cuda,
             flash_attn="yes" if flash_available() else "no",
-            command="bash bench/gpu_check.sh " + ("cpu" if args.tiny else "run"),
+            command=" ".join(["python bench/gpu_check.py", *(args.argv or [])]),
             seq=self.seq, steps=self.steps, dtype=str(self.dtype).replace("torch.", "")),
             kernels=[], training=[], decode=[], profiles={},
             not_run=[])
@@ -186,6 +186,7 @@ def main(argv=None) -> int:
                         help="start no case after this many seconds (default: 450 on a GPU)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu_check")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             print("no CUDA device here; use --device cpu --tiny for the CPU dry run", file=sys.stderr)

@@ -5,6 +5,8 @@ the same matmuls over row chunks, the softmax in fp32, the weight gradient summe
 1e-5 relative to each tensor's largest entry (rtol 1e-5 with atol 1e-6 on O(1) values).
 """
 
+import math
+
 import pytest
 import torch
 from megatron.core import tensor_parallel
@@ -107,3 +109,13 @@ def test_planned_saving_is_the_measured_one():
     saved = measured[False] - measured[True]
     assert saved >= seq * batch * cfg.vocab_size * 4 * 0.9  # the fp32 softmax is gone
     assert planned[False] - planned[True] == pytest.approx(saved, rel=0.10)
+
+
+def test_the_trainer_trains_with_the_chunked_head(tmp_path):
+    from tests.fixtures import SMALL, output_of, read_metrics, run_trainer, small_data
+
+    result = run_trainer(tmp_path, "model.chunked_cross_entropy=true", "train.max_steps=3",
+                         *SMALL, *small_data())
+    assert result.returncode == 0, output_of(result)
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 3 and all(math.isfinite(row["loss"]) for row in rows), rows

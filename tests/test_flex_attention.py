@@ -105,3 +105,13 @@ def test_model_with_flex_equals_the_torch_backend_and_chooses_once(monkeypatch):
     layers = len(model.decoder.layers)
     assert [c[0] for c in chosen] == ["flex"] * layers  # once per layer, not once per call
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_the_trainer_refuses_flex_on_cpu_with_exit_2(tmp_path):
+    from tests.fixtures import SMALL, output_of, run_trainer, small_data
+
+    result = run_trainer(tmp_path, "model.attention_backend=flex", "train.max_steps=3", *SMALL,
+                         *small_data())
+    out = output_of(result)
+    assert result.returncode == 2 and "Traceback" not in out, out
+    assert "config error" in out and "model.attention_backend=torch" in out, out

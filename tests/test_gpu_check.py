@@ -35,7 +35,7 @@ def test_more_loops_fit_fewer_layers_unless_recomputed():
 
 def _check_with(rows):
     args = argparse.Namespace(device="cpu", tiny=True, seq=None, steps=1, budget_s=None,
-                              out="unused")
+                              out="unused", argv=[])
     check = Check(args)
     check.result["training"] = [dict(model="plt_1b", chunked_ce=True, recompute="none",
                                      attention=a, loops=r, tokens_per_s=t) for a, r, t in rows]
