@@ -26,20 +26,52 @@ from model.generation import choose_next_token
 from pretrain.distributed import single_process_world
 
 
-def build(preset: str, **overrides) -> PLTModel:
+def build(preset: str, device: str = "cpu", **overrides) -> PLTModel:
+    """A preset with random weights, in eval mode: fp32 on CPU, bf16 initialised on a GPU."""
     cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig),
                           OmegaConf.load(f"conf/model/{preset}.yaml"), overrides)
     torch.manual_seed(0)
-    return PLTModel(OmegaConf.to_object(cfg).build()).eval()
+    on_gpu = torch.device(device).type == "cuda"
+    built = OmegaConf.to_object(cfg).build(
+        params_dtype=torch.bfloat16 if on_gpu else torch.float32, use_cpu_initialization=not on_gpu)
+    return PLTModel(built).to(device).eval()
 
 
 def per_token_seconds(model, prompts, new_tokens: int, mode: str) -> float:
     decoder = LoopDecoder(model, len(prompts), prompts.shape[1] + new_tokens + 1, mode)
     logits = decoder.prefill(list(prompts))
+    on_gpu = prompts.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(new_tokens):
         logits = decoder.step(choose_next_token(logits))
+    if on_gpu:
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / new_tokens
+
+
+def latency_rows(make_model, batches, prompt: int, new_tokens: int, device="cpu") -> list:
+    """Per-token latency of R=1, R=2 parallel (PLT: both loops of a token in one forward) and R=2
+    sequential (two forwards), per batch size; ``make_model(num_loops)`` builds the model. A first
+    short decode warms each model up (kernels, allocator) before the timed one."""
+    rows = []
+    for loops in (1, 2):
+        model = make_model(loops)
+        vocab = model.config.vocab_size
+        for batch in batches:
+            prompts = torch.randint(0, vocab, (batch, prompt),
+                                    generator=torch.Generator().manual_seed(0)).to(device)
+            for mode in ("parallel",) if loops == 1 else ("parallel", "sequential"):
+                per_token_seconds(model, prompts, 2, mode)
+                seconds = per_token_seconds(model, prompts, new_tokens, mode)
+                rows.append(dict(loops=loops, mode=mode if loops > 1 else "-", batch=batch,
+                                 ms_per_token=seconds * 1e3))
+        del model
+    for row in rows:
+        base = next(r for r in rows if r["loops"] == 1 and r["batch"] == row["batch"])
+        row["vs_r1"] = row["ms_per_token"] / base["ms_per_token"]
+    return rows
 
 
 def main():

@@ -1,221 +1,222 @@
-"""GPU check: attention kernels against float64, then a 1B PLT at R=1 and R=2 timed in bf16.
+"""GPU check: kernels against float64, the 1B and the 7B-width PLT timed per R and backend, the
+chunked cross-entropy, PLT's decode latency and a profiler table, in one run of a few minutes.
 
     python bench/gpu_check.py                        # on a GPU machine (bench/gpu_check.sh runs this)
     python bench/gpu_check.py --device cpu --tiny    # the same code path on a laptop, in seconds
 
-1. Kernels: ``model.kernels.attend`` with every backend that can run here (torch always; flash when
-   flash-attn imports and the device is CUDA) against a float64 dense softmax over the mask of
-   ``causal_window_mask``: plain causal, the 65-key window (swa_window=64) and a 5-key window, GQA.
-   The torch backend's windowed training calls run blocked (the line says so); their gradients of
-   q, k, v are checked too. Tolerance: bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.004); an
-   output is a convex mix of O(1) values, so 2e-2 absolute allows a few roundings of inputs and
-   accumulation; gradients, whose size grows with the sequence, 2e-2 of the reference's largest
-   entry; fp32: 1e-5 (gradients 1e-5 relative).
-2. Model: conf/model/plt_1b.yaml (``--tiny``: plt_tiny) at R=1 and R=2, bf16 parameters on the
-   GPU (fp32 on CPU), forward + backward + AdamW for ``--steps`` timed steps after warm-up. Prints
-   tokens/s, MFU from pretrain/flops.py (the trainer's function) against the nominal peak and
-   against a bf16 matmul measured here, the peak memory next to the planner's estimate, and the
-   attention backend the model chose.
-Exit status 1 if a kernel check fails.
+In order, each case skipped once ``--budget-s`` has run out (the order puts first what the GPU issue
+asks first):
+1. Kernels (bench/check_kernels.py): attention backends (torch, flex, flash where it imports) vs
+   float64, values and gradients; the chunked head + cross-entropy vs the unfused one, with its time
+   and peak memory (and liger-kernel's when it imports).
+2. plt_1b at R=1, 2: torch backend without and with the chunked cross-entropy, flex with it.
+   The faster of torch and flex at R=2 is the backend ``auto`` should take without flash-attn.
+3. plt_7b's width (hidden 5120, 40 heads, 8 KV heads, intermediate 27648) with as many of its 14
+   layers as the planner says fit the device with AdamW (bench/train_step.py), R=1, 2.
+4. Decode latency (bench/decode.py): plt_1b, batch 1 and 8, R=1, R=2 parallel, R=2 sequential;
+   a profiler table of one plt_1b R=2 step.
+5. As time allows: 7B width R=2 with recomputation, its decode latency, R=3, 4 of both models,
+   the rest of the recomputation variants.
+``--tiny`` (the CPU dry run): plt_tiny and a small stand-in of the 7B width on a pretend 48 MiB
+device; flex cases that train are not run on CPU (torch's flex has no CPU backward).
+Writes gpu_check.json and gpu_check.md (and profile_*.txt) under ``--out`` (default $OUT, else
+outputs/gpu_check). Exit status 1 if a kernel check fails or a case raises.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import datetime
 import os
 import sys
 import time
+import traceback
 
 import torch
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model import ModelConfig, PLTModel  # noqa: E402
-from model.flops import GPU_PEAK_TFLOPS, flops_per_token  # noqa: E402
-from model.kernels import (attend, causal_window_mask, flash_available,  # noqa: E402
-                           resolve_backend, sliding_window_block)
-from planning import planner  # noqa: E402
+from bench import gpu_report  # noqa: E402
+from bench.check_kernels import check_attention, check_cross_entropy  # noqa: E402
+from bench.decode import build as build_for_decoding, latency_rows  # noqa: E402
+from bench.train_step import (SEVEN_B_WIDTH, TINY_WIDTH, load_preset, matmul_tflops,  # noqa: E402
+                              seven_b_width, time_model)
+from model.flops import GPU_PEAK_TFLOPS  # noqa: E402
+from model.kernels import flash_available  # noqa: E402
+from planning.planner import RESERVE_FRACTION  # noqa: E402
 from pretrain.distributed import shutdown_distributed, single_process_world  # noqa: E402
 
-
-def reference(q, k, v, window):
-    """float64 dense attention under the kernels' mask rule (GQA by repeating K/V heads)."""
-    q, k, v = (t.double() for t in (q, k, v))
-    groups = q.shape[2] // k.shape[2]
-    k, v = (t.repeat_interleave(groups, dim=2) for t in (k, v))
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
-    mask = causal_window_mask(q.shape[1], k.shape[1], window, q.device)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    return torch.einsum("bhqk,bkhd->bqhd", weights, v)
+TINY_CAPACITY = 48 * 2**20  # the --tiny stand-in's pretend device: fewer than 14 layers fit
 
 
-def check_gradients(q, k, v, window, backend, tolerance) -> bool:
-    """Gradients of q, k, v through ``attend`` against the float64 reference's, each as its largest
-    error over the reference's largest entry."""
-    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
-    weights = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device)
-    got = torch.autograd.grad((attend(*inputs, window=window, backend=backend).float()
-                               * weights).sum(), inputs)
-    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    want = torch.autograd.grad((reference(*exact, window) * weights.double()).sum(), exact)
-    errors = [((g.double() - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want)]
-    passed = max(errors) <= tolerance
-    errors_text = ", ".join(f"{e:.1e}" for e in errors)
-    print(f"kernels: {backend:5s} gradients window {str(window):4s} max |err|/max |grad| of q, k, "
-          f"v {errors_text} (tol {tolerance:.0e}) {'ok' if passed else 'FAIL'}")
-    return passed
+class Check:
+    """The run's settings, its results so far and the time it has left."""
+
+    def __init__(self, args):
+        self.args, self.device = args, torch.device(args.device)
+        self.on_gpu = self.device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.on_gpu else torch.float32
+        self.seq = args.seq or (128 if args.tiny else 8192)
+        self.steps = args.steps
+        self.start = time.monotonic()
+        self.failed = False
+        self.result = dict(meta=dict(
+            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            device=torch.cuda.get_device_name(0) if self.on_gpu else "cpu",
+            torch=torch.__version__, cuda=torch.version.cuda,
+            flash_attn="yes" if flash_available() else "no",
+            command=" ".join(["python bench/gpu_check.py", *(args.argv or [])]),
+            seq=self.seq, steps=self.steps, dtype=str(self.dtype).replace("torch.", "")),
+            kernels=[], training=[], decode=[], profiles={},
+            not_run=[])
+
+    def time_left(self) -> bool:
+        return self.args.budget_s is None or time.monotonic() - self.start < self.args.budget_s
+
+    def run(self, name: str, case) -> None:
+        """One case: skipped without time, its error recorded (and the check failed) if it raises."""
+        if not self.time_left():
+            self.result["not_run"].append(dict(case=name, why=f"time budget "
+                                               f"{self.args.budget_s:.0f} s spent"))
+        else:
+            print(f"-- {name} ({time.monotonic() - self.start:.0f} s in)", flush=True)
+            try:
+                case()
+            except Exception as error:  # noqa: BLE001 a case's failure is a result; go on
+                traceback.print_exc()
+                self.failed = True
+                self.result["not_run"].append(dict(case=name, why=f"error: {error!r}"[:500]))
+        gpu_report.write(self.result, self.args.out)
+
+    def skip(self, name: str, why: str) -> None:
+        self.result["not_run"].append(dict(case=name, why=why))
+
+    # -- the cases --------------------------------------------------------------------------
+    def train(self, cfg, profile_name=None) -> None:
+        meta = self.result["meta"]
+        row = time_model(cfg, self.device, self.dtype, self.seq, self.args.batch, self.steps,
+                         meta["peak_tflops"], meta["matmul_tflops"], profile=bool(profile_name))
+        if profile_name:
+            table = row.pop("profile_table")
+            self.result["profiles"][profile_name] = row.pop("profile_top")
+            with open(os.path.join(self.args.out, f"profile_{profile_name}.txt"), "w") as stream:
+                stream.write(table + "\n")
+        self.result["training"].append(row)
+        print("model: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in row.items()), flush=True)
+
+    def small(self, loops, backend="torch", chunked=True, recompute="none"):
+        return load_preset("plt_tiny" if self.args.tiny else "plt_1b", num_loops=loops,
+                           attention_backend=backend, chunked_cross_entropy=chunked,
+                           recompute=recompute)
+
+    def wide(self, loops, backend, recompute="none"):
+        capacity = TINY_CAPACITY if self.args.tiny else (
+            torch.cuda.mem_get_info()[1] * (1 - RESERVE_FRACTION))
+        cfg = seven_b_width(loops, recompute, True, self.seq, backend, capacity, self.args.tiny)
+        if cfg is None:
+            raise RuntimeError(f"not even one 7B-width layer fits at R={loops}")
+        return cfg
+
+    def decode(self, model: str, make_model) -> None:
+        tiny = self.args.tiny
+        rows = latency_rows(make_model, (1, 2) if tiny else (1, 8), 16 if tiny else 512,
+                            4 if tiny else 64, self.device)
+        self.result["decode"] += [dict(model=model, **r) for r in rows]
+        for r in rows:
+            print(f"decode: {model} batch {r['batch']} R={r['loops']} {r['mode']}: "
+                  f"{r['ms_per_token']:.2f} ms/token ({r['vs_r1']:.2f}x R=1)", flush=True)
+
+    def fastest_backend(self) -> str:
+        """torch or flex, by tokens/s at the largest R both ran with the chunked cross-entropy."""
+        ran = {(r["attention"], r["loops"]): r["tokens_per_s"] for r in self.result["training"]
+               if r["model"] != "plt_7b_width" and r["chunked_ce"] and r["recompute"] == "none"}
+        both = [loops for (backend, loops) in ran if backend == "flex" and ("torch", loops) in ran]
+        if not both:
+            return "torch"
+        loops = max(both)
+        return "flex" if ran[("flex", loops)] > ran[("torch", loops)] else "torch"
 
 
-def check_kernels(device, dtype, seq, head_dim) -> bool:
-    backends = ["torch"] + (["flash"] if device.type == "cuda" and flash_available() else [])
-    if device.type == "cuda" and not flash_available():
-        print("kernels: flash-attn does not import here; checking the torch backend only")
-    atol = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-5
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    ok = True
-    for q_len in (seq, 1):                         # training/prefill, and one decoding query
-        q = torch.randn(2, q_len, 8, head_dim, generator=gen).to(device, dtype)
-        k = torch.randn(2, seq, 2, head_dim, generator=gen).to(device, dtype)
-        v = torch.randn(2, seq, 2, head_dim, generator=gen).to(device, dtype)
-        for window in (None, 64, 4):
-            expected = reference(q, k, v, window)
-            for backend in backends:
-                got = attend(q, k, v, window=window, backend=backend)
-                error = (got.double() - expected).abs().max().item()
-                passed = error <= atol
-                ok &= passed
-                block = sliding_window_block(q_len, seq, window) if backend == "torch" else None
-                path = f" (blocked by {block})" if block else ""
-                print(f"kernels: {backend:5s} {str(dtype).replace('torch.', ''):8s} q_len {q_len:5d} "
-                      f"k_len {seq:5d} window {str(window):4s} max |err| {error:.2e} "
-                      f"(tol {atol:.0e}) {'ok' if passed else 'FAIL'}{path}")
-                if q_len == seq and window is not None:
-                    ok &= check_gradients(q, k, v, window, backend, atol)
-    return ok
-
-
-def load_preset(name: str, **overrides) -> ModelConfig:
-    with open(os.path.join(ROOT, "conf", "model", f"{name}.yaml")) as stream:
-        fields = yaml.safe_load(stream) or {}  # a preset of only defaults (plt_tiny) is empty
-    return dataclasses.replace(ModelConfig(**fields), **overrides)
-
-
-def matmul_tflops(device, dtype) -> float:
-    """A measured dense ceiling: an n^3 matmul, mean of 10 after 3 warm-ups."""
-    n = 8192 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    sync(device)
-    return 10 * 2 * n**3 / (time.perf_counter() - start) / 1e12
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_model(cfg: ModelConfig, device, dtype, seq, batch, steps, peak_tflops, measured_tflops):
-    torch.manual_seed(0)
-    on_gpu = device.type == "cuda"
-    built = cfg.build(params_dtype=dtype, use_cpu_initialization=not on_gpu)
-    net = PLTModel(built).to(device)
-    chosen = resolve_backend(cfg.attention_backend, device, dtype)
-    params = sum(p.numel() for p in net.parameters())
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-15,
-                                  weight_decay=0.1, **({"fused": True} if on_gpu else {}))
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = net(tokens, labels=tokens).float().mean()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    for _ in range(2):  # warm-up: allocator, kernels' autotuning, optimizer state
-        step()
-    sync(device)
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    sync(device)
-    elapsed = (time.perf_counter() - start) / steps
-    tokens_per_s = batch * seq / elapsed
-    model_flops = flops_per_token(cfg, seq) * tokens_per_s
-    layout = planner.Layout(world_size=1, micro_batch_size=batch, global_batch_size=batch,
-                            seq_length=seq, bf16=dtype == torch.bfloat16,
-                            attention_backend=chosen)
-    planned = (sum(planner.activation_terms(cfg, layout).values())
-               + planner.backward_working_set(cfg, layout))
-    line = (f"model: {cfg.name} R={cfg.num_loops} recompute={cfg.recompute} {params / 1e9:.3f}B "
-            f"params, batch {batch} x seq {seq}, attention {chosen}: {elapsed * 1e3:.1f} ms/step, "
-            f"{tokens_per_s:,.0f} tokens/s, MFU {model_flops / (peak_tflops * 1e12):.1%} of "
-            f"{peak_tflops:.3g} TFLOP/s ({model_flops / (measured_tflops * 1e12):.1%} of the "
-            f"measured matmul {measured_tflops:.3g}), loss {loss.item():.3f}")
-    if on_gpu:
-        # weights + AdamW (m, v: same dtype as the weights here) + grads, then activations
-        state = params * torch.finfo(dtype).bits // 8 * 4
-        line += (f"; peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, of which "
-                 f"params+grads+AdamW {state / 2**30:.2f}; planner's activations+working set "
-                 f"{planned / 2**30:.2f} GiB")
-    print(line, flush=True)
-    del net, optimizer
-    if on_gpu:
-        torch.cuda.empty_cache()
-    return tokens_per_s
+def plan(check: Check) -> None:
+    """Every case, in the order of the module docstring."""
+    args, tiny = check.args, check.args.tiny
+    loops = [int(r) for r in args.loops.split(",")]
+    first, rest = loops[:2], loops[2:]
+    flex_trains = check.on_gpu  # torch's flex_attention has no CPU backward
+    for r in first:
+        check.run(f"1B R={r} torch", lambda r=r: check.train(check.small(r, chunked=False)))
+        check.run(f"1B R={r} torch chunked CE", lambda r=r: check.train(check.small(r)))
+        if flex_trains:
+            check.run(f"1B R={r} flex chunked CE", lambda r=r: check.train(check.small(r, "flex")))
+        else:
+            check.skip(f"1B R={r} flex chunked CE", "flex has no backward on CPU")
+    best = check.result["fastest_backend"] = check.fastest_backend()
+    print(f"fastest backend without flash-attn: {best}", flush=True)
+    for r in first:
+        check.run(f"7B width R={r} {best}", lambda r=r: check.train(check.wide(r, best)))
+    check.run("decode 1B", lambda: check.decode(
+        "plt_tiny" if tiny else "plt_1b",
+        lambda n: build_for_decoding("plt_tiny" if tiny else "plt_1b", args.device, num_loops=n)))
+    check.run("profile 1B R=2", lambda: check.train(check.small(2, best), profile_name="1b_R2"))
+    check.run(f"7B width R=2 {best} recompute", lambda: check.train(check.wide(2, best, "full")))
+    width = TINY_WIDTH if tiny else SEVEN_B_WIDTH
+    check.run("decode 7B width", lambda: check.decode("plt_7b_width", lambda n: build_for_decoding(
+        "plt_tiny" if tiny else "plt_7b", args.device, num_loops=n, **width)))
+    for r in rest:
+        check.run(f"1B R={r} {best}", lambda r=r: check.train(check.small(r, best)))
+        check.run(f"7B width R={r} {best}", lambda r=r: check.train(check.wide(r, best)))
+    for r in [*first[:1], *rest]:
+        check.run(f"7B width R={r} {best} recompute",
+                  lambda r=r: check.train(check.wide(r, best, "full")))
+    check.run("profile 7B width R=1", lambda: check.train(check.wide(1, best),
+                                                          profile_name="7b_width_R1"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="plt_tiny, short sequences (CPU check)")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after 2 warm-up ones")
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--loops", default="1,2")
-    parser.add_argument("--recompute", default="none", choices=["none", "full"])
+    parser.add_argument("--loops", default="1,2,3,4", help="R values; the first two come first")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no case after this many seconds (default: 450 on a GPU)")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu_check")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             print("no CUDA device here; use --device cpu --tiny for the CPU dry run", file=sys.stderr)
             return 2
         torch.cuda.set_device(0)
-        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA "
-              f"{torch.version.cuda}, flash-attn {'yes' if flash_available() else 'no'}", flush=True)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    seq = args.seq or (128 if args.tiny else 8192)
-
+        args.budget_s = 450.0 if args.budget_s is None else args.budget_s
+    check = Check(args)
+    meta = check.result["meta"]
+    print(f"device: {meta['device']}, torch {meta['torch']}, CUDA {meta['cuda']}, flash-attn "
+          f"{meta['flash_attn']}; writing {args.out}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
     # --tiny: 300 tokens, long enough for the torch backend's blocked window path, with a part block
-    ok = check_kernels(device, dtype, seq=min(seq, 1024) if not args.tiny else 300,
-                       head_dim=32 if args.tiny else 128)
+    check.run("attention kernels", lambda: check.result.update(kernels=check_attention(
+        check.device, check.dtype, seq=300 if args.tiny else 1024,
+        head_dim=32 if args.tiny else 128)))
     single_process_world()
-    measured = matmul_tflops(device, dtype)
-    peak = GPU_PEAK_TFLOPS if device.type == "cuda" else measured
-    print(f"matmul: {measured:.3g} TFLOP/s measured ({str(dtype).replace('torch.', '')})", flush=True)
-    rates = {}
-    for loops in [int(r) for r in args.loops.split(",")]:
-        cfg = load_preset("plt_tiny" if args.tiny else "plt_1b", num_loops=loops,
-                          recompute=args.recompute)
-        rates[loops] = time_model(cfg, device, dtype, seq, args.batch, args.steps, peak, measured)
-    if len(rates) > 1:
-        base = min(rates)
-        print("tokens/s relative to R=%d: " % base + ", ".join(
-            f"R={r} {rates[r] / rates[base]:.2f}" for r in sorted(rates)))
-    print("kernel checks: " + ("all ok" if ok else "FAILED"))
+    check.run("cross-entropy", lambda: check.result.update(cross_entropy=check_cross_entropy(
+        check.device, check.dtype, *((300, 64, 1000) if args.tiny else (8192, 5120, 76_800)))))
+    meta["matmul_tflops"] = matmul_tflops(check.device, check.dtype)
+    meta["peak_tflops"] = GPU_PEAK_TFLOPS if check.on_gpu else meta["matmul_tflops"]
+    print(f"matmul: {meta['matmul_tflops']:.3g} TFLOP/s measured", flush=True)
+    plan(check)
+    gpu_report.write(check.result, args.out)
+    kernels = check.result["kernels"]  # empty if the kernel check itself raised
+    kernels_ok = bool(kernels) and all(k["ok"] for k in kernels) and all(
+        e.get("ok", True) for e in check.result.get("cross_entropy", {}).values())
+    print(f"kernel checks: {'all ok' if kernels_ok else 'FAILED'}; cases not run: "
+          f"{len(check.result['not_run'])}; wrote {args.out}/gpu_check.md and .json")
     shutdown_distributed()
-    return 0 if ok else 1
+    return 0 if kernels_ok and not check.failed else 1
 
 
 if __name__ == "__main__":

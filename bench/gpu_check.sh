@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# One GPU check for a lent H200 (or any CUDA machine): kernels vs float64, then a 1B PLT at R=1 and
-# R=2 in bf16 (tokens/s, MFU). See bench/gpu_check.py for what is checked and the tolerances.
+# One GPU check for a lent H200 (or any CUDA machine), within about 9 minutes: attention kernels
+# (torch, flex, flash where it imports) and the chunked cross-entropy against their references, the
+# 1B and the 7B-width PLT timed per R and backend, decode latency, a profiler table. What runs in
+# which order, and the tolerances: bench/gpu_check.py. Results: $OUT/gpu_check.json and
+# $OUT/gpu_check.md (and profile_*.txt, gpu_check.log).
 #
-# The device machine has torch but no megatron-core and no internet, so the wheel travels with
+# The device machine has torch but no megatron-core and no internet, so the wheels travel with
 # the working tree. Two steps:
 #   1. here (with pip access), once:       bash bench/gpu_check.sh prepare
-#      -> .whl/megatron_core-0.16.1-cp312-...whl (Python 3.12 x86-64, the device image's), ignored
-#         by git through .git/info/exclude
-#   2. on the device (run tool, carry [".whl"], timeout_s ~540):
+#      -> .whl/megatron_core-0.16.1-cp312-...whl (Python 3.12 x86-64, the device image's) and
+#         liger-kernel's pure-Python wheel (compared with our chunked cross-entropy where triton
+#         imports), ignored by git through .git/info/exclude
+#   2. on the device (run tool, carry [".whl"], timeout_s ~560):
 #         bash bench/gpu_check.sh run [gpu_check.py options]
 #      installs the wheels into /tmp/site (no deps: torch, numpy, packaging, pyyaml are there),
-#      then runs the check; the log is also written to $OUT/gpu_check.log when $OUT is set.
-# Budget: a fresh machine starts in a minute or two; the check itself takes about 3-5 minutes
-# (kernels ~10 s, two 1B models x 7 steps at seq 8192). `run --steps 3` halves the model part.
-# CPU dry run of the same code path (no wheels needed here): bash bench/gpu_check.sh cpu
+#      then runs the check; no case starts after --budget-s (450 s by default), and the results are
+#      rewritten after every case, so a run cut short still leaves what it measured.
+# CPU dry run of the same code path (no wheels needed here), well under a minute:
+#   bash bench/gpu_check.sh cpu          (writes under $OUT, else outputs/gpu_check)
 #
 # The trainer itself on the GPU (the default job's entry point: bf16, NCCL, the distributed
 # optimizer, a checkpoint and a resume from it): bash bench/gpu_check.sh train. It needs the trainer's
@@ -33,6 +37,8 @@ case "$mode" in
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1
+    python3 -m pip download --no-deps --only-binary=:all: -d .whl liger-kernel==0.8.5 || \
+      echo "liger-kernel not downloaded: the check then compares the chunked loss with the unfused one only"
     ls -l .whl
     ;;
   prepare-train)
@@ -68,6 +74,8 @@ case "$mode" in
       exit 0
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    # Fewer out-of-memory failures from fragmentation when models of several sizes follow each other
+    export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
     log="${OUT:-/tmp}/gpu_check.log"
     python3 bench/gpu_check.py --device cuda "$@" 2>&1 | grep -v -E 'warnings.warn|UserWarning' | tee "$log"
     exit "${PIPESTATUS[0]}"
@@ -75,7 +83,7 @@ case "$mode" in
   cpu)
     py="${PYTHON:-.venv/bin/python}"
     [ -x "$py" ] || py=python3
-    "$py" bench/gpu_check.py --device cpu --tiny --steps 2 "$@"
+    "$py" bench/gpu_check.py --device cpu --tiny --steps 1 --loops 1,2 "$@"
     ;;
   *)
     echo "usage: bash bench/gpu_check.sh prepare | run [options] | cpu [options]" >&2; exit 2 ;;

@@ -40,26 +40,36 @@ from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubm
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from model.kernels import attend
+from model.kernels import AttentionBackend, backend_for, masked_attend
 
 KV = Tuple[torch.Tensor, torch.Tensor]  # (keys, values), each [batch, seq, kv_heads, head_dim]
 
 
 class PLTCoreAttention(MegatronModule):
-    """The kernel call, as megatron's ``core_attention`` submodule: [b, s, h, d] in and out."""
+    """The kernel call, as megatron's ``core_attention`` submodule: [b, s, h, d] in and out.
+
+    The backend (model/kernels.py ``BACKENDS``) is chosen once for the device and dtype the module
+    first runs on (the model is built on CPU and then moved, so its device is not known at build
+    time), checked there with ``assert_supported``, and chosen again only if the module moves."""
 
     def __init__(self, config, layer_number, attn_mask_type=None, attention_type="self",
                  cp_comm_type=None, softmax_scale=None, pg_collection=None):
         super().__init__(config=config)
         self.softmax_scale = softmax_scale
+        self._backend = None  # ((device, dtype), AttentionBackend)
+
+    def backend(self, q: torch.Tensor) -> AttentionBackend:
+        where = (q.device, q.dtype)
+        if self._backend is None or self._backend[0] != where:
+            self._backend = (where, backend_for(self.config.attention_backend, *where))
+        return self._backend[1]
 
     def forward(self, q, k, v, window: Optional[int] = None):
-        return attend(q, k, v, window=window, backend=self.config.attention_backend,
-                      softmax_scale=self.softmax_scale)
+        return self.backend(q)(q, k, v, window, self.softmax_scale)
 
     def masked(self, q, k, v, key_mask):
         """Decoding: one query per row over cache slots chosen by ``key_mask`` [b, slots]."""
-        return attend(q, k, v, key_mask=key_mask, softmax_scale=self.softmax_scale)
+        return masked_attend(q, k, v, key_mask, self.softmax_scale)
 
 
 @dataclass

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from model.kernels import ATTENTION_BACKENDS
 from model.pipeline import virtual_pipeline_size
 
-ATTENTION_BACKENDS = ("auto", "torch", "flash")
 GATE_INPUTS = ("hidden", "query")
 
 
@@ -56,9 +56,14 @@ class PLTFields:
     # input residual (LoopCoder-V2, PLT_SPEC), "query" = each head's rotated query (the published
     # IQuest-Coder-V1 Loop models; LoopCoder-V2's plt_gate_use_hidden_states=false).
     gate_input: str = "hidden"
-    # auto|torch|flash. In PLTConfig it replaces megatron's AttnBackend enum field of the same
-    # name: PLT brings its own core attention (model/kernels.py), megatron's selection never applies.
+    # One of model/kernels.py ATTENTION_BACKENDS. In PLTConfig it replaces megatron's AttnBackend
+    # enum field of the same name: PLT brings its own core attention, megatron's selection never
+    # applies.
     attention_backend: str = "auto"
+    # The output head and its loss in chunks of tokens, never holding the full fp32 logits
+    # (model/chunked_cross_entropy.py): the same loss and gradients, ~2.5 GB less at vocab 76,800
+    # x 8192 tokens, one more head matmul. parallel.tp=1 only.
+    chunked_cross_entropy: bool = False
     vocab_size: int = 4096
     max_position_embeddings: int = 2048
     rotary_base: float = 10000.0
@@ -74,6 +79,7 @@ class PLTFields:
 # checkpoint). STRUCTURAL ones also decide which weights exist and their shapes: they must match.
 # CHANGEABLE ones may be changed on purpose (checkpoint.allow_model_change). The rest do not change
 # the function: name, attention_backend (the kernel, same math), recompute (memory),
+# chunked_cross_entropy (the head's loss in chunks, same math),
 # init_method_std (only a fresh start uses it), max_position_embeddings (RoPE is computed for the
 # positions used).
 STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
@@ -191,6 +197,9 @@ def validate_architecture(cfg, tp: int, pp: int) -> None:
             f"model.gate_input={cfg.gate_input!r}; use one of {GATE_INPUTS}")
     require(cfg.attention_backend in ATTENTION_BACKENDS,
             f"model.attention_backend={cfg.attention_backend!r}; use one of {ATTENTION_BACKENDS}")
+    require(not cfg.chunked_cross_entropy or tp == 1,
+            f"model.chunked_cross_entropy=true with parallel.tp={tp}: the chunked head supports "
+            f"tp=1 only (no vocab-parallel chunks yet); set model.chunked_cross_entropy=false")
     require(cfg.num_layers >= 1, f"model.num_layers={cfg.num_layers}; it must be >= 1")
     require(cfg.num_attention_heads >= 1 and cfg.hidden_size % cfg.num_attention_heads == 0,
             f"model.num_attention_heads={cfg.num_attention_heads} does not divide "

@@ -1,4 +1,4 @@
-"""Attention kernels behind one function: ``attend``.
+"""Attention kernels: one class per backend (``BACKENDS``), and ``attend``, the functional form.
 
 Layout is flash-attn's: q ``[batch, q_len, heads, head_dim]``, k/v ``[batch, k_len, kv_heads,
 head_dim]`` (GQA: heads a multiple of kv_heads). Attention is causal with the last query aligned to
@@ -7,9 +7,11 @@ at absolute position ``k_len - q_len + i`` and sees keys ``j <= that position``.
 it also sees only keys ``j >= position - w``: w keys back plus itself, w + 1 in all, which is
 flash-attn's ``window_size=(w, 0)`` (PLT_SPEC "Attention in loops r >= 2": swa_window=64 -> 65 keys).
 
-Backends: ``torch`` (``scaled_dot_product_attention``; any device) and ``flash`` (flash-attn 2,
-CUDA, fp16/bf16). ``auto`` takes flash when flash-attn imports and the tensors are on a GPU in a
-dtype it supports, torch otherwise.
+Backends (model.attention_backend): ``torch`` (``scaled_dot_product_attention``; any device),
+``flash`` (flash-attn 2, CUDA, fp16/bf16) and ``flex`` (torch's flex_attention with block masks,
+model/flex_attention.py: compiled on CUDA, eager and inference-only on CPU). ``auto`` takes flash
+when flash-attn imports and the tensors are CUDA fp16/bf16, on other CUDA tensors the backend the
+GPU check measured fastest (``AUTO_CUDA_WITHOUT_FLASH``), torch elsewhere.
 
 The torch backend runs a windowed call over a long sequence (training and prefill: q_len == k_len)
 blocked (``blocked_window_attention``): queries in blocks of B, each block over only the B + w keys
@@ -25,9 +27,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from model.flex_attention import flex_attend, flex_available
 
-class FlashAttentionUnavailable(RuntimeError):
-    pass
+
+class AttentionBackendUnsupported(RuntimeError):
+    """A backend that cannot run on these tensors here; the message names the setting and the fix."""
+
+
+FlashAttentionUnavailable = AttentionBackendUnsupported  # the name callers caught before flex
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,43 +49,6 @@ def _flash_attn_func():
 
 def flash_available() -> bool:
     return _flash_attn_func() is not None
-
-
-def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that ``attend`` will run for ``requested`` (auto|torch|flash) on these tensors."""
-    if requested == "torch":
-        return "torch"
-    flash_fits = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    if requested == "flash":
-        if not flash_available():
-            raise FlashAttentionUnavailable(
-                "model.attention_backend=flash but flash-attn does not import here; install the "
-                "GPU extra (pip install -e '.[gpu]') on a CUDA machine, or use "
-                "model.attention_backend=torch (or auto)"
-            )
-        if not flash_fits:
-            raise FlashAttentionUnavailable(
-                f"model.attention_backend=flash needs CUDA tensors in fp16/bf16, got {device} "
-                f"{dtype}; use model.attention_backend=auto or torch"
-            )
-        return "flash"
-    if requested == "auto":
-        return "flash" if flash_fits and flash_available() else "torch"
-    raise ValueError(f"attention backend {requested!r}; use auto, torch or flash")
-
-
-def describe_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """One line for the start-of-run log: which kernel the attention will run, and why."""
-    chosen = resolve_backend(requested, device, dtype)
-    if chosen == "flash":
-        import flash_attn
-
-        return (f"attention: flash-attn {flash_attn.__version__} (causal; local branch "
-                f"window_size=(swa_window, 0)); decoding uses torch SDPA with cache masks")
-    reason = ("requested" if requested == "torch" else
-              "flash-attn not installed" if not flash_available() else
-              f"flash-attn needs CUDA fp16/bf16 tensors, these are {device.type} {dtype}")
-    return f"attention: torch scaled_dot_product_attention ({reason})"
 
 
 def causal_window_mask(
@@ -180,6 +150,151 @@ def _torch_attend(q, k, v, window, softmax_scale):
     return out.transpose(1, 2)
 
 
+# -- the backends: one class each, chosen once per device and dtype ----------------------------
+class AttentionBackend:
+    """One attention kernel: ``backend(q, k, v, window, softmax_scale)`` in the layout above.
+    ``assert_supported`` raises AttentionBackendUnsupported (naming the setting and the fix) where
+    the kernel cannot run; ``backward``: the call will be differentiated (training)."""
+
+    name = ""
+
+    def assert_supported(self, device: torch.device, dtype: torch.dtype,
+                         backward: bool = False) -> None:
+        pass
+
+    def __call__(self, q, k, v, window: Optional[int], softmax_scale: Optional[float]):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class TorchBackend(AttentionBackend):
+    """scaled_dot_product_attention, the window blocked over long sequences; any device, dtype."""
+
+    name = "torch"
+
+    def __call__(self, q, k, v, window, softmax_scale):
+        return _torch_attend(q, k, v, window, softmax_scale)
+
+    def describe(self) -> str:
+        return ("torch scaled_dot_product_attention (local branch blocked by "
+                f"{WINDOW_BLOCK_MULTIPLE}-query blocks over long sequences)")
+
+
+class FlashBackend(AttentionBackend):
+    name = "flash"
+
+    def assert_supported(self, device, dtype, backward=False):
+        if not flash_available():
+            raise AttentionBackendUnsupported(
+                "model.attention_backend=flash but flash-attn does not import here; install the "
+                "GPU extra (pip install -e '.[gpu]') on a CUDA machine, or use "
+                "model.attention_backend=torch, flex (or auto)")
+        if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+            raise AttentionBackendUnsupported(
+                f"model.attention_backend=flash needs CUDA tensors in fp16/bf16, got {device} "
+                f"{dtype}; use model.attention_backend=auto, torch or flex")
+
+    def __call__(self, q, k, v, window, softmax_scale):
+        return _flash_attn_func()(q, k, v, softmax_scale=softmax_scale, causal=True,
+                                  window_size=(-1 if window is None else window, 0))
+
+    def describe(self) -> str:
+        import flash_attn
+
+        return (f"flash-attn {flash_attn.__version__} (causal; local branch "
+                f"window_size=(swa_window, 0))")
+
+
+class FlexBackend(AttentionBackend):
+    """torch flex_attention with block masks (model/flex_attention.py): compiled on CUDA, eager on
+    CPU, where torch has no flex backward."""
+
+    name = "flex"
+
+    def assert_supported(self, device, dtype, backward=False):
+        if not flex_available():
+            raise AttentionBackendUnsupported(
+                f"model.attention_backend=flex needs torch >= 2.5 (flex_attention); this is torch "
+                f"{torch.__version__}: use model.attention_backend=torch or auto")
+        if backward and device.type == "cpu":
+            raise AttentionBackendUnsupported(
+                "model.attention_backend=flex cannot train on CPU (torch's flex_attention has no "
+                "CPU backward; it serves CPU inference only): use model.attention_backend=torch "
+                "or auto for a CPU run")
+
+    def __call__(self, q, k, v, window, softmax_scale):
+        if q.device.type == "cpu" and torch.is_grad_enabled() and any(
+                t.requires_grad for t in (q, k, v)):
+            self.assert_supported(q.device, q.dtype, backward=True)
+        return flex_attend(q, k, v, window, softmax_scale)
+
+    def describe(self) -> str:
+        how = "compiled" if torch.cuda.is_available() else "eager"
+        return f"torch flex_attention, {how}, block masks (causal; causal + window of swa_window)"
+
+
+BACKENDS = {cls.name: cls() for cls in (TorchBackend, FlashBackend, FlexBackend)}
+ATTENTION_BACKENDS = ("auto", *BACKENDS)  # model.attention_backend's values, stated here only
+
+# What ``auto`` takes on CUDA when flash-attn does not import. bench/gpu_check.sh measures the
+# torch and flex backends per R on the GPU and prints which was faster; this constant follows that
+# measurement. Until a GPU run has compared them: torch, the one measured so far (H200, plt_1b).
+AUTO_CUDA_WITHOUT_FLASH = "torch"
+
+
+def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype,
+                    backward: bool = False) -> str:
+    """The backend name ``attend`` runs for ``requested`` (one of ATTENTION_BACKENDS) on these
+    tensors; raises AttentionBackendUnsupported where a named backend cannot run."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return "torch"
+        if dtype in (torch.float16, torch.bfloat16) and flash_available():
+            return "flash"
+        return AUTO_CUDA_WITHOUT_FLASH
+    if requested not in BACKENDS:
+        raise ValueError(f"attention backend {requested!r}; use one of {ATTENTION_BACKENDS}")
+    BACKENDS[requested].assert_supported(device, dtype, backward)
+    return requested
+
+
+def backend_for(requested: str, device: torch.device, dtype: torch.dtype,
+                backward: bool = False) -> AttentionBackend:
+    return BACKENDS[resolve_backend(requested, device, dtype, backward)]
+
+
+def describe_backend(requested: str, device: torch.device, dtype: torch.dtype,
+                     backward: bool = True) -> str:
+    """One line for the start-of-run log: which kernel the attention will run, and why. A backend
+    that cannot run here raises AttentionBackendUnsupported (a config error: exit status 2)."""
+    chosen = resolve_backend(requested, device, dtype, backward)
+    if requested != "auto":
+        reason = "requested"
+    elif chosen == "flash":
+        reason = "auto: flash-attn imports, CUDA fp16/bf16"
+    elif device.type != "cuda":
+        reason = f"auto: {device.type} tensors" + (
+            "" if flash_available() else "; flash-attn not installed")
+    elif not flash_available():
+        reason = "auto: flash-attn not installed; the GPU check's fastest without it"
+    else:
+        reason = f"auto: flash-attn needs fp16/bf16 tensors, these are {dtype}"
+    return (f"attention: {BACKENDS[chosen].describe()} ({reason}); decoding uses torch SDPA with "
+            f"cache masks")
+
+
+def masked_attend(q, k, v, key_mask, softmax_scale=None):
+    """Decoding: each row's query over the cache slots ``key_mask`` (bool ``[batch, k_len]``)
+    chooses, replacing the causal rule; torch SDPA on every device."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=key_mask[:, None, None, :], scale=softmax_scale, enable_gqa=True,
+    )
+    return out.transpose(1, 2)
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -191,23 +306,8 @@ def attend(
     key_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Causal (optionally sliding-window) attention; returns ``[batch, q_len, heads, head_dim]``.
-
-    ``key_mask`` (bool ``[batch, k_len]``, decoding with one query per row) replaces the causal
-    rule by an explicit choice of keys per row: cache slots that hold this row's visible
-    positions. Masked calls take the torch path on every device.
-    """
+    The functional form (tests, benchmarks); the model's attention chooses its backend once
+    (model/attention.py). ``key_mask``: ``masked_attend``."""
     if key_mask is not None:
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=key_mask[:, None, None, :], scale=softmax_scale, enable_gqa=True,
-        )
-        return out.transpose(1, 2)
-    chosen = resolve_backend(backend, q.device, q.dtype)
-    if chosen == "flash":
-        return _flash_attn_func()(
-            q, k, v,
-            softmax_scale=softmax_scale,
-            causal=True,
-            window_size=(-1 if window is None else window, 0),
-        )
-    return _torch_attend(q, k, v, window, softmax_scale)
+        return masked_attend(q, k, v, key_mask, softmax_scale)
+    return backend_for(backend, q.device, q.dtype)(q, k, v, window, softmax_scale)

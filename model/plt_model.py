@@ -28,6 +28,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.utils import sharded_state_dict_default
 from torch.utils.checkpoint import checkpoint
 
+from model.chunked_cross_entropy import linear_cross_entropy
 from model.config import PLTConfig
 from model.layer import plt_layer_spec
 from model.norm import RMSNorm
@@ -266,6 +267,19 @@ class PLTModel(LanguageModule):
         logits, _ = self.output_layer(self.decoder.final_layernorm(hidden_states), weight=weight)
         return logits
 
+    def head_output(self, hidden_states: torch.Tensor,
+                    labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Logits [b, s, vocab] without labels, the per-token loss [b, s] with them: through the
+        full logits, or with ``chunked_cross_entropy`` (tp=1) head and loss in chunks of tokens
+        that never hold all the logits (model/chunked_cross_entropy.py)."""
+        if labels is None or not self.config.chunked_cross_entropy:
+            return self._output(self.head(hidden_states), labels)
+        weight = self.shared_embedding_or_output_weight() if (
+            self.share_embeddings_and_output_weights) else self.output_layer.weight
+        losses = linear_cross_entropy(self.decoder.final_layernorm(hidden_states), weight,
+                                      labels.transpose(0, 1))  # [s, b], megatron's order
+        return losses.transpose(0, 1).contiguous()
+
     # -- the model's call ---------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None,
@@ -276,7 +290,7 @@ class PLTModel(LanguageModule):
             raise ValueError("PLTModel is causal-only: pass attention_mask=None")
         if self.config.pipeline_model_parallel_size > 1:
             return self.forward_loop_chunk(0, input_ids, labels)
-        return self._output(self.head(self.run_loops(input_ids, position_ids).hidden[-1]), labels)
+        return self.head_output(self.run_loops(input_ids, position_ids).hidden[-1], labels)
 
     def _output(self, logits: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         if labels is None:
@@ -310,4 +324,4 @@ class PLTModel(LanguageModule):
             return hidden
         if loop_index < cfg.num_loops - 1:
             return self.loop_transition(hidden)
-        return self._output(self.head(hidden), labels)
+        return self.head_output(hidden, labels)

@@ -22,8 +22,9 @@ torch.distributed._tools.mem_tracker.MemTracker in tests/test_planner.py):
   block of B queries are views of it; batch > 1: the spans are copied), a [B, B + w] mask per
   block converted to the compute dtype and, when the query cannot be viewed as blocks (batch > 1:
   it is [s, b]-major; or s not a multiple of B), a copy of the query. A short sequence runs dense
-  and saves the [s, s] mask instead. flash-attn needs none of these.
-  Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp].
+  and saves the [s, s] mask instead. flash-attn and flex need none of these.
+  Cross-entropy (megatron's vocab-parallel one) saves fp32 softmax [s, b, V/tp]; the chunked one
+  (model.chunked_cross_entropy) a fp32 logsumexp per token.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from model.kernels import sliding_window_block
+from model.kernels import ATTENTION_BACKENDS, sliding_window_block
 from model.pipeline import virtual_pipeline_size
 
 GIB = 2**30
@@ -51,7 +52,14 @@ class Layout:
     global_batch_size: int = 1
     seq_length: int = 128
     bf16: bool = False
-    attention_backend: str = "flash"   # flash | torch: which kernel the GPU run would use
+    # Which kernel the GPU run would use: one of ATTENTION_BACKENDS but auto. Only torch saves
+    # more than its inputs, output and logsumexp (torch_local_branch_terms); flash and flex don't.
+    attention_backend: str = "flash"
+
+    def __post_init__(self):
+        if self.attention_backend not in ATTENTION_BACKENDS[1:]:
+            raise ValueError(f"Layout.attention_backend={self.attention_backend!r}; use one of "
+                             f"{ATTENTION_BACKENDS[1:]} (resolve auto first)")
 
     @property
     def dp(self) -> int:
@@ -65,12 +73,14 @@ class Layout:
 def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
               attention_backend: Optional[str] = None) -> Layout:
     """The Layout of a composed run config. bf16: train.precision (auto means a GPU run: bf16).
-    attention_backend: model.attention_backend, with auto meaning flash on a GPU."""
+    attention_backend: model.attention_backend, with auto meaning flash on a GPU (a planner
+    cannot know whether the target has flash-attn; flash and flex cost the same here)."""
     t, p = cfg.train, cfg.parallel
     if bf16 is None:
         bf16 = t.precision in ("auto", "bf16")
     if attention_backend is None:
-        attention_backend = "torch" if cfg.model.attention_backend == "torch" else "flash"
+        attention_backend = ("flash" if cfg.model.attention_backend == "auto"
+                             else cfg.model.attention_backend)
     # An unset micro batch is the whole per-rank share (pretrain/config.py validate settles it).
     micro_batch_size = t.micro_batch_size or max(1, t.global_batch_size * p.tp * p.pp // world_size)
     return Layout(world_size=world_size, tp=p.tp, pp=p.pp, vpp=p.vpp,
@@ -214,7 +224,9 @@ def head_activation_terms(m, layout: Layout) -> Dict[str, int]:
         "loop_transitions": transitions * norm,
         "final_norm": norm,
         "head_input": st * d["h"] * B,
-        "cross_entropy": tok * d["vocab_local"] * 4 + tok * (1 + 8),
+        # megatron's saves the fp32 softmax; the chunked head only a logsumexp per token
+        "cross_entropy": (4 if m.chunked_cross_entropy else d["vocab_local"] * 4) * tok
+        + tok * (1 + 8),
     }
 
 

@@ -315,6 +315,10 @@ EXPECT = {
     "scripts.preprocess": preprocessed,
     "launch.slurm": printed(r"^#SBATCH ", only_with="--dry-run"),    # the rendered script
     "pip install": printed(r"^Would install ", only_with="--dry-run"),
+    # the GPU check's CPU dry run: its JSON and markdown results, where $OUT is unset
+    "bench/gpu_check.sh": lambda o: o.wrote(*(os.path.join(
+        os.environ.get("OUT") or "outputs/gpu_check", name) for name in ("gpu_check.json",
+                                                                           "gpu_check.md"))),
 }
 
 
