@@ -55,8 +55,8 @@ ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR":
                "LANG": "C.UTF-8"}
 DRIVER_SOURCE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.py"),
                      encoding="utf-8").read()
-# The smallest address space in which the interpreter starts and runs a test (measured: ~20 MiB
-# for python -I -S with the driver; the rest is room for the completion).
+# The smallest address space allowed: python -I -S with the driver starts in 16 MiB (not in 8), and
+# all 164 canonical solutions pass in 64 (measured, CPython 3.11).
 MIN_MEMORY_BYTES = 64 << 20
 # A trial problem: the probe that a backend works here.
 TRIAL = Problem("trial", "def add(x, y):\n    \"\"\"x + y\"\"\"\n", "    return x + y\n",
