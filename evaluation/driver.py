@@ -12,9 +12,9 @@ travel too):
     harness -> sandbox   ["load", program, entry_point], then ["call", [args], [[name, arg]]] ...
     sandbox -> harness   ["ready"] | ["return", value] | ["raise", exception type name, message]
 A value is null, true, false or [tag, payload]: ["int", hex], ["float", 16 hex digits of its IEEE
-bytes: nan, inf and -0.0 bit-exact], ["str", s], ["bytes", hex], ["list"|"tuple"|"set"|"frozenset",
-[values]], ["dict", [[key, value], ...]]. Types are checked exactly (``type(x) is int``): a subclass,
-whatever its ``__eq__``, is not plain data and is refused.
+bytes: nan, inf and -0.0 bit-exact], ["str", s], ["bytes", hex], ["list" | "tuple" | "set" |
+"frozenset", [values]], ["dict", [[key, value], ...]]. Types are checked exactly (``type(x) is
+int``): a subclass, whatever its ``__eq__``, is not plain data and is refused.
 """
 
 import json

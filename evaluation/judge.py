@@ -67,8 +67,9 @@ class Channel:
                 raise SandboxEnded() from None
 
     def receive(self) -> list:
-        while b"\n" not in self.pending:
-            if len(self.pending) > self.max_reply:
+        chunks, size = [self.pending], len(self.pending)
+        while b"\n" not in chunks[-1]:
+            if size > self.max_reply:
                 raise WireError(f"an answer longer than {self.max_reply} bytes")
             self._wait(read=True)
             try:
@@ -77,8 +78,9 @@ class Channel:
                 continue
             if not chunk:
                 raise SandboxEnded()
-            self.pending += chunk
-        line, _, self.pending = self.pending.partition(b"\n")
+            chunks.append(chunk)
+            size += len(chunk)
+        line, _, self.pending = b"".join(chunks).partition(b"\n")
         return parse_line(line)
 
     def ask(self, message: list) -> list:
@@ -138,7 +140,7 @@ def judge(problem: Problem, completion: str, channel: Channel) -> str:
         return _failed(error.name, str(error))
     except WireError as error:
         return f"failed: the sandbox broke the protocol: {error}"
-    except Exception as error:  # noqa: BLE001 the tests' own verdict: AssertionError, TypeError, ...
+    except Exception as error:  # noqa: BLE001 the tests' verdict: AssertionError, TypeError, ...
         return _failed(type(error).__name__, str(error))
 
 

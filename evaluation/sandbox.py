@@ -141,10 +141,15 @@ class Sandbox:
                     return backend
                 reason = f"a trial run failed: {trial.result}"
             reasons.append(f"{backend}: {reason}")
+        tried = all("a trial run failed" in reason for reason in reasons)
         raise SandboxUnavailable(
-            "no sandbox can run completions here (" + "; ".join(reasons) + "). Install "
-            "bubblewrap (`apt-get install bubblewrap`, or `make setup` as root) on a kernel that "
-            "allows user namespaces, or run as root for the unshare fallback")
+            "no sandbox can run completions here (" + "; ".join(reasons) + "). " + (
+                "The tools are installed but could not isolate a run: the sandbox's own "
+                "message above names the cause (user namespaces disabled by the kernel or a "
+                "container: `sysctl kernel.unprivileged_userns_clone=1`, or run as root for the "
+                "unshare fallback)" if tried else
+                "Install bubblewrap (`apt-get install bubblewrap`, or `make setup` as root) on "
+                "a kernel that allows user namespaces, or run as root for the unshare fallback"))
 
     # -- one run ---------------------------------------------------------------------------------
     def command(self, uid: Optional[int]) -> List[str]:

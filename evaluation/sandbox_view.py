@@ -151,7 +151,11 @@ mkdir "$root/tmp" "$root/proc" "$root/dev" "$root/etc"
 mount -t tmpfs -o "size=$size,mode=1777" loopcoder-tmp "$root/tmp"
 IFS=:
 for path in $binds; do
-  if [ -d "$path" ]; then mkdir -p "$root$path"; else mkdir -p "$root${path%/*}"; : > "$root$path"; fi
+  if [ -d "$path" ]; then
+    mkdir -p "$root$path"
+  else
+    mkdir -p "$root${path%/*}"; : > "$root$path"
+  fi
   mount --bind "$path" "$root$path"
   mount -o remount,bind,ro,nosuid,nodev "$root$path"
 done

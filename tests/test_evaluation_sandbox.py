@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -143,7 +142,8 @@ def _check_harness(python: list, backend: str) -> None:
         "problem = Problem('probe', 'def probe():\\n    \"\"\"Returns 1.\"\"\"\\n', '',\n"
         "                  'def check(candidate):\\n    assert candidate() == 1\\n', 'probe')\n"
         "runs = [sandbox.run(problem, '    return 1\\n'),\n"
-        "        sandbox.run(problem, '    import sys\\n    open(sys.prefix + \"/w\", \"w\")\\n')]\n"
+        "        sandbox.run(problem, '    import sys\\n'\n"
+        "                             '    open(sys.prefix + \"/w\", \"w\")\\n')]\n"
         "print(json.dumps([[run.passed, run.result] for run in runs]))\n")
     result = subprocess.run([*python, "-c", harness], capture_output=True, text=True,
                             timeout=120, cwd="/")

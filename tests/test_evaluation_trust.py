@@ -13,7 +13,7 @@ import pytest
 
 from evaluation.driver import WireError, decode, encode, parse_line
 from evaluation.executor import execute
-from evaluation.problems import Problem, load_problems
+from evaluation.problems import load_problems
 from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
 from tests.fixtures import REPO
 
