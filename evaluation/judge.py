@@ -139,7 +139,7 @@ def judge(problem: Problem, completion: str, channel: Channel) -> str:
     except CandidateRaised as error:
         return _failed(error.name, str(error))
     except WireError as error:
-        return f"failed: the sandbox broke the protocol: {error}"
+        return f"failed: ProtocolError: {error}"
     except Exception as error:  # noqa: BLE001 the tests' verdict: AssertionError, TypeError, ...
         return _failed(type(error).__name__, str(error))
 

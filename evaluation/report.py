@@ -109,6 +109,12 @@ def check_out_dir(out_dir: str) -> None:
         raise ConfigError(f"--out {out_dir} already exists and is not an empty folder; an "
                           f"evaluation writes {SAMPLES_FILE} and {SUMMARY_FILE} into a new (or "
                           "empty) folder and never overwrites: pass another --out")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir} cannot be made: {parent} is not a folder this user "
+                          "can write; pass another --out")
 
 
 def write_outputs(out_dir: str, rows: Sequence[dict], summary: dict) -> Dict[str, str]:

