@@ -1,4 +1,5 @@
-"""Run many check programs, each in its own sandbox, on a pool of workers.
+"""Run many samples, each against its tests with the completion in a sandbox of its own, on a pool
+of workers.
 
     outcomes = execute(jobs, sandbox, workers=4)   # jobs: [(Problem, completion)], same order out
 

@@ -316,5 +316,7 @@ def test_a_sandbox_user_is_leased_to_one_run_at_a_time_across_processes():
 def test_bad_limits_and_backends_are_refused():
     with pytest.raises(ValueError, match="timeout_s=0"):
         Limits(timeout_s=0)
+    with pytest.raises(ValueError, match="needs at least 64 MiB"):
+        Limits(memory_bytes=1 << 20)  # the interpreter would not start: every sample would fail
     with pytest.raises(ValueError, match="use auto, bwrap or unshare"):
         Sandbox(LIMITS, backend="docker")
