@@ -100,8 +100,10 @@ def sandbox_view() -> View:
     hidden = set()
     for path in _benchmark_and_project():
         real = os.path.realpath(path)
-        if os.path.isdir(real) and any(_inside(real, bind) for bind in binds) and (
-                ":" not in real and "\n" not in real):
+        if os.path.isdir(real) and any(_inside(real, bind) for bind in binds):
+            if ":" in real or "\n" in real:  # fail closed: it could not be hidden
+                raise ViewError(f"the package folder {real!r} holds ':' or a newline, which the "
+                                "sandbox cannot cover; rename it")
             hidden.add(real)
     if any(_inside(os.path.realpath(os.__file__), path) for path in hidden):
         raise ViewError(f"the standard library {os.path.dirname(os.__file__)} lies inside a "
