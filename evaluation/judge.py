@@ -17,16 +17,19 @@ import functools
 import os
 import select
 import time
+from typing import Optional
 
 from evaluation.driver import WireError, decode, dump_line, encode, parse_line
 from evaluation.problems import Problem
 
 
-class SandboxEnded(Exception):
+# Not Exceptions: a test's `except Exception` cannot swallow them (and Channel.broken keeps them
+# for a test that catches everything).
+class SandboxEnded(BaseException):
     """The sandbox closed the channel (it exited or was killed) before the tests finished."""
 
 
-class TimedOut(Exception):
+class TimedOut(BaseException):
     """The deadline passed while waiting for the sandbox."""
 
 
@@ -45,6 +48,7 @@ class Channel:
         self.to_sandbox, self.from_sandbox = to_sandbox, from_sandbox
         self.deadline, self.max_reply = deadline, max_reply
         self.pending = b""
+        self.broken: Optional[BaseException] = None
         os.set_blocking(to_sandbox, False)
         os.set_blocking(from_sandbox, False)
 
@@ -84,8 +88,16 @@ class Channel:
         return parse_line(line)
 
     def ask(self, message: list) -> list:
-        self.send(message)
-        return self.receive()
+        """The answer to ``message``. A failure sticks (``broken``): tests that catch exceptions
+        cannot turn a sandbox that ended, stalled or broke the protocol into a pass."""
+        if self.broken is not None:
+            raise self.broken
+        try:
+            self.send(message)
+            return self.receive()
+        except (SandboxEnded, TimedOut, WireError) as error:
+            self.broken = error
+            raise
 
 
 def _raised(reply: list) -> CandidateRaised:
@@ -107,11 +119,15 @@ class Candidate:
         except TypeError as error:
             raise WireError(f"the tests pass {error}; the sandbox can only take plain data")
         reply = self.channel.ask(request)
-        if reply[0] == "return" and len(reply) == 2:
-            return decode(reply[1])
-        if reply[0] == "raise":
-            raise _raised(reply)
-        raise WireError(f"a {reply[0]!r} answer to a call")
+        try:
+            if reply[0] == "return" and len(reply) == 2:
+                return decode(reply[1])
+            if reply[0] == "raise":
+                raise _raised(reply)
+            raise WireError(f"a {reply[0]!r} answer to a call")
+        except WireError as error:
+            self.channel.broken = error
+            raise
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,6 +149,8 @@ def judge(problem: Problem, completion: str, channel: Channel) -> str:
         candidate = Candidate(channel, problem.entry_point)
         namespace[problem.entry_point] = candidate  # trusted helpers that name it call it too
         namespace["check"](candidate)
+        if channel.broken is not None:  # the tests caught it, and went on
+            raise channel.broken
         return "passed"
     except (SandboxEnded, TimedOut):
         raise

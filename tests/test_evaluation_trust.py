@@ -13,7 +13,7 @@ import pytest
 
 from evaluation.driver import WireError, decode, encode, parse_line
 from evaluation.executor import execute
-from evaluation.problems import load_problems
+from evaluation.problems import Problem, load_problems
 from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
 from tests.fixtures import REPO
 
@@ -251,3 +251,24 @@ def test_only_the_sandboxs_own_tmp_is_writable(sandbox, problems):
             "    return x + y if wrote == ['/tmp'] else wrote\n")
     outcome = sandbox.run(problems[53], body)
     assert outcome.passed, outcome
+
+
+FORGIVING = Problem("forgiving", 'def same(x):\n    """x itself."""\n', "",
+                    "def check(candidate):\n    for x in range(3):\n        try:\n"
+                    "            assert candidate(x) == x\n        except BaseException:\n"
+                    "            pass\n", "same")
+
+
+@pytest.mark.parametrize("body", [
+    "    import os\n    os._exit(0)\n",
+    "    import os\n    for fd in range(3, 32):\n        try:\n"
+    "            os.write(fd, b'[\"return\", 1]\\n')\n        except OSError:\n            pass\n"
+    "    return x\n",
+    "    while True:\n        pass\n"], ids=["exits", "forges a malformed answer", "stalls"])
+def test_tests_that_catch_everything_cannot_turn_a_broken_sandbox_into_a_pass(sandbox, body):
+    """A benchmark whose tests catch every exception (HumanEval's do not): an ended, stalled or
+    out-of-protocol sandbox still fails the sample."""
+    quick = Sandbox(Limits(timeout_s=2.0, memory_bytes=1 << 30), backend=sandbox.backend)
+    outcome = quick.run(FORGIVING, body)
+    assert not outcome.passed, outcome
+    assert quick.run(FORGIVING, "    return x\n").passed  # the test itself is passable
