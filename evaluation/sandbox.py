@@ -1,28 +1,33 @@
-"""Run one untrusted check program in a sandbox and say whether its tests passed.
+"""Run one completion against its problem's tests, the completion in a sandbox, and say whether
+the tests passed.
 
-    sandbox = Sandbox(Limits(timeout_s=10))        # probes bubblewrap, else unshare, once
-    outcome = sandbox.run(program, slot=0)         # Outcome(passed, result, seconds)
+    sandbox = Sandbox(Limits(timeout_s=10))          # probes bubblewrap, else unshare, once
+    outcome = sandbox.run(problem, completion, slot=0)   # Outcome(passed, result, seconds)
 
-Each run gets, from the kernel and the distribution (never from disabling Python functions):
+The completion runs in a sandboxed process (evaluation/driver.py) that holds the prompt and the
+completion only; the tests run in this process (evaluation/judge.py) and call into the sandbox
+through a pipe that carries plain data. The verdict never comes from the sandbox.
+
+Each sandbox gets, from the kernel and the distribution (never from disabling Python functions):
 - its own namespaces: mount, PID, network (at most its own loopback: no socket reaches this
   machine or beyond), IPC, UTS (and user, under bubblewrap as non-root). Killing its first
   process ends every process it started;
-- a read-only view of the whole file system, a fresh tmpfs as /tmp (its working folder, sized by
-  ``Limits.file_bytes``), the home folder of the harness's user hidden when the sandbox user cannot
-  enter it (only the interpreter's folders are put back, read-only, and so are they when they live
-  in /tmp);
+- a root of its own (evaluation/sandbox_view.py): the base interpreter with the standard library
+  and the system's libraries, read-only; a fresh tmpfs as /tmp (its working folder, sized by
+  ``Limits.file_bytes``); not the project, the venv, any site-packages or the benchmark's data;
 - a scrubbed environment (PATH, HOME, TMPDIR, LANG), no capabilities, a new session;
 - an unprivileged user of its own when the harness is root (leased across processes:
   evaluation/sandbox_users.py): rlimits on processes do not bind root, and that user owns nothing
   it could write;
-- rlimits set inside before the program runs (evaluation/driver.py): address space, CPU seconds,
-  file size, processes, open files, no core files; and a wall-clock timeout from outside.
+- rlimits set inside before the completion runs (evaluation/driver.py): address space, CPU
+  seconds, file size, processes, open files, no core files; and a wall-clock timeout from outside.
 At the end its process group is killed and, as root, every process of its uid, so nothing it
 started outlives ``run``. The harness is in another session, another PID namespace and
 (as root) another user: whatever the program does, it cannot signal it.
 
 Backends: ``bwrap`` (bubblewrap; `make setup` installs it on Debian as root) and ``unshare``
-(util-linux's unshare, mount and setpriv: the fallback when bubblewrap is absent; root only).
+(util-linux's unshare, mount, setpriv and coreutils' chroot: the fallback when bubblewrap is
+absent; root only).
 """
 
 from __future__ import annotations
@@ -31,53 +36,31 @@ import contextlib
 import json
 import math
 import os
-import secrets
-import select
 import shutil
 import signal
-import stat
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
+from evaluation.judge import Channel, SandboxEnded, TimedOut, judge
+from evaluation.problems import Problem
 from evaluation.sandbox_users import kill_user_processes, lease_user
+from evaluation.sandbox_view import (UNSHARE_SETUP, ViewError, bwrap_mounts, sandbox_view,
+                                     unshare_arguments)
 
 BACKENDS = ("bwrap", "unshare")
 ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
                "LANG": "C.UTF-8"}
 DRIVER_SOURCE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.py"),
                      encoding="utf-8").read()
-
-# The unshare backend's set-up, run as root inside the new namespaces: a fresh /tmp, hide the
-# folders the sandbox user may not enter, put back the interpreter's folders (hidden ones, and
-# those under /tmp: a checkout or venv in /tmp), every mount read-only but /tmp, then run the rest
-# of the command line (setpriv to the leased user, the driver). The fresh /tmp is assembled on
-# /dev first (covered for a moment, uncovered by the move) so that the interpreter's folders are
-# bound into it while their sources are still in view. Any failed step stops it: the run fails,
-# closed.
-UNSHARE_SETUP = r"""
-set -eu
-umask 022  # the folders made for the interpreter's ones: enterable by the sandbox user
-size=$1; hide=$2; keep=$3; shift 3
-mount -t tmpfs -o "size=$size,mode=1777" loopcoder-sandbox /dev
-IFS=:; n=0
-for path in $keep; do mkdir "/dev/.keep$n"; mount --bind "$path" "/dev/.keep$n"; n=$((n+1)); done
-mount --move /dev /tmp
-for path in $hide; do mount -t tmpfs -o size=1m,mode=755 loopcoder-hidden "$path"; done
-n=0
-for path in $keep; do
-  mkdir -p "$path"; mount --move "/tmp/.keep$n" "$path"; rmdir "/tmp/.keep$n"; n=$((n+1))
-done
-unset IFS
-for target in $(cut -d' ' -f5 /proc/self/mountinfo); do
-  [ "$target" = /tmp ] || mount -o remount,bind,ro "$target"
-done
-cd /tmp
-exec "$@"
-"""
+# The smallest address space allowed: python -I -S with the driver starts in 16 MiB (not in 8), and
+# all 164 canonical solutions pass in 64 (measured, CPython 3.11).
+MIN_MEMORY_BYTES = 64 << 20
+# A trial problem: the probe that a backend works here.
+TRIAL = Problem("trial", "def add(x, y):\n    \"\"\"x + y\"\"\"\n", "    return x + y\n",
+                "def check(candidate):\n    assert candidate(2, 3) == 5\n", "add")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -96,6 +79,9 @@ class Limits:
         for name in ("timeout_s", "memory_bytes", "file_bytes", "processes", "open_files"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"sandbox limit {name}={getattr(self, name)}; it must be > 0")
+        if self.memory_bytes < MIN_MEMORY_BYTES:
+            raise ValueError(f"sandbox limit memory_bytes={self.memory_bytes}; the interpreter "
+                             f"needs at least {MIN_MEMORY_BYTES >> 20} MiB to start")
 
     def rlimits(self) -> Dict[str, object]:
         cpu = math.ceil(self.timeout_s)  # SIGXCPU at the soft limit, SIGKILL a second later
@@ -111,41 +97,6 @@ class Outcome:
     seconds: float     # wall time of the whole sandboxed run
 
 
-def _needed_folders() -> List[str]:
-    """The interpreter's own folders: the venv (sys.prefix) and the installation it points to."""
-    folders = {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
-               os.path.dirname(os.path.realpath(sys.executable))}
-    return sorted(folders)
-
-
-def _hidden_roots(folders: List[str]) -> Tuple[List[str], List[str]]:
-    """(folders other users cannot enter that lie above a needed folder, the needed folders under
-    them). Overlaying each such folder with an empty tmpfs and binding the needed ones back lets
-    the sandbox user run the interpreter, and hides the rest of, e.g., root's home."""
-    hide, keep = set(), set()
-    for folder in folders:
-        parts = folder.strip("/").split("/")
-        for depth in range(1, len(parts)):  # proper ancestors of the folder
-            ancestor = "/" + "/".join(parts[:depth])
-            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
-                hide.add(ancestor)
-                keep.add(folder)
-                break
-    # A folder inside another one of the same list is already covered: keep the outermost.
-    return _outermost(hide), _outermost(keep)
-
-
-def _folders_between(path: str, covers: List[str]) -> List[str]:
-    """The folders strictly between the covering folder `path` lies in and `path`, outermost first."""
-    cover = next(c for c in covers if path.startswith(c + "/"))
-    parts = path[len(cover) + 1:].split("/")[:-1]
-    return [os.path.join(cover, *parts[:depth]) for depth in range(1, len(parts) + 1)]
-
-
-def _outermost(paths) -> List[str]:
-    return sorted(p for p in paths if not any(p.startswith(other + "/") for other in paths))
-
-
 def _probe_reason(backend: str) -> Optional[str]:
     """Why ``backend`` cannot be used here (None: it may be)."""
     if backend == "bwrap":
@@ -153,9 +104,11 @@ def _probe_reason(backend: str) -> Optional[str]:
             return ("bwrap not found: install bubblewrap (`apt-get install bubblewrap`; "
                     "`make setup` does it as root)")
         return None
-    missing = [tool for tool in ("unshare", "mount", "setpriv") if shutil.which(tool) is None]
+    path = "/usr/sbin:/sbin:" + os.environ.get("PATH", "/usr/bin:/bin")
+    missing = [tool for tool in ("unshare", "mount", "setpriv", "chroot", "mknod")
+               if shutil.which(tool, path=path) is None]
     if missing:
-        return f"{', '.join(missing)} not found (util-linux and mount packages)"
+        return f"{', '.join(missing)} not found (util-linux, mount and coreutils packages)"
     if os.geteuid() != 0:
         return ("the unshare backend needs root (it mounts, then drops to an unprivileged user); "
                 "as another user install bubblewrap")
@@ -168,19 +121,11 @@ class Sandbox:
             raise ValueError(f"sandbox backend {backend!r}; use auto, bwrap or unshare")
         self.limits = limits
         self.as_root = os.geteuid() == 0
-        needed = _needed_folders()
-        hide, keep = _hidden_roots(needed) if self.as_root else ([], [])
-        # The fresh /tmp hides all of the host's /tmp already, and covers an interpreter that
-        # lives there (a checkout in /tmp): bind that back (into folders the sandbox user can
-        # enter, whatever the modes of their host counterparts).
-        self.hide = [path for path in hide if not path.startswith("/tmp/")]
-        self.keep = _outermost(set(keep) | {path for path in needed if path.startswith("/tmp/")})
-        for path in self.hide + self.keep:
-            if ":" in path:
-                raise SandboxUnavailable(f"the interpreter's folder {path!r} has a ':' in its "
-                                         "path, which the sandbox cannot bind; use a Python "
-                                         "installed elsewhere")
-        self.driver_args = [sys.executable, "-I", "-c", DRIVER_SOURCE,
+        try:
+            self.view = sandbox_view()
+        except ViewError as error:
+            raise SandboxUnavailable(str(error)) from None
+        self.driver_args = [self.view.interpreter, "-I", "-S", "-c", DRIVER_SOURCE,
                             json.dumps(limits.rlimits())]
         self.backend = self._choose(BACKENDS if backend == "auto" else (backend,))
 
@@ -191,15 +136,20 @@ class Sandbox:
             reason = _probe_reason(backend)
             if reason is None:
                 self.backend = backend
-                trial = self.run("assert sum(range(4)) == 6\n")
+                trial = self.run(TRIAL, TRIAL.canonical_solution)
                 if trial.passed:
                     return backend
                 reason = f"a trial run failed: {trial.result}"
             reasons.append(f"{backend}: {reason}")
+        tried = all("a trial run failed" in reason for reason in reasons)
         raise SandboxUnavailable(
-            "no sandbox can run completions here (" + "; ".join(reasons) + "). Install "
-            "bubblewrap (`apt-get install bubblewrap`, or `make setup` as root) on a kernel that "
-            "allows user namespaces, or run as root for the unshare fallback")
+            "no sandbox can run completions here (" + "; ".join(reasons) + "). " + (
+                "The tools are installed but could not isolate a run: the sandbox's own "
+                "message above names the cause (user namespaces disabled by the kernel or a "
+                "container: `sysctl kernel.unprivileged_userns_clone=1`, or run as root for the "
+                "unshare fallback)" if tried else
+                "Install bubblewrap (`apt-get install bubblewrap`, or `make setup` as root) on "
+                "a kernel that allows user namespaces, or run as root for the unshare fallback"))
 
     # -- one run ---------------------------------------------------------------------------------
     def command(self, uid: Optional[int]) -> List[str]:
@@ -212,52 +162,43 @@ class Sandbox:
         if self.backend == "unshare":
             return ["unshare", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
                     "--mount-proc", "--kill-child", "--", "/bin/sh", "-c", UNSHARE_SETUP,
-                    "loopcoder-sandbox", str(self.limits.file_bytes), ":".join(self.hide),
-                    ":".join(self.keep), *run_as, *self.driver_args]
-        hiding = []
-        for path in self.hide:
-            hiding += ["--tmpfs", path]
-        for path in self.keep:
-            # bwrap would make the folders between the covering tmpfs and `path` mode 0700 (as
-            # measured with bubblewrap 0.8): make them enterable for the sandbox user first.
-            for folder in _folders_between(path, self.hide + ["/tmp"]):
-                hiding += ["--perms", "0755", "--dir", folder]
-            hiding += ["--ro-bind", path, path]
+                    "loopcoder-sandbox", *unshare_arguments(self.view, self.limits.file_bytes),
+                    *run_as, *self.driver_args]
         namespaces = ["--unshare-all", "--cap-drop", "ALL"] if uid is None else [
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
-        # Sources are read from the host's tree, so the interpreter's folders bound after the
-        # fresh /tmp reappear in it.
         return ["bwrap", *namespaces, "--die-with-parent", "--new-session",
-                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--perms", "1777", "--size", str(self.limits.file_bytes), "--tmpfs", "/tmp",
-                *hiding, "--chdir", "/tmp", "--", *run_as, *self.driver_args]
+                *bwrap_mounts(self.view, self.limits.file_bytes), "--chdir", "/tmp", "--",
+                *run_as, *self.driver_args]
 
-    def run(self, program: str, slot: int = 0) -> Outcome:
-        """Run ``program``; ``slot`` (the worker's number) is where the search for a free sandbox
-        user starts, so that concurrent workers rarely contend for one."""
-        nonce = secrets.token_hex(16)
+    def run(self, problem: Problem, completion: str, slot: int = 0) -> Outcome:
+        """Run ``problem``'s tests on ``completion``; ``slot`` (the worker's number) is where the
+        search for a free sandbox user starts, so that concurrent workers rarely contend for
+        one."""
         lease = lease_user(slot) if self.as_root else contextlib.nullcontext(None)
-        with lease as user, tempfile.TemporaryFile() as stdin, \
-                tempfile.TemporaryFile() as output:
-            stdin.write(f"{nonce}\n{program}".encode("utf-8"))
-            stdin.seek(0)
-            started = time.perf_counter()
-            process = subprocess.Popen(self.command(user), stdin=stdin, stdout=output,
-                                       stderr=output, env=ENVIRONMENT, cwd="/",
-                                       start_new_session=True)
+        with lease as user, tempfile.TemporaryFile() as log:
+            started = time.monotonic()
+            process = subprocess.Popen(self.command(user), stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=log, env=ENVIRONMENT,
+                                       cwd="/", start_new_session=True)
+            channel = Channel(process.stdin.fileno(), process.stdout.fileno(),
+                              started + self.limits.timeout_s, self.limits.file_bytes)
             try:
-                timed_out = not _wait(process, self.limits.timeout_s)
+                result = judge(problem, completion, channel)
+            except TimedOut:
+                result = "timed out"
+            except SandboxEnded:
+                # It ended by itself: wait (within the deadline) to learn how.
+                result = _ended(process, started + self.limits.timeout_s, log)
             finally:
                 if user is not None:
                     # The user's processes first, while the sandbox tool lives to reap them: a
                     # process orphaned by killing the tool first waits for the machine's init.
                     kill_user_processes(user)
                 _kill_group(process)
-            seconds = time.perf_counter() - started
-            output.seek(0)
-            printed = output.read()
-        return _judge(printed, nonce, process.returncode, timed_out, seconds)
+                process.stdin.close()
+                process.stdout.close()
+        return Outcome(result == "passed", result, time.monotonic() - started)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -269,46 +210,24 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _wait(process: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait for the process to end (True) or the timeout (False). A pidfd wakes up the moment it
-    ends; Popen.wait(timeout) polls with sleeps of up to 50 ms, a large share of a 30 ms run."""
+def _ended(process: subprocess.Popen, deadline: float, log) -> str:
+    """Why a sandbox closed its channel before the tests finished: its exit status or signal."""
     try:
-        pidfd = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):  # Linux < 5.3
-        try:
-            process.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        ended = bool(select.select([pidfd], [], [], timeout_s)[0])
-    finally:
-        os.close(pidfd)
-    if ended:
-        process.wait()
-    return ended
-
-
-def _judge(printed: bytes, nonce: str, returncode: int, timed_out: bool,
-           seconds: float) -> Outcome:
-    marker = printed.rfind(nonce.encode())
-    if marker >= 0:
-        line = printed[marker + len(nonce) + 1:].split(b"\n", 1)[0].decode("utf-8", "replace")
-        return Outcome(line == "passed", line, seconds)
-    if timed_out:
-        return Outcome(False, "timed out", seconds)
-    # No verdict: the program ended the interpreter itself, or was killed (a signal, or the
-    # sandbox's init exited with 128 + the signal number).
+        returncode = process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+    except subprocess.TimeoutExpired:
+        return "timed out"  # it closed its end, but keeps running
+    # A signal, or the sandbox's init exited with 128 + the signal number.
     number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
     if number == signal.SIGXCPU:
-        return Outcome(False, "timed out", seconds)  # the CPU-seconds limit
+        return "timed out"  # the CPU-seconds limit
     if number:
         try:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
-        return Outcome(False, f"failed: killed by {name}", seconds)
-    tail = printed[-2000:].decode("utf-8", "replace").strip().splitlines()
+        return f"failed: killed by {name}"
+    log.seek(max(log.seek(0, os.SEEK_END) - 2000, 0))
+    tail = log.read().decode("utf-8", "replace").strip().splitlines()
     last = " ".join(tail[-1].split())[:200] if tail else ""
-    return Outcome(False, f"failed: exited with status {returncode} before its tests finished"
-                   + (f" ({last})" if last else ""), seconds)
+    return (f"failed: exited with status {returncode} before its tests finished"
+            + (f" ({last})" if last else ""))

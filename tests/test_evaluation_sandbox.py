@@ -11,14 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from evaluation.executor import execute
-from evaluation.problems import check_program, load_problems
+from evaluation.problems import Problem, load_problems
 from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
 from evaluation.sandbox_users import leftover_processes, lease_user
+from evaluation.sandbox_view import base_interpreter
 from tests.fixtures import REPO
 
 # Where time is not what a test checks, a timeout no loaded 2-core machine reaches; where it is,
@@ -89,53 +89,81 @@ def test_each_planted_bug_fails(sandbox, problems):
                for o in outcomes)
 
 
-def test_the_sandbox_runs_the_harness_interpreter_and_its_standard_library(sandbox):
-    """Not another Python the sandbox user happens to reach (bubblewrap made the folders above a
-    bound interpreter 0700, and a root harness's sandbox fell back to /usr's Python)."""
-    program = (f"import os, sys\nassert sys.base_prefix == {sys.base_prefix!r}, sys.base_prefix\n"
-               f"assert os.path.exists(sys.executable)\nassert os.__file__.startswith("
-               f"{sys.base_prefix!r}), os.__file__\n")
-    outcome = sandbox.run(program)
+def probe(sandbox, body: str, expected):
+    """Run ``body`` as the completion of ``def probe():``, whose tests pass only if it returns
+    ``expected`` (the result says what it returned otherwise)."""
+    problem = Problem("probe", 'def probe():\n    """What the sandbox sees."""\n', "",
+                      f"def check(candidate):\n    got = candidate()\n"
+                      f"    assert got == {expected!r}, got\n", "probe")
+    return sandbox.run(problem, body)
+
+
+def test_the_sandbox_runs_the_base_interpreter_and_its_standard_library_only(sandbox):
+    """The interpreter the harness's venv was made from, without site-packages (-I -S); not
+    another Python the sandbox user happens to reach (bubblewrap made the folders above a bound
+    interpreter 0700, and a root harness's sandbox fell back to /usr's Python)."""
+    body = ("    import os, sys\n"
+            "    return [os.path.realpath(sys.executable), os.path.dirname(os.__file__),\n"
+            "            sys.flags.no_site, [p for p in sys.path if 'packages' in p]]\n")
+    stdlib = os.path.dirname(os.path.realpath(os.__file__))
+    outcome = probe(sandbox, body, [base_interpreter(), stdlib, 1, []])
     assert outcome.passed, outcome
 
 
-def test_an_interpreter_under_tmp_runs_in_the_fresh_tmp(sandbox):
-    """A checkout or venv in /tmp (where `git clone` into /tmp puts `make test`'s): the fresh
-    /tmp covers the interpreter's folder, which the sandbox binds back, read-only."""
+def test_a_harness_run_from_a_linked_venv_under_tmp_works(sandbox):
+    """A checkout or venv in /tmp (where `git clone` into /tmp puts `make test`'s), reached
+    through a symbolic link: the sandbox binds the base interpreter at its real path, read-only."""
     with tempfile.TemporaryDirectory(dir="/tmp") as folder:
-        _check_interpreter_in(Path(folder) / "venv", sandbox.backend)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", f"{folder}/venv"],
+                       check=True)
+        os.symlink(f"{folder}/venv", f"{folder}/link")
+        _check_harness([f"{folder}/link/bin/python"], sandbox.backend)
 
 
-def _check_interpreter_in(venv: Path, backend: str) -> None:
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting below /tmp needs root")
+def test_a_mount_point_below_tmp_does_not_matter(sandbox):
+    """The unshare backend remounted every host mount read-only, and one below /tmp (covered by
+    the fresh /tmp) failed the run closed. Only the sandbox's own mounts are touched now."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        script = (f'mount -t tmpfs loopcoder-test "{folder}" && mkdir "{folder}/deeper" && '
+                  f'mount -t tmpfs loopcoder-test2 "{folder}/deeper" && exec "$@"')
+        _check_harness(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                        script, "sh", sys.executable], sandbox.backend)
+
+
+def _check_harness(python: list, backend: str) -> None:
+    # The venv has no packages: only the sandbox's modules (standard library only) are imported.
     harness = (
         "import json, sys\n"
         f"sys.path.insert(0, {REPO!r})\n"
+        "from evaluation.problems import Problem\n"
         "from evaluation.sandbox import Limits, Sandbox\n"
         f"sandbox = Sandbox(Limits(timeout_s=30.0, memory_bytes=1 << 30), {backend!r})\n"
-        "runs = [sandbox.run('import sys\\nassert sys.prefix.startswith(\"/tmp/\")\\n'),\n"
-        "        sandbox.run('import sys\\nopen(sys.prefix + \"/written\", \"w\")\\n')]\n"
+        "problem = Problem('probe', 'def probe():\\n    \"\"\"Returns 1.\"\"\"\\n', '',\n"
+        "                  'def check(candidate):\\n    assert candidate() == 1\\n', 'probe')\n"
+        "runs = [sandbox.run(problem, '    return 1\\n'),\n"
+        "        sandbox.run(problem, '    import sys\\n'\n"
+        "                             '    open(sys.prefix + \"/w\", \"w\")\\n')]\n"
         "print(json.dumps([[run.passed, run.result] for run in runs]))\n")
-    result = subprocess.run([str(venv / "bin" / "python"), "-c", harness], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([*python, "-c", harness], capture_output=True, text=True,
+                            timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr[-3000:]
     (reads, reads_result), (writes, writes_result) = json.loads(result.stdout)
     assert reads, reads_result
     assert not writes and "Read-only file system" in writes_result, writes_result
-    assert not (venv / "written").exists()
 
 
 def test_a_run_that_exits_before_its_tests_is_not_a_pass(sandbox, problems):
     add = problems[53]
     for body in ("    import sys\n    sys.exit(0)\n", "    import os\n    os._exit(0)\n"):
-        outcome = sandbox.run(check_program(add, body))
+        outcome = sandbox.run(add, body)
         assert not outcome.passed and outcome.result.startswith("failed"), outcome
 
 
 def test_an_endless_loop_times_out_within_its_bound(sandbox, problems):
     sandbox = Sandbox(SHORT, backend=sandbox.backend)
     started = time.perf_counter()
-    outcome = sandbox.run(check_program(problems[53], "    while True:\n        pass\n"))
+    outcome = sandbox.run(problems[53], "    while True:\n        pass\n")
     seconds = time.perf_counter() - started  # until every process of the run is gone
     assert outcome.result == "timed out"
     assert SHORT.timeout_s <= seconds < SHORT.timeout_s + KILL_GRACE_S
@@ -146,7 +174,7 @@ def test_the_environment_is_scrubbed(sandbox, problems, monkeypatch):
     body = ("    import os\n"
             "    leaked = any('hunter2' in value for value in os.environ.values())\n"
             "    return x + y if leaked or os.getcwd() != '/tmp' else None\n")
-    outcome = sandbox.run(check_program(problems[53], body))
+    outcome = sandbox.run(problems[53], body)
     assert not outcome.passed and outcome.result.startswith("failed: AssertionError"), outcome
 
 
@@ -203,7 +231,7 @@ def test_hostile_completions_are_contained_and_the_evaluation_finishes(sandbox, 
     # process limit is seen to hold (a broken limit must fail this test, not hang the machine).
     bounded = ("    import os, time\n    for _ in range(200):\n        if os.fork() == 0:\n"
                "            time.sleep(5)\n            os._exit(0)\n    return x + y\n")
-    outcome = sandbox.run(check_program(problems[53], bounded))
+    outcome = sandbox.run(problems[53], bounded)
     assert outcome.result == "failed: BlockingIOError: [Errno 11] Resource temporarily unavailable"
 
     listener = socket.socket()
@@ -262,7 +290,7 @@ def test_the_harness_is_not_reachable_by_signals(sandbox, problems):
             "    return None\n")
     previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("the harness got SIGTERM"))
     try:
-        outcome = sandbox.run(check_program(problems[53], body))
+        outcome = sandbox.run(problems[53], body)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert not outcome.passed
@@ -288,5 +316,7 @@ def test_a_sandbox_user_is_leased_to_one_run_at_a_time_across_processes():
 def test_bad_limits_and_backends_are_refused():
     with pytest.raises(ValueError, match="timeout_s=0"):
         Limits(timeout_s=0)
+    with pytest.raises(ValueError, match="needs at least 64 MiB"):
+        Limits(memory_bytes=1 << 20)  # the interpreter would not start: every sample would fail
     with pytest.raises(ValueError, match="use auto, bwrap or unshare"):
         Sandbox(LIMITS, backend="docker")

@@ -3,12 +3,15 @@ tasks on a checkpoint the trainer wrote (outputs: samples.jsonl, summary.json, t
 
 import json
 import math
+import os
 import subprocess
 import sys
 
 import pytest
 
 from evaluation.problems import load_problems
+from evaluation import report
+from pretrain.errors import run_tool
 from scripts import evaluate
 from tests.fixtures import REPO, SMALL, output_of, run_trainer, small_data, subprocess_env
 
@@ -45,14 +48,115 @@ def test_scoring_a_sample_file(tmp_path, capsys):
     assert "pass@1   0.5000" in capsys.readouterr().out
 
 
-def test_a_bad_sample_file_is_refused_with_the_line(tmp_path):
+def _refused(argv, capsys) -> tuple:
+    """(exit status, the one paragraph printed) of `python -m scripts.evaluate ARGV`."""
+    status = run_tool(evaluate.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return status, err
+
+
+GOOD = json.dumps({"task_id": "HumanEval/0", "completion": "    pass\n"}) + "\n"
+BAD_SAMPLE_FILES = {  # content -> what the message names
+    b"": "holds no samples", b"\n  \n": "holds no samples",
+    GOOD.encode() + b'{"task": 1}\n': ':2 lacks a string "task_id"',
+    b'{"task_id": "MBPP/1", "completion": "  pass"}\n': "'MBPP/1' is not one of the 164",
+    GOOD.encode() + GOOD.encode()[:-4] + b"\n": ":2 is not a JSON line",
+    b'{"task_id": "HumanEval/0", "completion": "\x00"}\n': ":1 is not a JSON line",
+    b"\x00\n": ":1 is not a JSON line",
+    b'{"task_id": "HumanEval/0", "completion": "\xff"}\n': ":1 is not UTF-8",
+    b"[" * 100_000 + b"\n": ":1 is not a JSON line", b"[1, 2]\n": ":1 lacks a string",
+    b'{"task_id": "HumanEval/0", "completion": 3}\n': ":1 lacks a string",
+    b'{"task_id": "HumanEval/9", "completion": "  pass"}\n': "no sample of the first 4 problems",
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_SAMPLE_FILES), ids=range(len(BAD_SAMPLE_FILES)))
+def test_a_bad_sample_file_is_refused_with_the_line(tmp_path, capsys, content):
     samples = tmp_path / "samples.jsonl"
-    samples.write_text('{"task_id": "HumanEval/0", "completion": "  pass"}\n{"task": 1}\n')
-    with pytest.raises(ValueError, match=r"samples.jsonl:2 lacks a string \"task_id\""):
-        evaluate.main(["--samples", str(samples), "--out", str(tmp_path / "out")])
-    samples.write_text('{"task_id": "MBPP/1", "completion": "  pass"}\n')
-    with pytest.raises(ValueError, match=r"'MBPP/1' is not one of the 164 HumanEval problems"):
-        evaluate.main(["--samples", str(samples), "--out", str(tmp_path / "out")])
+    samples.write_bytes(content)
+    status, message = _refused(["--samples", str(samples), "--limit", "4", "--out",
+                                str(tmp_path / "out")], capsys)
+    assert status == 3 and BAD_SAMPLE_FILES[content] in message and str(samples) in message
+    assert not (tmp_path / "out").exists()
+
+
+BAD_FLAGS = [["--workers", "0"], ["--workers", "100000"], ["--timeout", "0"],
+             ["--timeout", "nan"], ["--timeout", "-1"], ["--limit", "0"], ["--limit", "165"],
+             ["--memory-mb", "1"], ["--memory-mb", "0"], ["--samples-per-task", "0"],
+             ["--temperature", "-1"], ["--temperature", "inf"], ["--top-p", "0"],
+             ["--top-p", "1.5"], ["--max-new-tokens", "0"], ["--batch-size", "0"],
+             ["--seed", "-1"], ["--samples-per-task", "2"]]
+
+
+@pytest.mark.parametrize("flag", BAD_FLAGS, ids=[" ".join(flag) for flag in BAD_FLAGS])
+def test_a_bad_flag_is_refused_before_anything_runs(tmp_path, capsys, flag):
+    # A checkpoint that is not there: the flag is refused before the model is looked for.
+    status, message = _refused(["--checkpoint", str(tmp_path / "missing"), *flag, "--out",
+                                str(tmp_path / "out")], capsys)
+    assert status == 2 and f"{flag[0]} {flag[1]}" in message, message
+    if flag[0] == "--samples-per-task" and flag[1] == "2":
+        assert "--temperature" in message
+        # Only where it samples: the likelihood task and rescoring take the flag as it is.
+        assert "--temperature" not in _refused(
+            ["--checkpoint", str(tmp_path / "missing"), *flag, "--task", "humaneval_nll",
+             "--out", str(tmp_path / "out")], capsys)[1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_nll_of_a_sample_file_and_a_missing_sandbox_are_refused(tmp_path, capsys, monkeypatch):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(GOOD)
+    status, message = _refused(["--samples", str(samples), "--task", "humaneval_nll", "--out",
+                                str(tmp_path / "out")], capsys)
+    assert status == 2 and "--task humaneval_nll" in message
+    status, message = _refused(["--samples", str(tmp_path / "missing.jsonl"), "--out",
+                                str(tmp_path / "out")], capsys)
+    assert status == 2 and "--samples" in message and "no such file" in message
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    status, message = _refused(["--samples", str(samples), "--sandbox", "bwrap", "--out",
+                                str(tmp_path / "out")], capsys)
+    assert status == 2 and "--sandbox bwrap" in message and "install bubblewrap" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_never_overwrites_an_input(tmp_path, capsys):
+    """Rescoring into the folder of the samples (--samples DIR/samples.jsonl --out DIR)
+    overwrote the input with one row. An --out that exists and is not empty is refused before
+    any work (with a checkpoint: before the model is loaded), and a file that appears in it
+    meanwhile is not overwritten either."""
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    samples = folder / "samples.jsonl"
+    samples.write_text(GOOD * 3)
+    for source in (["--samples", str(samples)], ["--checkpoint", str(tmp_path / "missing")]):
+        status, message = _refused([*source, "--limit", "1", "--out", str(folder)], capsys)
+        assert status == 2 and f"--out {folder} already exists" in message
+    for out in (samples, samples / "below"):  # a file, a folder under a file
+        status, message = _refused(["--samples", str(samples), "--out", str(out)], capsys)
+        assert status == 2 and f"--out {out}" in message
+    assert samples.read_text() == GOOD * 3 and os.listdir(folder) == ["samples.jsonl"]
+    with pytest.raises(FileExistsError):
+        report.write_outputs(str(folder), [{"row": 1}], {"summary": 1})
+    assert samples.read_text() == GOOD * 3 and os.listdir(folder) == ["samples.jsonl"]
+
+
+def test_a_sample_that_cannot_run_fails_alone(tmp_path):
+    """A lone surrogate (valid JSON "\\ud800") aborted the whole evaluation."""
+    problems = load_problems(2)
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"task_id": "HumanEval/0", "completion": "    pass  # \ud800\n"},
+            {"task_id": "HumanEval/0", "completion": problems[0].canonical_solution},
+            {"task_id": "HumanEval/1", "completion": problems[1].canonical_solution + "\ud800"},
+            {"task_id": "HumanEval/1", "completion": problems[1].canonical_solution}]
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = evaluate.main(["--samples", str(samples), "--out", str(tmp_path / "out"),
+                             "--limit", "2", "--no-progress"])
+    written, _ = _read(tmp_path / "out")
+    assert [r["passed"] for r in written] == [False, True, False, True]
+    assert all("UnicodeEncodeError" in written[i]["result"] for i in (0, 2))
+    assert [r["completion"] for r in written] == [r["completion"] for r in rows]
+    assert summary["pass@1"] == 0.5
 
 
 @pytest.mark.slow
