@@ -266,7 +266,7 @@ def results(bad_inputs) -> dict:
 def _trainer_result(row: Row, paths: dict, tmp_path) -> dict:
     args = _args(row, paths)
     if "--config-dir" not in args:
-        args = [*SMALL, *small_data(), "train.max_steps=1", *args]
+        args = [*SMALL, *small_data(), "train.max_steps=3", *args]
     done = run_trainer(tmp_path / "run", *args, timeout=300)
     return dict(status=f"exit {done.returncode}", output=done.stdout + done.stderr)
 
