@@ -27,6 +27,7 @@ from datatrove.utils.batching import batched
 from datatrove.utils.logging import logger
 
 from data.curation.plan import CorpusPlan, stage_dir
+from data.curation.skips import collect_skips
 from data.curation.stats import format_table, summarize, write_summary
 from data.tokenizer import CodeTokenizer
 
@@ -150,14 +151,17 @@ class PublishShards(PipelineStep):
         tokenizer = _checked_tokenizer(plan.tokenizer_model, plan.tokenizer_sha256)
         summary = summarize({stage: stage_dir(plan, stage) for stage in self.stages},
                             f"{MegatronShardWriter.type}: {MegatronShardWriter.name}")
+        summary.update(collect_skips(plan.work_dir))
         write_summary(summary, stats_path(plan))
         logger.info(f"\n{format_table(summary)}")
         task_shards = [os.path.join(shards_folder(plan), f"{r:05d}") for r in range(plan.tasks)]
         tokens = [check_shard(shard) for shard in task_shards]
         nonempty = [shard for shard, count in zip(task_shards, tokens) if count > 0]
         if not nonempty:
-            raise RuntimeError(f"every document was removed, nothing to write; see "
-                               f"{stats_path(plan)} for why")
+            # Not a task failure: the run is complete and its answer is "nothing". The command
+            # reads documents=0 from the statistics and says why, in one paragraph (pipeline.py).
+            logger.warning(f"every document was removed, nothing to publish; see {stats_path(plan)}")
+            return
         stale = _stale_shards(plan.output_prefix, len(nonempty))
         if stale:
             raise RuntimeError(f"{stale[0]} (and {len(stale) - 1} more) belong to an earlier run with "
