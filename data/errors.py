@@ -56,7 +56,7 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 def disk_full(error: BaseException, where: str, fix: str):
     """A DiskFullError naming `where` and `fix` when `error` is a full disk or quota, else None."""
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        name = f": {error.filename}" if error.filename else ""
         return DiskFullError(f"no space left on the device while writing {where} "
-                             f"({error.strerror}: {getattr(error, 'filename', None) or 'a file there'}); "
-                             f"{fix}")
+                             f"({error.strerror}{name}); {fix}")
     return None

@@ -26,10 +26,15 @@ class SkippedEntry(Exception):
         self.reason, self.detail = reason, detail
 
 
+def text_name(path: str) -> str:
+    """A file name as text any UTF-8 writer takes: bytes that are not UTF-8 (os.walk keeps them as
+    surrogate escapes, which Arrow, JSON and the tokenizer refuse) become the characters \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def display_name(path: str) -> str:
-    """A file name as printable text: bytes that are not UTF-8 (os.walk keeps them as surrogate
-    escapes, which no UTF-8 writer accepts) become \\xNN; a newline stays escaped in repr-like form."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace").replace("\n", "\\n")
+    """text_name, with a newline shown as \\n: one log line per name."""
+    return text_name(path).replace("\n", "\\n")
 
 
 def _open_error(path: str, error: OSError) -> SkippedEntry:
@@ -59,6 +64,15 @@ def open_regular(path: str) -> BinaryIO:
         raise SkippedEntry("not_a_file", f"is {kind}, not a regular file")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
+
+
+def entry_problem(path: str) -> str:
+    """Why `path` cannot be read ("" when it can be opened as a regular file)."""
+    try:
+        open_regular(path).close()
+    except SkippedEntry as entry:
+        return entry.detail
+    return ""
 
 
 def read_regular(path: str) -> bytes:

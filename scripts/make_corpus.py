@@ -6,6 +6,7 @@
 
 import argparse
 import os
+import sys
 
 from data.cli_args import add_corpus_args, load_corpus
 
@@ -22,4 +23,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -25,6 +25,7 @@ from data.loader import build_loader
 from data.prepare import PreparedData, prepare_data
 from data.shard_check import check_path, check_shard
 from data.tokenizer import CodeTokenizer
+from pretrain.errors import run_tool
 from tests.fixtures import DATA_SEQ_LENGTH as SEQ_LENGTH
 
 HEADER = 34
@@ -293,9 +294,9 @@ def test_preprocess_reports_a_cut_jsonl_line_in_one_paragraph(prepared, tmp_path
     at, lines = _damage("cut line", [json.dumps(record) for record in GOOD])
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    status = preprocess.main(["--corpus", str(path), "--tokenizer", prepared.tokenizer_model,
-                              "--output", str(tmp_path / "out"), "--workers", "1"])
+    status = run_tool(preprocess.main, ["--corpus", str(path), "--tokenizer", prepared.tokenizer_model,
+                                        "--output", str(tmp_path / "out"), "--workers", "1"])
     stderr = capsys.readouterr().err
     error = stderr.strip().splitlines()[-1]
-    assert status == 2 and error.startswith("error: ") and f"{path} line {at} is not valid JSON" in error
+    assert status == 3 and error.startswith("data error: ") and f"{path} line {at} is not valid JSON" in error
     assert "Traceback" not in stderr

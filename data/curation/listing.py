@@ -17,7 +17,7 @@ import os
 from typing import List, Optional, Tuple
 
 from data.errors import CorpusError
-from data.source_files import display_name
+from data.source_files import display_name, entry_problem
 
 Entry = Tuple[str, Optional[Tuple[str, str]]]   # (relative path, (reason, detail) or None)
 NAMES_SHOWN = 10
@@ -55,8 +55,12 @@ def list_entries(spec) -> List[Entry]:
         matches = sorted(glob.glob(spec.spec)) if glob.has_magic(spec.spec) else [spec.spec]
         entries = [(os.path.relpath(os.path.abspath(path), spec.root), None) for path in matches
                    if os.path.lexists(path) and not os.path.isdir(path)]
-    if not any(problem is None for _, problem in entries):
-        shown = "; ".join(f"{display_name(path)}: {problem[1]}" for path, problem in entries[:NAMES_SHOWN])
+    # Short-circuits at the first regular file: one stat for a usual corpus.
+    if not any(problem is None and os.path.isfile(os.path.join(spec.root, path))
+               for path, problem in entries):
+        shown = "; ".join(f"{display_name(path)}: "
+                          f"{problem[1] if problem else entry_problem(os.path.join(spec.root, path))}"
+                          for path, problem in entries[:NAMES_SHOWN])
         raise CorpusError(
             f"--input {spec.spec!r} holds no file to read"
             + (f" ({len(entries)} entries skipped: {shown}{'; ...' if len(entries) > NAMES_SHOWN else ''})"

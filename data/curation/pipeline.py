@@ -76,9 +76,14 @@ def _nothing_kept(plan: CorpusPlan, summary: Dict) -> str:
     named = "; ".join(f"{entry['file']}: {entry['detail']}" for entry in summary.get("skipped", [])[:3])
     return (f"every document of --input {' '.join(spec.spec for spec in plan.inputs)} was removed "
             f"({removed or 'no documents were read'}{'; e.g. ' + named if named else ''}), nothing "
-            f"was written to {plan.output_prefix}. See {stats_path(plan)} for every reason; give "
-            f"inputs with source files (--extensions), or loosen the filters; then delete "
-            f"{plan.work_dir} and re-run")
+            f"was written to {plan.output_prefix}. See {stats_path(plan)} for every reason; "
+            f"{_fix(summary['removed'])}; then delete {plan.work_dir} and re-run")
+
+
+def _fix(removed: Dict) -> str:
+    if removed.get("no_text") or removed.get("no_text_column"):
+        return "name the text column with --text-key"
+    return "give inputs with source files of --extensions, or loosen the filters"
 
 
 def _run_locked(plan: CorpusPlan, settings: ExecutorSettings) -> PipelineResult:

@@ -145,7 +145,7 @@ def _parse_line(raw: bytes):
     try:
         return json.loads(text), None  # escapes of lone surrogates, which orjson refuses
     except ValueError as err:
-        return None, ("bad_json", f"is not valid JSON ({err.msg} at column {err.colno})")
+        return None, ("bad_json", f"is not valid JSON ({err.msg}, column {err.colno})")
 
 
 class CodeJsonlReader(_CodeRows, _ListedFiles, BaseDiskReader):

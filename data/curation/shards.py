@@ -78,9 +78,7 @@ class MegatronShardWriter(PipelineStep):
     def run(self, data, rank: int = 0, world_size: int = 1):
         # megatron imports torch: only the tasks that write shards pay for it.
         import torch
-        from megatron.core.datasets.indexed_dataset import (
-            DType, IndexedDatasetBuilder, get_bin_path, get_idx_path,
-        )
+        from megatron.core.datasets.indexed_dataset import DType, get_bin_path, get_idx_path
         torch.set_num_threads(1)
         tokenizer = _checked_tokenizer(self.tokenizer_model, self.tokenizer_sha256)
         dtype = DType.optimal_dtype(tokenizer.vocab_size)
@@ -89,6 +87,20 @@ class MegatronShardWriter(PipelineStep):
         for leftover in glob.glob(glob.escape(final) + ".tmp*"):  # from an attempt that was killed
             os.remove(leftover)
         tmp = f"{final}.tmp{os.getpid()}"
+        try:
+            self._write(data, tokenizer, dtype, tmp, rank)
+        except BaseException:  # a full disk, a bad document: no temp file stays behind
+            for partial in glob.glob(glob.escape(tmp) + "*"):
+                os.remove(partial)
+            raise
+        os.replace(f"{tmp}.ids", f"{final}.ids")
+        os.replace(get_bin_path(tmp), get_bin_path(final))
+        os.replace(get_idx_path(tmp), get_idx_path(final))  # last: an .idx means the shard is whole
+
+    def _write(self, data, tokenizer, dtype, tmp: str, rank: int) -> None:
+        from megatron.core.datasets.indexed_dataset import (
+            IndexedDatasetBuilder, get_bin_path, get_idx_path,
+        )
         kill_after = _kill_point("tokenize", rank)
         builder = IndexedDatasetBuilder(get_bin_path(tmp), dtype=dtype)
         written = 0
@@ -110,9 +122,6 @@ class MegatronShardWriter(PipelineStep):
                             logger.warning(f"{KILL_HOOK}: task {rank} kills itself after {written} documents")
                             os.kill(os.getpid(), signal.SIGKILL)
         builder.finalize(get_idx_path(tmp))
-        os.replace(f"{tmp}.ids", f"{final}.ids")
-        os.replace(get_bin_path(tmp), get_bin_path(final))
-        os.replace(get_idx_path(tmp), get_idx_path(final))  # last: an .idx means the shard is whole
 
 
 def _link(source: str, target: str) -> None:
@@ -121,10 +130,15 @@ def _link(source: str, target: str) -> None:
         return
     tmp = f"{target}.tmp{os.getpid()}"
     try:
-        os.link(source, tmp)
-    except OSError:  # another file system, or no hard links there
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or no hard links there
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError:  # a full disk while copying: no partial copy stays next to the outputs
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _stale_shards(prefix: str, num_shards: int) -> List[str]:
