@@ -244,8 +244,9 @@ def test_mixed_encodings_keep_the_utf8_files_and_name_the_rest(tmp_path, caplog)
 
 def test_a_folder_of_only_non_utf8_files_is_one_clear_error(tmp_path):
     _write(tmp_path / "legacy", {name: SOURCES[name] for name in ("latin1.py", "cp1252.py")})
-    with pytest.raises(CorpusError, match=r"none of the 2 files .* is UTF-8 text \(cp1252\.py, "
-                                          r"latin1\.py\); convert them"):
+    with pytest.raises(CorpusError, match=r"none of the 2 files .* is a readable UTF-8 text file "
+                                          r"\(cp1252\.py \(not UTF-8\), latin1\.py \(not UTF-8\)\); "
+                                          r"convert them"):
         read_source_folder(str(tmp_path / "legacy"), cache_dir=str(tmp_path / "hf"))
 
 
