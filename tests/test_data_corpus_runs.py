@@ -152,3 +152,32 @@ def test_a_full_disk_while_building_the_data_cache_leaves_nothing_taken_as_done(
                 if _is_complete(os.path.join(folder, "train"))]
     prepared = prepare_data(cfg, 16)  # the same call completes once there is room
     assert _is_complete(prepared.train_blend[0][1])
+
+
+def test_a_wrong_text_key_is_a_data_error_naming_the_flag(tmp_path, capsys):
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"content": f"x = {i}\n"}) + "\n" for i in range(3)))
+    status, stderr = run(corpus_args([tmp_path / "rows.jsonl"], tmp_path / "out"), capsys)
+    assert status == 3
+    paragraph = last_paragraph(stderr)
+    assert "(no_text 3; e.g. " in paragraph and "rows.jsonl: its 'text' is missing (keys: ['content'])" in paragraph
+    assert "name the text column with --text-key" in paragraph
+
+
+def test_make_corpus_on_a_full_disk_leaves_no_cut_file(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    from scripts import make_corpus
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    out = tmp_path / "corpus.jsonl"
+
+    def full_after_writing_some(self, path, *args, **kwargs):
+        with open(path, "w") as stream:
+            stream.write('{"text": "x = ')
+        _disk_full()
+
+    monkeypatch.setattr(datasets.Dataset, "to_json", full_after_writing_some)
+    status = run_tool(make_corpus.main, ["--corpus", str(tmp_path / "src"), "--output", str(out)])
+    assert status == 3 and "no space left on the device while writing" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["src"]
