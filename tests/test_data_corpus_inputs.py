@@ -46,7 +46,8 @@ def run_reader(reader, root, entries, tmp_path):
     with deadline():
         documents = list(reader.run(None, 0, 1))
     skipped_file = tmp_path / "work" / "skipped" / "00000-000.jsonl"
-    skipped = [json.loads(line) for line in skipped_file.read_text().splitlines()] if skipped_file.exists() else []
+    lines = skipped_file.read_text().splitlines() if skipped_file.exists() else []
+    skipped = [json.loads(line) for line in lines]
     counters = {key: value.total for key, value in reader.stats.stats.items()}
     return documents, skipped, counters
 
@@ -61,6 +62,7 @@ BAD_LINES = {
     "number-text": (b'{"text": 42, "id": "bad"}', "text_not_string"),
     "not-an-object": (b'["x = 1"]', "bad_record"),
     "lone-surrogate": (b'{"text": "x = \\ud800", "id": "bad"}', "not_utf8"),
+    "json-null": (b'null', "bad_record"),
 }
 
 
@@ -106,7 +108,8 @@ def test_bad_parquet_rows_and_files_are_skipped_by_name(tmp_path):
         pyarrow.parquet.write_table(table, tmp_path / name)
     # A lone surrogate, as a writer that does not check would store it (pyarrow itself refuses).
     surrogate = _bad_utf8_strings([b"s = 0", "s = '\ud800'".encode("utf-8", "surrogatepass")])
-    pyarrow.parquet.write_table(pyarrow.table({"text": surrogate, "id": ["s0", "s1"]}), tmp_path / "surrogate.parquet")
+    pyarrow.parquet.write_table(pyarrow.table({"text": surrogate, "id": ["s0", "s1"]}),
+                                tmp_path / "surrogate.parquet")
     (tmp_path / "garbage.parquet").write_bytes(b"PAR1 not a parquet file at all")
     names = sorted(tables) + ["surrogate.parquet", "garbage.parquet"]
     documents, skipped, _ = run_reader(CodeParquetReader(str(tmp_path)), tmp_path,
@@ -150,7 +153,8 @@ def test_odd_folder_entries_are_skipped_by_name_and_never_block(tmp_path):
     assert read_listing_roundtrip(entries, tmp_path) == entries
     documents, skipped, counters = run_reader(SourceFolderReader(str(root)), root, entries, tmp_path)
     assert sorted(document.id for document in documents) == sorted(
-        ["good.py", " leading space.py", "new\\nline.py", "trailing space.py ", "caf\\xe9.py", "pkg.py/inner.py"])
+        ["good.py", " leading space.py", "new\\nline.py", "trailing space.py ", "caf\\xe9.py",
+         "pkg.py/inner.py"])
     assert {os.path.relpath(s["file"], root): s["reason"] for s in skipped} == expected_skips
     assert all(s["line"] is None and s["detail"] for s in skipped)
     assert counters["dropped_not_a_file"] == 2
@@ -192,8 +196,9 @@ def test_preprocess_reads_the_odd_folder_and_names_what_it_skips(tmp_path, caplo
     expected_skips = odd_folder(root)
     with deadline():
         dataset = read_source_folder(str(root), cache_dir=str(tmp_path / "hf"))
+    # "trailing space.py " does not end in .py: not a source file here
     assert sorted(dataset["path"]) == sorted(
-        ["good.py", " leading space.py", "new\nline.py", "caf\\xe9.py", "pkg.py/inner.py"])  # "trailing space.py " does not end in .py
+        ["good.py", " leading space.py", "new\nline.py", "caf\\xe9.py", "pkg.py/inner.py"])
     warning = " ".join(record.getMessage() for record in caplog.records)
     for name in set(expected_skips) - {"cycle"}:  # a folder link is not a .py file
         assert f"{name} (" in warning, (name, warning)

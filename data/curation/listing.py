@@ -61,11 +61,10 @@ def list_entries(spec) -> List[Entry]:
         shown = "; ".join(f"{display_name(path)}: "
                           f"{problem[1] if problem else entry_problem(os.path.join(spec.root, path))}"
                           for path, problem in entries[:NAMES_SHOWN])
-        raise CorpusError(
-            f"--input {spec.spec!r} holds no file to read"
-            + (f" ({len(entries)} entries skipped: {shown}{'; ...' if len(entries) > NAMES_SHOWN else ''})"
-               if entries else " (an empty folder)")
-            + "; point --input at a folder of source files or at jsonl/parquet files")
+        more = "; ..." if len(entries) > NAMES_SHOWN else ""
+        what = f"{len(entries)} entries skipped: {shown}{more}" if entries else "an empty folder"
+        raise CorpusError(f"--input {spec.spec!r} holds no file to read ({what}); point --input at "
+                          f"a folder of source files or at jsonl/parquet files")
     return entries
 
 
@@ -81,7 +80,10 @@ def read_listing(path: str) -> List[Entry]:
             line = line.rstrip("\n")
             if line.startswith(("\"", "[")):
                 value = json.loads(line)
-                entries.append((value, None) if isinstance(value, str) else (value[0], tuple(value[1:3])))
+                if isinstance(value, str):
+                    entries.append((value, None))
+                else:
+                    entries.append((value[0], (value[1], value[2])))
             elif line:
                 entries.append((line, None))  # a work folder made before the JSON listing
     return entries

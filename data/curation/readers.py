@@ -60,33 +60,40 @@ def _utf8(value) -> Optional[str]:
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _text_problem(data, key: str):
+    """(reason, detail) when a record cannot be a document, None when its text is usable."""
+    if not isinstance(data, dict):
+        return "bad_record", f"is a JSON {type(data).__name__}, not an object with a {key!r} key"
+    if data.get(key) is None:
+        return "no_text", f"its {key!r} " + ("is null" if key in data else
+                                             f"is missing (keys: {sorted(data)[:10]})")
+    text = data[key]
+    if not isinstance(text, str):
+        return "text_not_string", f"its {key!r} is a {type(text).__name__}, not a string"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return "not_utf8", (f"its {key!r} holds a lone surrogate U+{ord(text[err.start]):04X} "
+                            f"(not Unicode text)")
+    return None
+
+
 class _CodeRows(SkipRecorder):
     """A row of a jsonl/parquet file or a dataset -> the pipeline's document fields, or a skip."""
 
     path_key, language_key, source, unit = "path", "language", "", "line"
 
     def _row_fields(self, data, path: str, where: int, id_in_file) -> Optional[dict]:
-        key = self.text_key
-        if not isinstance(data, dict):
-            return self.skip_entry(path, where, "bad_record", f"is a JSON {type(data).__name__}, not an "
-                                                        f"object with a {key!r} key", self.unit)
-        if data.get(key) is None:
-            problem = "is null" if key in data else f"is missing (keys: {sorted(data)[:10]})"
-            return self.skip_entry(path, where, "no_text", f"its {key!r} {problem}", self.unit)
-        text = data[key]
-        if not isinstance(text, str):
-            return self.skip_entry(path, where, "text_not_string", f"its {key!r} is a "
-                                                              f"{type(text).__name__}, not a string", self.unit)
+        problem = _text_problem(data, self.text_key)
+        if problem:
+            return self.skip_entry(path, where, *problem, self.unit)
+        text = data[self.text_key]
         if not text:
             self.stat_update("dropped_empty")  # counted like an empty source file, not listed
             return None
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            return self.skip_entry(path, where, "not_utf8", f"its {key!r} holds a lone surrogate "
-                                                       f"U+{ord(text[err.start]):04X} (not Unicode text)", self.unit)
         doc_id = data.get(self.id_key)
-        return {"text": text, "id": _utf8(doc_id) if doc_id is not None else f"{display_name(path)}/{id_in_file}",
+        return {"text": text,
+                "id": _utf8(doc_id) if doc_id is not None else f"{display_name(path)}/{id_in_file}",
                 "metadata": {"path": _utf8(data.get(self.path_key)),
                              "language": _utf8(data.get(self.language_key))}}
 
@@ -162,12 +169,15 @@ class CodeJsonlReader(_CodeRows, _ListedFiles, BaseDiskReader):
                         continue
                     with self.track_time():
                         record, problem = _parse_line(line)
-                        fields = self._row_fields(record, filepath, number, number) if record is not None \
-                            else self.skip_entry(filepath, number, *problem)
+                        if problem:
+                            fields = self.skip_entry(filepath, number, *problem)
+                        else:
+                            fields = self._row_fields(record, filepath, number, number)
                     if fields:
                         yield Document(**fields)
             except (OSError, EOFError, zlib.error) as err:  # a cut or damaged compressed file
-                self.skip_entry(filepath, number + 1, "truncated", f"the rest of the file cannot be read ({err})")
+                self.skip_entry(filepath, number + 1, "truncated",
+                                f"the rest of the file cannot be read ({err})")
 
 
 def _batch_rows(batch: pyarrow.RecordBatch) -> list:
@@ -200,22 +210,24 @@ class CodeParquetReader(_CodeRows, _ListedFiles, BaseDiskReader):
             names = parquet.schema_arrow.names
             if self.text_key not in names:
                 raise SkippedEntry("no_text_column", f"has no column {self.text_key!r} (columns: "
-                                                     f"{names[:10]}): its {parquet.metadata.num_rows} rows")
-            columns = [c for c in (self.text_key, self.id_key, self.path_key, self.language_key) if c in names]
+                                   f"{names[:10]}): its {parquet.metadata.num_rows} rows")
+            keys = (self.text_key, self.id_key, self.path_key, self.language_key)
             row = 0
             try:
-                for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+                for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS,
+                                                  columns=[key for key in keys if key in names]):
                     for data in _batch_rows(batch):
                         if isinstance(data, UnicodeDecodeError):
-                            fields = self.skip_entry(filepath, row, "not_utf8", f"holds a string that is not "
-                                                                          f"UTF-8 ({data.reason})", "row")
+                            fields = self.skip_entry(filepath, row, "not_utf8", "holds a string that "
+                                                     f"is not UTF-8 ({data.reason})", "row")
                         else:
                             fields = self._row_fields(data, filepath, row, row)
                         row += 1
                         if fields:
                             yield Document(**fields)
             except (pyarrow.ArrowException, OSError) as err:  # a damaged row group
-                self.skip_entry(filepath, row, "truncated", f"rows from {row} on cannot be read ({err})", "row")
+                self.skip_entry(filepath, row, "truncated", f"rows from {row} on cannot be read ({err})",
+                                "row")
 
 
 class CodeDatasetReader(_CodeRows, HuggingFaceDatasetReader):
@@ -242,7 +254,8 @@ class SourceFolderReader(_ListedFiles, BaseDiskReader):
     def read_file(self, filepath: str):
         with open_regular(os.path.join(self.root, filepath)) as stream:
             # Checked before reading: a repository may hold multi-GB data files.
-            if self.max_file_bytes is not None and os.fstat(stream.fileno()).st_size > self.max_file_bytes:
+            size = os.fstat(stream.fileno()).st_size
+            if self.max_file_bytes is not None and size > self.max_file_bytes:
                 self._drop("too_large")
                 return
             try:

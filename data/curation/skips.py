@@ -42,7 +42,8 @@ class SkipRecorder:
         if os.path.exists(self._skip_path):
             os.remove(self._skip_path)  # a killed attempt's list: this attempt skips the same again
 
-    def skip_entry(self, path: str, line: Optional[int], reason: str, detail: str, unit: str = "line") -> None:
+    def skip_entry(self, path: str, line: Optional[int], reason: str, detail: str,
+                   unit: str = "line") -> None:
         """Count, warn and list one skipped entry (line: of a jsonl file; row: of a parquet file)."""
         self.stat_update(f"dropped_{reason}")
         root = getattr(self, "root", "")
@@ -55,7 +56,8 @@ class SkipRecorder:
             logger.warning(f"more skipped entries in this task: listed in {self._skip_path}")
         os.makedirs(os.path.dirname(self._skip_path), exist_ok=True)
         with open(self._skip_path, "a") as stream:
-            stream.write(json.dumps({"file": name, unit: line, "reason": reason, "detail": detail}) + "\n")
+            entry = {"file": name, unit: line, "reason": reason, "detail": detail}
+            stream.write(json.dumps(entry) + "\n")
 
 
 def collect_skips(work_dir: str) -> Dict:
