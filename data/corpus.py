@@ -21,7 +21,7 @@ import pyarrow
 from datasets.exceptions import DatasetGenerationError
 
 from data.errors import CorpusError, DataError, MissingColumnError, MissingDataError
-from data.source_files import SkippedEntry, display_name, read_regular, text_name
+from data.source_files import SkippedEntry, display_name, entry_problem, read_regular, text_name
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,14 @@ NAMES_SHOWN = 20  # skipped files named in a warning; the rest are counted
 def _as_list(paths) -> List[str]:
     paths = [paths] if isinstance(paths, str) else list(paths)
     files = [f for p in paths for f in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
-    missing = [f for f in files if not os.path.isfile(f)]
+    missing = [f for f in files if not os.path.lexists(f)]
     if missing or not files:
         raise MissingDataError(f"corpus files not found: {missing or paths}; check the path or glob "
                                f"(--corpus, or the corpus spec)")
+    odd = [f"{display_name(f)} ({entry_problem(f)})" for f in files if entry_problem(f)]
+    if odd:  # a fifo would block datasets' reader for ever; a dangling link fails deep inside it
+        raise CorpusError(f"corpus files that are not regular readable files: {_names(odd)}; "
+                          f"give regular .jsonl/.parquet files (--corpus)")
     return files
 
 

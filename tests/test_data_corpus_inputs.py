@@ -218,3 +218,15 @@ def test_preprocess_refuses_text_that_is_not_utf8_naming_the_record(tmp_path, wr
     with pytest.raises(CorpusError) as error:
         reader(str(path), cache_dir=str(tmp_path / "hf"))
     assert f"{path} {where}" in str(error.value)
+
+
+@pytest.mark.parametrize("make", ["fifo", "dangling"])
+def test_preprocess_refuses_a_corpus_file_that_is_not_a_regular_file(tmp_path, make):
+    path = tmp_path / "corpus.jsonl"
+    if make == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("gone.jsonl", path)
+    with deadline(), pytest.raises(CorpusError) as error:
+        read_jsonl(str(path), cache_dir=str(tmp_path / "hf"))
+    assert f"not regular readable files: {path} (" in str(error.value)

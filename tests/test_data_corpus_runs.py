@@ -181,3 +181,19 @@ def test_make_corpus_on_a_full_disk_leaves_no_cut_file(tmp_path, monkeypatch, ca
     status = run_tool(make_corpus.main, ["--corpus", str(tmp_path / "src"), "--output", str(out)])
     assert status == 3 and "no space left on the device while writing" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["src"]
+
+
+def test_a_full_disk_while_training_the_cache_tokenizer_leaves_no_model(tmp_path, monkeypatch):
+    import sentencepiece
+
+    from data.prepare import prepare_data, stdlib_cache_root
+
+    def write_some_then_full(*args, model_writer, **kwargs):
+        model_writer.write(b"\x0a\x05half")
+        _disk_full()
+
+    cfg = small_data_config(cache_dir=str(tmp_path / "cache"), stdlib_max_files=12)
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", write_some_then_full)
+    with pytest.raises(DiskFullError, match="free space there or set data.cache_dir"):
+        prepare_data(cfg, 16)
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(stdlib_cache_root(cfg), "*"))] == ["hf"]
