@@ -9,7 +9,7 @@
 Writes <output>-0000i-of-0000N.{bin,idx} and <output>.json (use <output> in data.blend, as with
 scripts/preprocess.py), <output>.stats.json, and the work folder <output>.work/ (intermediate files,
 logs, completion markers). Re-running the same command resumes: only unfinished tasks run. Delete
-<output>.work once the run is complete.
+<output>.work once the run is complete. One run per --output at a time (<output>.lock).
 """
 
 import argparse

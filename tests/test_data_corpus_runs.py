@@ -73,10 +73,10 @@ def test_a_folder_of_only_a_symlink_loop_is_refused_before_any_work(tmp_path, ca
     root.mkdir()
     os.symlink("loop", root / "loop")
     os.symlink(".", root / "self")
-    status, stderr = run(corpus_args([root], tmp_path / "out"), capsys)
+    status, stderr = run(corpus_args([root], tmp_path / "new" / "folder" / "out"), capsys)
     assert status == 3 and "Traceback" not in stderr
     assert "holds no file to read" in last_paragraph(stderr) and "a symbolic link loop" in stderr
-    assert not os.path.exists(tmp_path / "out.work")
+    assert not os.path.exists(tmp_path / "new")  # no empty output folder left behind
 
 
 def test_a_second_writer_of_one_output_is_refused_naming_the_holder(tmp_path, capsys):

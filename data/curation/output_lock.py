@@ -63,17 +63,35 @@ def _take(path: str, output_prefix: str) -> int:
 def output_lock(output_prefix: str):
     """Hold `<output_prefix>.lock` for the block; OutputInUse when another live process holds it."""
     path = lock_path(output_prefix)
+    created = _missing_folders(os.path.dirname(os.path.abspath(path)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = _take(path, output_prefix)
     try:
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "since": datetime.datetime.now().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield
-    finally:
+        fd = _take(path, output_prefix)
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # closing the descriptor releases the flock
+            holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "since": datetime.datetime.now().isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            yield
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # closing the descriptor releases the flock
+    except BaseException:
+        for folder in created:  # a run that failed leaves no empty output folder it made
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty: the run wrote something there worth keeping
+        raise
+
+
+def _missing_folders(folder: str) -> list:
+    """The folders of `folder`'s path that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
