@@ -14,7 +14,7 @@ is opened (data/source_files.py). Older work folders hold one plain path a line:
 import glob
 import json
 import os
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from data.errors import CorpusError
 from data.source_files import display_name, entry_problem
@@ -73,17 +73,21 @@ def listing_text(entries: List[Entry]) -> str:
                    for path, problem in entries)
 
 
-def read_listing(path: str) -> List[Entry]:
-    entries = []
+def iter_listing(path: str) -> Iterator[Entry]:
+    """The entries of a listing, streamed: a task of a corpus of millions of files holds none of
+    the others' entries in memory."""
     with open(path, encoding="utf-8", errors="surrogateescape") as stream:
         for line in stream:
             line = line.rstrip("\n")
             if line.startswith(("\"", "[")):
                 value = json.loads(line)
                 if isinstance(value, str):
-                    entries.append((value, None))
+                    yield value, None
                 else:
-                    entries.append((value[0], (value[1], value[2])))
+                    yield value[0], (value[1], value[2])
             elif line:
-                entries.append((line, None))  # a work folder made before the JSON listing
-    return entries
+                yield line, None  # a work folder made before the JSON listing
+
+
+def read_listing(path: str) -> List[Entry]:
+    return list(iter_listing(path))

@@ -27,6 +27,7 @@ document indices the dedup signatures refer to are the same in every stage.
 """
 
 import gzip
+import itertools
 import json
 import os
 import zlib
@@ -41,7 +42,7 @@ from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.logging import logger
 
-from data.curation.listing import read_listing
+from data.curation.listing import iter_listing
 from data.curation.plan import CorpusPlan, paths_file
 from data.curation.skips import SkipRecorder
 from data.source_files import SkippedEntry, display_name, open_regular
@@ -113,7 +114,7 @@ class _ListedFiles(SkipRecorder):
         if data:
             yield from data
         self.start_skips(rank)
-        for path, problem in read_listing(self.listing)[rank::world_size]:
+        for path, problem in itertools.islice(iter_listing(self.listing), rank, None, world_size):
             if problem:
                 self.skip_entry(path, None, *problem)
                 continue
