@@ -230,3 +230,13 @@ def test_preprocess_refuses_a_corpus_file_that_is_not_a_regular_file(tmp_path, m
     with deadline(), pytest.raises(CorpusError) as error:
         read_jsonl(str(path), cache_dir=str(tmp_path / "hf"))
     assert f"not regular readable files: {path} (" in str(error.value)
+
+
+def test_a_json_array_file_and_a_byte_order_mark_are_read_record_by_record(tmp_path):
+    records = GOOD[:3] + [{"text": None, "id": "null"}] + GOOD[3:5]
+    (tmp_path / "array.json").write_text(json.dumps(records, indent=1))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\n".join(json.dumps(r).encode() for r in GOOD[5:7]))
+    documents, skipped, _ = run_reader(CodeJsonlReader(str(tmp_path)), tmp_path,
+                                       [("array.json", None), ("bom.jsonl", None)], tmp_path)
+    assert [document.id for document in documents] == ["r0", "r1", "r2", "r3", "r4", "r5", "r6"]
+    assert [(s["record"], s["reason"]) for s in skipped] == [(3, "no_text")]

@@ -26,6 +26,7 @@ language); later stages read back exactly their own rank's file (`RankParquetRea
 document indices the dedup signatures refer to are the same in every stage.
 """
 
+import codecs
 import gzip
 import itertools
 import json
@@ -84,10 +85,10 @@ class _CodeRows(SkipRecorder):
 
     path_key, language_key, source, unit = "path", "language", "", "line"
 
-    def _row_fields(self, data, path: str, where: int, id_in_file) -> Optional[dict]:
+    def _row_fields(self, data, path: str, where: int, id_in_file, unit: str = "") -> Optional[dict]:
         problem = _text_problem(data, self.text_key)
         if problem:
-            return self.skip_entry(path, where, *problem, self.unit)
+            return self.skip_entry(path, where, *problem, unit or self.unit)
         text = data[self.text_key]
         if not text:
             self.stat_update("dropped_empty")  # counted like an empty source file, not listed
@@ -156,16 +157,39 @@ def _parse_line(raw: bytes):
         return None, ("bad_json", f"is not valid JSON ({err.msg}, column {err.colno})")
 
 
+def _is_json_array(stream, path: str) -> bool:
+    """A .json file holding one array of records (as datasets, and so scripts/preprocess.py, read)."""
+    if not path.endswith((".json", ".json.gz")):
+        return False
+    return stream.peek(4096).lstrip(codecs.BOM_UTF8 + b" \t\r\n").startswith(b"[")
+
+
 class CodeJsonlReader(_CodeRows, _ListedFiles, BaseDiskReader):
-    """One document per line; a line that cannot be one is skipped and named, the others stay."""
+    """One document per line (or per element of a .json file's array); a line that cannot be one
+    is skipped and named, the others stay. A UTF-8 byte order mark at the start is ignored."""
 
     name = "jsonl input"
+
+    def _read_array(self, stream, filepath: str):
+        records, problem = _parse_line(stream.read().removeprefix(codecs.BOM_UTF8))
+        if problem:
+            raise SkippedEntry(*problem)
+        for index, record in enumerate(records):
+            fields = self._row_fields(record, filepath, index, index, unit="record")
+            if fields:
+                yield Document(**fields)
 
     def read_file(self, filepath: str):
         number = 0
         with open_regular(os.path.join(self.root, filepath)) as raw_stream:
             try:
-                for number, line in enumerate(_decompressed(raw_stream, filepath), 1):
+                stream = _decompressed(raw_stream, filepath)
+                if _is_json_array(stream, filepath):
+                    yield from self._read_array(stream, filepath)
+                    return
+                for number, line in enumerate(stream, 1):
+                    if number == 1:
+                        line = line.removeprefix(codecs.BOM_UTF8)
                     if not line.strip():
                         continue
                     with self.track_time():
