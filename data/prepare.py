@@ -35,8 +35,10 @@ from filelock import FileLock
 
 from data.config import DataConfig
 from data.corpus import stdlib_corpus
-from data.errors import DataError, MissingDataError, disk_full
-from data.indexed import check_manifest, check_shard, list_shards, manifest_path, preprocess
+from data.errors import DataError, MissingDataError, ShardError, disk_full
+from data.indexed import (
+    check_manifest, check_shard, list_shards, manifest_path, preprocess, read_manifest,
+)
 from data.tokenizer import CodeTokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -126,6 +128,12 @@ def _check_user_blend(cfg: DataConfig, seq_length: int) -> PreparedData:
     tokenizer = CodeTokenizer(cfg.tokenizer_model)
     for weight, prefix in list(cfg.blend) + list(cfg.valid_blend):
         check_manifest(prefix, tokenizer)
+        manifest = read_manifest(prefix)
+        if manifest is not None and manifest["num_tokens"] is None:
+            raise ShardError(f"{prefix} is unfinished: its manifest {manifest_path(prefix)} has no "
+                             f"token count yet (the run writing it was stopped, e.g. by a full "
+                             f"disk); re-run the scripts/preprocess.py or scripts.process_corpus "
+                             f"command that makes it: finished shards are kept")
         num_tokens = sum(check_shard(shard, tokenizer.vocab_size) for shard in list_shards(prefix))
         if num_tokens < seq_length + 1:
             raise DataError(f"{prefix!r} holds {num_tokens} tokens, fewer than one sample of "

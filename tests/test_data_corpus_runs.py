@@ -197,3 +197,28 @@ def test_a_full_disk_while_training_the_cache_tokenizer_leaves_no_model(tmp_path
     with pytest.raises(DiskFullError, match="free space there or set data.cache_dir"):
         prepare_data(cfg, 16)
     assert [os.path.basename(p) for p in glob.glob(os.path.join(stdlib_cache_root(cfg), "*"))] == ["hf"]
+
+
+def test_a_full_disk_while_publishing_leaves_an_output_no_training_takes(tmp_path, capsys, monkeypatch):
+    from data import indexed
+    from data.errors import ShardError
+    from data.prepare import prepare_data
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"text": f"x = {i}\n"}) + "\n" for i in range(20)))
+    prefix = tmp_path / "out"
+    real = indexed._write_manifest
+
+    def final_manifest_fails(prefix, tokenizer, num_shards, num_documents, num_tokens):
+        if num_tokens is not None:
+            _disk_full()
+        real(prefix, tokenizer, num_shards, num_documents, num_tokens)
+
+    args = corpus_args([tmp_path / "rows.jsonl"], prefix, "--no-filters")  # the tokenizer built first
+    with monkeypatch.context() as patch:
+        patch.setattr(indexed, "_write_manifest", final_manifest_fails)
+        status, stderr = run(args, capsys)
+    assert status == 3 and "no space left on the device" in last_paragraph(stderr)
+    assert glob.glob(f"{prefix}-00000-of-00001.idx")  # the shard was published, the run was not
+    cfg = small_data_config(blend=[[1.0, str(prefix)]], tokenizer_model=small_prepared().tokenizer_model)
+    with pytest.raises(ShardError, match=f"{prefix} is unfinished: its manifest"):
+        prepare_data(cfg, 16)

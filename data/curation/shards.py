@@ -181,12 +181,16 @@ class PublishShards(PipelineStep):
             raise RuntimeError(f"{stale[0]} (and {len(stale) - 1} more) belong to an earlier run with "
                                f"another shard count; delete them, then re-run to publish")
         num_documents = 0
+        for shard in nonempty:
+            with open(f"{shard}.ids") as ids:
+                num_documents += sum(1 for _ in ids)
+        # First a manifest without a token count, as scripts/preprocess.py writes it: shards
+        # published by a run that fails half-way (a full disk) are never taken as a whole output.
+        _write_manifest(plan.output_prefix, tokenizer, len(nonempty), num_documents, None)
         for index, shard in enumerate(nonempty):
             target = shard_prefix(plan.output_prefix, index, len(nonempty))
             _link(get_bin_path(shard), get_bin_path(target))
             _link(get_idx_path(shard), get_idx_path(target))  # last: the .idx marks completion
-            with open(f"{shard}.ids") as ids:
-                num_documents += sum(1 for _ in ids)
         _write_manifest(plan.output_prefix, tokenizer, len(nonempty), num_documents, sum(tokens))
         logger.info(f"{len(nonempty)} shards, {num_documents} documents, {sum(tokens)} tokens at "
                     f"{plan.output_prefix}")
