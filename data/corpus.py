@@ -21,6 +21,7 @@ import pyarrow
 from datasets.exceptions import DatasetGenerationError
 
 from data.errors import CorpusError, DataError, MissingColumnError, MissingDataError
+from data.source_files import SkippedEntry, display_name, entry_problem, read_regular, text_name
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,14 @@ NAMES_SHOWN = 20  # skipped files named in a warning; the rest are counted
 def _as_list(paths) -> List[str]:
     paths = [paths] if isinstance(paths, str) else list(paths)
     files = [f for p in paths for f in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
-    missing = [f for f in files if not os.path.isfile(f)]
+    missing = [f for f in files if not os.path.lexists(f)]
     if missing or not files:
         raise MissingDataError(f"corpus files not found: {missing or paths}; check the path or glob "
                                f"(--corpus, or the corpus spec)")
+    odd = [f"{display_name(f)} ({entry_problem(f)})" for f in files if entry_problem(f)]
+    if odd:  # a fifo would block datasets' reader for ever; a dangling link fails deep inside it
+        raise CorpusError(f"corpus files that are not regular readable files: {_names(odd)}; "
+                          f"give regular .jsonl/.parquet files (--corpus)")
     return files
 
 
@@ -112,10 +117,22 @@ def _is_string(column) -> bool:
     return pyarrow.types.is_string(column.type) or pyarrow.types.is_large_string(column.type)
 
 
+def _valid_utf8(column) -> bool:
+    """Arrow's json and parquet readers take invalid UTF-8 into a string column unchecked; it
+    would fail later, deep in a tokenizer worker (UnicodeDecodeError, a traceback)."""
+    try:
+        for chunk in column.chunks:
+            chunk.validate(full=True)
+    except pyarrow.ArrowInvalid:
+        return False
+    return True
+
+
 def _check_texts(dataset: datasets.Dataset, files: List[str], text_key: str, locate) -> None:
-    """Every row must have a string text: a null or a number fails later, deep in a tokenizer worker."""
+    """Every row must have a string text: a null, a number or invalid UTF-8 fails later, deep in a
+    tokenizer worker."""
     column = dataset.data.column("text")
-    if column.null_count == 0 and _is_string(column):
+    if column.null_count == 0 and _is_string(column) and _valid_utf8(column):
         return
     found = locate(files, text_key) or (f"{', '.join(files)}: column {text_key!r} is {column.type} "
                                         f"with {column.null_count} empty rows")
@@ -147,7 +164,19 @@ def _first_null_row(files: List[str], text_key: str) -> Optional[str]:
             return f"{path} row {row} has no {text_key!r} value"
         if not _is_string(column):
             return f"{path} column {text_key!r} holds {column.type}, not strings"
+        if not _valid_utf8(column):
+            return f"{path} row {_first_invalid_utf8(column)} is not UTF-8"
     return None
+
+
+def _first_invalid_utf8(column) -> int:
+    values = column.cast(pyarrow.large_binary()).to_pylist()
+    for row, value in enumerate(values):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return row
+    return -1
 
 
 def read_parquet(paths, text_key: str = "text", cache_dir: str = None) -> datasets.Dataset:
@@ -180,28 +209,35 @@ def source_documents(root: str, files: List[str]):
     """{"text", "path"} of each UTF-8 file of `files` (paths relative to `root`), read exactly as
     written; the others are skipped (read_source_folder names them)."""
     for relpath in files:
-        path = os.path.join(root, relpath)
-        try:
-            with open(path, encoding="utf-8", newline="") as stream:
-                # newline="" keeps \r\n as written: the tokenizer must round-trip the file exactly.
-                text = stream.read()
-        except UnicodeDecodeError:
-            # Not UTF-8 (a legacy latin-1 file, a binary with a source extension): left out, and
-            # named by read_source_folder. Guessing another encoding would train on mojibake.
-            continue
-        except OSError as err:
-            raise CorpusError(f"{path} cannot be read ({err.strerror}); fix its permissions or "
-                              f"remove it from the corpus") from None
-        yield {"text": text, "path": relpath}
+        text, _ = _read_text(os.path.join(root, relpath))
+        if text is not None:
+            yield {"text": text, "path": text_name(relpath)}
 
 
-def _is_utf8(path: str) -> bool:
+def _read_text(path: str) -> Tuple[Optional[str], Optional[str]]:
+    """(text, None), or (None, why it is left out). Never blocks and never raises for what a folder
+    may hold: a fifo, a socket, a dangling link, an unreadable file (data/source_files.py)."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            stream.read()
-        return True
+        raw = read_regular(path)
+    except SkippedEntry as entry:
+        return None, entry.detail
+    try:
+        # Decoded as written (\r\n kept): the tokenizer must round-trip the file exactly. Not UTF-8
+        # (a legacy latin-1 file, a binary with a source extension): left out; guessing another
+        # encoding would train on mojibake.
+        return raw.decode("utf-8"), None
     except UnicodeDecodeError:
-        return False
+        return None, "not UTF-8"
+
+
+def _problems(root: str, files: List[str]) -> List[str]:
+    """`name (why)` of each file of `files` that source_documents leaves out."""
+    found = []
+    for relpath in files:
+        _, problem = _read_text(os.path.join(root, relpath))
+        if problem is not None:
+            found.append(f"{display_name(relpath)} ({problem})")
+    return found
 
 
 def _names(paths: List[str]) -> str:
@@ -225,8 +261,12 @@ def read_source_folder(
     # edited file produce a new cache entry instead of a stale one.
     stamp = hashlib.sha256()
     for relpath in files:
-        info = os.stat(os.path.join(root, relpath))
-        stamp.update(f"{relpath}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        try:
+            info = os.stat(os.path.join(root, relpath))
+            line = f"{relpath}\0{info.st_size}\0{info.st_mtime_ns}\n"
+        except OSError as err:  # a dangling symlink, a loop: skipped when read, named below
+            line = f"{relpath}\0{err.errno}\n"
+        stamp.update(line.encode("utf-8", "surrogateescape"))
     try:
         dataset = datasets.Dataset.from_generator(
             source_documents,
@@ -239,19 +279,21 @@ def read_source_folder(
         if isinstance(err.__cause__, DataError):
             raise err.__cause__ from None
         # datasets cannot make a table of no rows: say why there are none, if that is why.
-        if not any(_is_utf8(os.path.join(root, relpath)) for relpath in files):
+        problems = _problems(root, files)
+        if len(problems) == len(files):
             raise CorpusError(
-                f"none of the {len(files)} files under {root} is UTF-8 text ({_names(files)}); "
-                f"convert them (iconv -f <their encoding> -t utf-8) or point the corpus at UTF-8 "
-                f"sources") from None
+                f"none of the {len(files)} files under {root} is a readable UTF-8 text file "
+                f"({_names(problems)}); convert them (iconv -f <their encoding> -t utf-8) or point "
+                f"the corpus at UTF-8 sources") from None
         raise
-    # The files not in the table are the ones that are not UTF-8: named on every call (also when
-    # the table comes from datasets' cache and no file was read).
-    skipped = sorted(set(files) - set(dataset["path"]))
+    # The files not in the table are named with the reason on every call (also when the table
+    # comes from datasets' cache and no file was read).
+    kept = set(dataset["path"])
+    skipped = sorted(relpath for relpath in files if text_name(relpath) not in kept)
     if skipped:
-        logger.warning("%s: skipped %d of %d files that are not UTF-8: %s. Convert them (iconv -f "
+        logger.warning("%s: skipped %d of %d files: %s. Convert files that are not UTF-8 (iconv -f "
                        "<their encoding> -t utf-8) to include them", root, len(skipped), len(files),
-                       _names(skipped))
+                       _names(_problems(root, skipped)))
     return dataset
 
 

@@ -8,9 +8,12 @@ and prints the message (it names the file or key, what is wrong and the fix) wit
         MissingColumnError (+ KeyError)        the text column is not in the corpus
       ShardError                      a tokenized shard (.bin/.idx/manifest) missing, damaged or foreign
       FingerprintMismatch             resuming on data other than the checkpoint's
+      DiskFullError                   no space left (or over quota) while writing data
 
 The second bases keep older callers that caught FileNotFoundError or KeyError working.
 """
+
+import errno
 
 
 class DataError(ValueError):
@@ -41,3 +44,19 @@ class ShardError(DataError):
 
 class FingerprintMismatch(DataError):
     pass
+
+
+class DiskFullError(DataError):
+    """No space left (or over quota) while writing data: nothing half-written is left as done."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException, where: str, fix: str):
+    """A DiskFullError naming `where` and `fix` when `error` is a full disk or quota, else None."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        name = f": {error.filename}" if error.filename else ""
+        return DiskFullError(f"no space left on the device while writing {where} "
+                             f"({error.strerror}{name}); {fix}")
+    return None

@@ -13,12 +13,19 @@ Several ranks: every rank may call it; the first to take the file lock builds, t
 lock and then find everything done (this also works with a node-local cache dir: one builder per
 node). When torch.distributed is initialized, all ranks then meet at a barrier, so call it on every
 rank.
+
+A full disk (or quota) while building: a data error (exit 3) naming the cache and the fix; the temp
+files of the unfinished writes are removed, and what is complete is only ever complete (the
+tokenizer and each shard are renamed into place when whole; a manifest without a token count
+marks an unfinished split).
 """
 
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import List
@@ -28,8 +35,10 @@ from filelock import FileLock
 
 from data.config import DataConfig
 from data.corpus import stdlib_corpus
-from data.errors import DataError, MissingDataError
-from data.indexed import check_manifest, check_shard, list_shards, manifest_path, preprocess
+from data.errors import DataError, MissingDataError, ShardError, disk_full
+from data.indexed import (
+    check_manifest, check_shard, list_shards, manifest_path, preprocess, read_manifest,
+)
 from data.tokenizer import CodeTokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -91,10 +100,40 @@ def _build_stdlib(cfg: DataConfig, root: str) -> PreparedData:
     return PreparedData(tokenizer_model, blends["train"], blends["valid"])
 
 
+def _partial_files(root: str) -> List[str]:
+    """Files a write in progress leaves under the cache: `<name>.tmp<pid>` and `<prefix>.tmp<pid>.bin`
+    (tokenizer, shards, manifests, shard checks), in the cache root and its tokens-* folders."""
+    found = []
+    for folder in [root] + glob.glob(os.path.join(glob.escape(root), "tokens-*")):
+        found += [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*"))
+                  if re.search(r"\.tmp\d+(\.[a-z]+)?$", path)]
+    return found
+
+
+def _build_with_cleanup(cfg: DataConfig, root: str) -> PreparedData:
+    """_build_stdlib; when it fails (a full disk, a kill), the temp files of its writes are removed:
+    every finished file was renamed into place, an unfinished one is never taken as done."""
+    try:
+        return _build_stdlib(cfg, root)
+    except BaseException:
+        for path in _partial_files(root):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        raise
+
+
 def _check_user_blend(cfg: DataConfig, seq_length: int) -> PreparedData:
     tokenizer = CodeTokenizer(cfg.tokenizer_model)
     for weight, prefix in list(cfg.blend) + list(cfg.valid_blend):
         check_manifest(prefix, tokenizer)
+        manifest = read_manifest(prefix)
+        if manifest is not None and manifest["num_tokens"] is None:
+            raise ShardError(f"{prefix} is unfinished: its manifest {manifest_path(prefix)} has no "
+                             f"token count yet (the run writing it was stopped, e.g. by a full "
+                             f"disk); re-run the scripts/preprocess.py or scripts.process_corpus "
+                             f"command that makes it: finished shards are kept")
         num_tokens = sum(check_shard(shard, tokenizer.vocab_size) for shard in list_shards(prefix))
         if num_tokens < seq_length + 1:
             raise DataError(f"{prefix!r} holds {num_tokens} tokens, fewer than one sample of "
@@ -110,9 +149,17 @@ def prepare_data(cfg: DataConfig, seq_length: int) -> PreparedData:
         prepared = _check_user_blend(cfg, seq_length)
     else:
         root = stdlib_cache_root(cfg)
-        os.makedirs(root, exist_ok=True)
-        with FileLock(os.path.join(root, ".lock")):
-            prepared = _build_stdlib(cfg, root)
+        try:
+            os.makedirs(root, exist_ok=True)
+            with FileLock(os.path.join(root, ".lock")):
+                prepared = _build_with_cleanup(cfg, root)
+        except OSError as error:
+            full = disk_full(error, f"the data cache {root}", f"free space there or set "
+                             f"data.cache_dir to a disk with room, then start again (what was "
+                             f"finished is kept; nothing half-written is taken as done)")
+            if full is None:
+                raise
+            raise full from None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return prepared

@@ -9,6 +9,7 @@ import os
 import sys
 
 from data.cli_args import add_corpus_args, load_corpus
+from data.errors import disk_full
 
 
 def main(argv=None) -> None:
@@ -18,7 +19,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     corpus = load_corpus(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    corpus.to_json(args.output, lines=True, force_ascii=False)
+    tmp_path = f"{args.output}.tmp{os.getpid()}"  # a full disk or a kill leaves no cut jsonl
+    try:
+        corpus.to_json(tmp_path, lines=True, force_ascii=False)
+        os.replace(tmp_path, args.output)
+    except OSError as error:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        full = disk_full(error, args.output, "free space there or write elsewhere (--output)")
+        if full is None:
+            raise
+        raise full from None
     print(f"wrote {len(corpus)} documents to {args.output}")
 
 

@@ -8,24 +8,19 @@ prefix in `data.blend: [[weight, data/python], ...]`.
 """
 
 import argparse
+import glob
+import os
 import sys
 import time
 
 from data.cli_args import add_corpus_args, load_corpus
-from data.errors import DataError
+from data.errors import disk_full
 from data.indexed import preprocess
 
 
 def main(argv=None) -> int:
-    try:
-        _run(argv)
-    except DataError as err:  # bad input (a cut jsonl line, no UTF-8 file): the message says the fix
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _run(argv) -> None:
+    """Bad input (a cut jsonl line, no UTF-8 file, a full disk) raises a DataError: run_tool prints
+    its one paragraph, exit 3."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_args(parser)
     parser.add_argument("--tokenizer", required=True, help="sentencepiece .model")
@@ -35,9 +30,21 @@ def _run(argv) -> None:
     args = parser.parse_args(argv)
     corpus = load_corpus(args)
     start = time.time()
-    shards = preprocess(corpus, args.tokenizer, args.output, args.shards, args.workers)
+    try:
+        shards = preprocess(corpus, args.tokenizer, args.output, args.shards, args.workers)
+    except OSError as error:
+        full = disk_full(error, f"the shards {args.output}-*", "free space there (or give an "
+                         "--output on a disk with room) and re-run: finished shards are kept")
+        if full is None:
+            raise
+        for partial in glob.glob(glob.escape(args.output) + "*.tmp[0-9]*"):  # unfinished shards
+            os.remove(partial)
+        raise full from None
     print(f"{len(corpus)} documents -> {len(shards)} shards at {args.output} in {time.time() - start:.1f}s")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

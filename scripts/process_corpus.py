@@ -9,7 +9,7 @@
 Writes <output>-0000i-of-0000N.{bin,idx} and <output>.json (use <output> in data.blend, as with
 scripts/preprocess.py), <output>.stats.json, and the work folder <output>.work/ (intermediate files,
 logs, completion markers). Re-running the same command resumes: only unfinished tasks run. Delete
-<output>.work once the run is complete.
+<output>.work once the run is complete. One run per --output at a time (<output>.lock).
 """
 
 import argparse
@@ -21,7 +21,7 @@ from data.curation.pipeline import render_pipeline, run_pipeline
 from data.curation.plan import (
     DEFAULT_EXTENSIONS, CorpusPlan, FilterSettings, MinhashSettings, classify_input,
 )
-from data.errors import DataError
+from data.errors import disk_full
 from data.tokenizer import CodeTokenizer
 
 
@@ -115,21 +115,28 @@ def plan_from_args(args: argparse.Namespace) -> CorpusPlan:
 
 
 def main(argv=None) -> int:
+    """Exit status (pretrain/errors.py, through run_tool): 2 a wrong flag or a resume with other
+    settings; 3 a data error (an input with nothing to read, every document removed, the output
+    held by another run, a full disk); 1 unfinished tasks (their logs say why; re-run to resume)."""
     args = build_parser().parse_args(argv)
     settings = ExecutorSettings(
         kind=args.executor, workers=args.workers, partition=args.partition, account=args.account,
         qos=args.qos, time=args.time, cpus_per_task=args.cpus_per_task,
         mem_per_cpu_gb=args.mem_per_cpu_gb, job_name=args.job_name, env_setup=args.env_setup,
         sbatch_args=args.sbatch_arg, wait=args.wait, dry_run=args.dry_run)
+    plan = plan_from_args(args)
+    if settings.dry_run:
+        print(render_pipeline(plan, settings))
+        return 0
     try:
-        plan = plan_from_args(args)
-        if settings.dry_run:
-            print(render_pipeline(plan, settings))
-            return 0
         result = run_pipeline(plan, settings)
-    except (DataError, FileNotFoundError) as err:  # bad input: the message names it and the fix
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OSError as error:
+        full = disk_full(error, f"{plan.output_prefix} (its work folder, shards or statistics)",
+                         f"free space there (or give an --output on a disk with room) and re-run "
+                         f"the same command: finished tasks are kept, unfinished ones redone")
+        if full is None:
+            raise
+        raise full from None
     print(result.report(plan), flush=True)
     if settings.kind == "slurm" and not settings.wait:
         return 0
@@ -137,4 +144,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -24,6 +24,7 @@ from data.curation.filters import (
 )
 from data.curation.shards import KILL_HOOK
 from data.tokenizer import CodeTokenizer
+from pretrain.errors import run_tool
 from tests.fixtures import (REPO, SMALL, losses_by_step, output_of, run_trainer, small_prepared,
                             subprocess_env)
 
@@ -379,7 +380,7 @@ def test_a_resume_with_other_settings_is_refused(straight_run, corpus, capsys):
 
     root, _ = corpus
     prefix, _ = straight_run
-    assert process_corpus.main(corpus_args(root, prefix, "--write-removed", "--max-line-length", "500")) == 2
+    assert run_tool(process_corpus.main, corpus_args(root, prefix, "--write-removed", "--max-line-length", "500")) == 2
     err = capsys.readouterr().err
     assert "belongs to a run with other settings (filters.max_line_length: 1000 -> 500)" in err
     assert f"delete {prefix}.work to start over" in err
@@ -388,8 +389,8 @@ def test_a_resume_with_other_settings_is_refused(straight_run, corpus, capsys):
 def test_missing_input_is_refused_with_the_kinds_it_takes(tmp_path, capsys):
     from scripts import process_corpus
 
-    status = process_corpus.main(["--input", str(tmp_path / "nope.jsonl"), "--tokenizer",
-                                  small_prepared().tokenizer_model, "--output", str(tmp_path / "x")])
+    status = run_tool(process_corpus.main, ["--input", str(tmp_path / "nope.jsonl"), "--tokenizer",
+                                            small_prepared().tokenizer_model, "--output", str(tmp_path / "x")])
     assert status == 2
     assert "matches no file or folder; give a folder of source files" in capsys.readouterr().err
 
@@ -404,7 +405,7 @@ def test_shards_of_another_tokenizer_are_refused(straight_run, corpus, tmp_path,
     other = train_tokenizer([stdlib("csv.py"), stdlib("abc.py")] * 4, str(tmp_path / "other.model"), 400)
     args = corpus_args(root, prefix)
     args[args.index("--tokenizer") + 1] = other
-    assert process_corpus.main(args) == 2
+    assert run_tool(process_corpus.main, args) == 3  # a data error: shards of another tokenizer
     assert f"{prefix} was tokenized with" in capsys.readouterr().err
 
 

@@ -25,6 +25,7 @@ from data.loader import build_loader
 from data.prepare import PreparedData, prepare_data
 from data.shard_check import check_path, check_shard
 from data.tokenizer import CodeTokenizer
+from pretrain.errors import run_tool
 from tests.fixtures import DATA_SEQ_LENGTH as SEQ_LENGTH
 
 HEADER = 34
@@ -243,8 +244,9 @@ def test_mixed_encodings_keep_the_utf8_files_and_name_the_rest(tmp_path, caplog)
 
 def test_a_folder_of_only_non_utf8_files_is_one_clear_error(tmp_path):
     _write(tmp_path / "legacy", {name: SOURCES[name] for name in ("latin1.py", "cp1252.py")})
-    with pytest.raises(CorpusError, match=r"none of the 2 files .* is UTF-8 text \(cp1252\.py, "
-                                          r"latin1\.py\); convert them"):
+    with pytest.raises(CorpusError, match=r"none of the 2 files .* is a readable UTF-8 text file "
+                                          r"\(cp1252\.py \(not UTF-8\), latin1\.py \(not UTF-8\)\); "
+                                          r"convert them"):
         read_source_folder(str(tmp_path / "legacy"), cache_dir=str(tmp_path / "hf"))
 
 
@@ -293,9 +295,9 @@ def test_preprocess_reports_a_cut_jsonl_line_in_one_paragraph(prepared, tmp_path
     at, lines = _damage("cut line", [json.dumps(record) for record in GOOD])
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    status = preprocess.main(["--corpus", str(path), "--tokenizer", prepared.tokenizer_model,
-                              "--output", str(tmp_path / "out"), "--workers", "1"])
+    status = run_tool(preprocess.main, ["--corpus", str(path), "--tokenizer", prepared.tokenizer_model,
+                                        "--output", str(tmp_path / "out"), "--workers", "1"])
     stderr = capsys.readouterr().err
     error = stderr.strip().splitlines()[-1]
-    assert status == 2 and error.startswith("error: ") and f"{path} line {at} is not valid JSON" in error
+    assert status == 3 and error.startswith("data error: ") and f"{path} line {at} is not valid JSON" in error
     assert "Traceback" not in stderr

@@ -18,10 +18,12 @@ re-run does only the tasks that did not finish):
                                write <prefix>.json (the manifest scripts/preprocess.py writes) and
                                <prefix>.stats.json, print the statistics table
 
-Modules, one job each: `plan` (the settings fixed at the first run), `readers` (inputs and the
-work folder's intermediate parquet), `filters` (the code filters and their thresholds), `dedup`
-(exact and MinHash steps), `shards` (tokenization and publication), `stats` (counting and the
-table), `stages` (the stage list), `executors` (local / SLURM).
+Modules, one job each: `plan` (the settings fixed at the first run), `listing` (the input files,
+listed once), `readers` (inputs and the work folder's intermediate parquet), `skips` (what the
+readers skip, by name: counted, warned, listed), `filters` (the code filters and their
+thresholds), `dedup` (exact and MinHash steps), `shards` (tokenization and publication), `stats`
+(counting and the table), `stages` (the stage list), `executors` (local / SLURM), `output_lock`
+(one writer per output), `pipeline` (all of it, for scripts/process_corpus.py).
 
 Test hook: LOOPCODER_CORPUS_KILL_AT=<stage>:<rank>:<documents> makes that task SIGKILL itself after
 writing that many documents (tests of resumption; shards.py).

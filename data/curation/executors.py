@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.utils.logging import logger
 
 from data.curation.plan import CorpusPlan, PlanError, stage_dir
 from data.curation.stages import Stage
+from data.errors import DISK_FULL_ERRNOS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,8 +65,18 @@ class ExecutorSettings:
 
 
 # ----------------------------------------------------------------------------- local
+def _no_traceback_for_a_full_disk(record) -> None:
+    """datatrove logs a failing task's exception with its traceback; a full disk is the user's to
+    fix, and the command says so in one paragraph (scripts/process_corpus.py): its log line keeps
+    the message only."""
+    exception = record["exception"]
+    if exception and isinstance(exception.value, OSError) and exception.value.errno in DISK_FULL_ERRNOS:
+        record["exception"] = None
+
+
 def run_local(plan: CorpusPlan, stages: List[Stage], settings: ExecutorSettings) -> Dict[str, float]:
     """Run the stages in order on this machine; {stage: wall seconds}."""
+    logger.configure(patcher=_no_traceback_for_a_full_disk)  # kept by the forked task processes
     seconds = {}
     for stage in stages:
         start = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Before anything runs: the plan is checked against the work folder's (a resume must not mix
 settings), and the output prefix's existing manifest, if any, against the tokenizer (as
-scripts/preprocess.py does: shards of another tokenizer are never mixed in silently).
+scripts/preprocess.py does: shards of another tokenizer are never mixed in silently). One process
+at a time runs the pipeline of an output prefix (output_lock.py). A run that kept no document is
+a data error naming why (the statistics' reasons), not an empty output.
 """
 
 import os
@@ -12,10 +14,12 @@ from typing import Dict, List, Optional, Tuple
 from data.curation.executors import (
     ExecutorSettings, incomplete_tasks, render_slurm, run_local, submit_slurm, wait_slurm,
 )
+from data.curation.output_lock import output_lock
 from data.curation.plan import CorpusPlan, prepare_work_dir, stage_dir
 from data.curation.shards import stats_path
 from data.curation.stages import build_stages
 from data.curation.stats import format_table, read_summary
+from data.errors import CorpusError
 from data.indexed import check_manifest
 from data.tokenizer import CodeTokenizer
 
@@ -60,6 +64,29 @@ def render_pipeline(plan: CorpusPlan, settings: ExecutorSettings) -> str:
 
 def run_pipeline(plan: CorpusPlan, settings: ExecutorSettings) -> PipelineResult:
     settings.check()
+    with output_lock(plan.output_prefix):
+        result = _run_locked(plan, settings)
+    if result.summary is not None and not result.summary["documents"]:
+        raise CorpusError(_nothing_kept(plan, result.summary))
+    return result
+
+
+def _nothing_kept(plan: CorpusPlan, summary: Dict) -> str:
+    removed = ", ".join(f"{reason} {count}" for reason, count in summary["removed"].items() if count)
+    named = "; ".join(f"{entry['file']}: {entry['detail']}" for entry in summary.get("skipped", [])[:3])
+    return (f"every document of --input {' '.join(spec.spec for spec in plan.inputs)} was removed "
+            f"({removed or 'no documents were read'}{'; e.g. ' + named if named else ''}), nothing "
+            f"was written to {plan.output_prefix}. See {stats_path(plan)} for every reason; "
+            f"{_fix(summary['removed'])}; then delete {plan.work_dir} and re-run")
+
+
+def _fix(removed: Dict) -> str:
+    if removed.get("no_text") or removed.get("no_text_column"):
+        return "name the text column with --text-key"
+    return "give inputs with source files of --extensions, or loosen the filters"
+
+
+def _run_locked(plan: CorpusPlan, settings: ExecutorSettings) -> PipelineResult:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # every task process; torch would spin-wait
     check_manifest(plan.output_prefix, CodeTokenizer(plan.tokenizer_model))
     resumed = prepare_work_dir(plan)

@@ -14,10 +14,12 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from data.errors import DataError
+from data.curation.listing import list_entries, listing_text
+from data.errors import DataConfigError
 
 # Languages of common code corpora, by file name ending; entries without a dot match whole file
 # names. The default of --extensions (a folder of source files also holds docs, data, binaries).
@@ -32,8 +34,8 @@ JSONL_ENDINGS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".jsonl.zst")
 PARQUET_ENDINGS = (".parquet",)
 
 
-class PlanError(DataError):
-    """Bad settings, or settings that differ from the run being resumed."""
+class PlanError(DataConfigError):
+    """Bad settings, or settings that differ from the run being resumed (exit 2)."""
 
 
 @dataclass
@@ -151,7 +153,9 @@ def classify_input(spec: str) -> InputSpec:
     if os.path.isdir(spec):
         return InputSpec(spec, "folder", os.path.abspath(spec))
     files = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
-    files = [os.path.abspath(f) for f in files if os.path.isfile(f)]
+    # Not only regular files: a fifo or a dangling link that a glob matches is skipped by name
+    # (listing.py), not silently.
+    files = [os.path.abspath(f) for f in files if os.path.lexists(f) and not os.path.isdir(f)]
     if not files:
         raise PlanError(f"--input {spec!r} matches no file or folder; give a folder of source files, "
                         f".jsonl/.parquet file(s) (globs allowed) or hf:NAME[:SPLIT]")
@@ -162,21 +166,6 @@ def classify_input(spec: str) -> InputSpec:
                         f"{'/'.join(JSONL_ENDINGS)} or only .parquet files")
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     return InputSpec(spec, kinds.pop(), root)
-
-
-def list_input_files(spec: InputSpec) -> List[str]:
-    """The files of a folder or glob input, relative to its root, sorted. Hidden folders (.git,
-    .venv, ...) are skipped: version control and environments are not the corpus."""
-    if spec.kind == "folder":
-        found = []
-        for directory, subdirs, files in os.walk(spec.root):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            found += [os.path.relpath(os.path.join(directory, f), spec.root) for f in files]
-        if not found:
-            raise PlanError(f"--input {spec.spec!r} is an empty folder")
-        return sorted(found)
-    files = sorted(glob.glob(spec.spec)) if glob.has_magic(spec.spec) else [spec.spec]
-    return [os.path.relpath(os.path.abspath(f), spec.root) for f in files if os.path.isfile(f)]
 
 
 def paths_file(plan: CorpusPlan, index: int) -> str:
@@ -209,13 +198,20 @@ def prepare_work_dir(plan: CorpusPlan) -> bool:
                 f"with the same settings to resume it, or delete {plan.work_dir} to start over"
             )
         return True
-    os.makedirs(os.path.join(plan.work_dir, "inputs"), exist_ok=True)
-    for index, spec in enumerate(plan.inputs):
-        if spec.kind == "hf":
-            continue  # sharded by `datasets` itself
-        _write_atomically(paths_file(plan, index), "".join(f"{p}\n" for p in list_input_files(spec)))
-    # Last: its presence says the listings are complete.
-    _write_atomically(saved_path, json.dumps(plan.to_dict(), indent=2))
+    # Listed before anything is written: an input with nothing to read leaves no work folder.
+    listings = {index: listing_text(list_entries(spec)) for index, spec in enumerate(plan.inputs)
+                if spec.kind != "hf"}  # a dataset is sharded by `datasets` itself
+    created = not os.path.exists(plan.work_dir)
+    try:
+        os.makedirs(os.path.join(plan.work_dir, "inputs"), exist_ok=True)
+        for index, text in listings.items():
+            _write_atomically(paths_file(plan, index), text)
+        # Last: its presence says the listings are complete.
+        _write_atomically(saved_path, json.dumps(plan.to_dict(), indent=2))
+    except OSError:
+        if created:  # a full disk: no work folder that a re-run would take for a started run
+            shutil.rmtree(plan.work_dir, ignore_errors=True)
+        raise
     return False
 
 
@@ -226,9 +222,14 @@ def load_plan(work_dir: str) -> CorpusPlan:
 
 def _write_atomically(path: str, text: str) -> None:
     tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as stream:
-        stream.write(text)
-    os.replace(tmp_path, path)
+    try:
+        with open(tmp_path, "w") as stream:
+            stream.write(text)
+        os.replace(tmp_path, path)
+    except OSError:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
 
 
 def stage_dir(plan: CorpusPlan, stage: str) -> str:

@@ -27,6 +27,7 @@ from datatrove.utils.batching import batched
 from datatrove.utils.logging import logger
 
 from data.curation.plan import CorpusPlan, stage_dir
+from data.curation.skips import collect_skips
 from data.curation.stats import format_table, summarize, write_summary
 from data.tokenizer import CodeTokenizer
 
@@ -77,9 +78,7 @@ class MegatronShardWriter(PipelineStep):
     def run(self, data, rank: int = 0, world_size: int = 1):
         # megatron imports torch: only the tasks that write shards pay for it.
         import torch
-        from megatron.core.datasets.indexed_dataset import (
-            DType, IndexedDatasetBuilder, get_bin_path, get_idx_path,
-        )
+        from megatron.core.datasets.indexed_dataset import DType, get_bin_path, get_idx_path
         torch.set_num_threads(1)
         tokenizer = _checked_tokenizer(self.tokenizer_model, self.tokenizer_sha256)
         dtype = DType.optimal_dtype(tokenizer.vocab_size)
@@ -88,6 +87,20 @@ class MegatronShardWriter(PipelineStep):
         for leftover in glob.glob(glob.escape(final) + ".tmp*"):  # from an attempt that was killed
             os.remove(leftover)
         tmp = f"{final}.tmp{os.getpid()}"
+        try:
+            self._write(data, tokenizer, dtype, tmp, rank)
+        except BaseException:  # a full disk, a bad document: no temp file stays behind
+            for partial in glob.glob(glob.escape(tmp) + "*"):
+                os.remove(partial)
+            raise
+        os.replace(f"{tmp}.ids", f"{final}.ids")
+        os.replace(get_bin_path(tmp), get_bin_path(final))
+        os.replace(get_idx_path(tmp), get_idx_path(final))  # last: an .idx means the shard is whole
+
+    def _write(self, data, tokenizer, dtype, tmp: str, rank: int) -> None:
+        from megatron.core.datasets.indexed_dataset import (
+            IndexedDatasetBuilder, get_bin_path, get_idx_path,
+        )
         kill_after = _kill_point("tokenize", rank)
         builder = IndexedDatasetBuilder(get_bin_path(tmp), dtype=dtype)
         written = 0
@@ -109,9 +122,6 @@ class MegatronShardWriter(PipelineStep):
                             logger.warning(f"{KILL_HOOK}: task {rank} kills itself after {written} documents")
                             os.kill(os.getpid(), signal.SIGKILL)
         builder.finalize(get_idx_path(tmp))
-        os.replace(f"{tmp}.ids", f"{final}.ids")
-        os.replace(get_bin_path(tmp), get_bin_path(final))
-        os.replace(get_idx_path(tmp), get_idx_path(final))  # last: an .idx means the shard is whole
 
 
 def _link(source: str, target: str) -> None:
@@ -120,10 +130,15 @@ def _link(source: str, target: str) -> None:
         return
     tmp = f"{target}.tmp{os.getpid()}"
     try:
-        os.link(source, tmp)
-    except OSError:  # another file system, or no hard links there
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or no hard links there
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError:  # a full disk while copying: no partial copy stays next to the outputs
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _stale_shards(prefix: str, num_shards: int) -> List[str]:
@@ -150,25 +165,32 @@ class PublishShards(PipelineStep):
         tokenizer = _checked_tokenizer(plan.tokenizer_model, plan.tokenizer_sha256)
         summary = summarize({stage: stage_dir(plan, stage) for stage in self.stages},
                             f"{MegatronShardWriter.type}: {MegatronShardWriter.name}")
+        summary.update(collect_skips(plan.work_dir))
         write_summary(summary, stats_path(plan))
         logger.info(f"\n{format_table(summary)}")
         task_shards = [os.path.join(shards_folder(plan), f"{r:05d}") for r in range(plan.tasks)]
         tokens = [check_shard(shard) for shard in task_shards]
         nonempty = [shard for shard, count in zip(task_shards, tokens) if count > 0]
         if not nonempty:
-            raise RuntimeError(f"every document was removed, nothing to write; see "
-                               f"{stats_path(plan)} for why")
+            # Not a task failure: the run is complete and its answer is "nothing". The command
+            # reads documents=0 from the statistics and says why, in one paragraph (pipeline.py).
+            logger.warning(f"every document was removed, nothing to publish; see {stats_path(plan)}")
+            return
         stale = _stale_shards(plan.output_prefix, len(nonempty))
         if stale:
             raise RuntimeError(f"{stale[0]} (and {len(stale) - 1} more) belong to an earlier run with "
                                f"another shard count; delete them, then re-run to publish")
         num_documents = 0
+        for shard in nonempty:
+            with open(f"{shard}.ids") as ids:
+                num_documents += sum(1 for _ in ids)
+        # First a manifest without a token count, as scripts/preprocess.py writes it: shards
+        # published by a run that fails half-way (a full disk) are never taken as a whole output.
+        _write_manifest(plan.output_prefix, tokenizer, len(nonempty), num_documents, None)
         for index, shard in enumerate(nonempty):
             target = shard_prefix(plan.output_prefix, index, len(nonempty))
             _link(get_bin_path(shard), get_bin_path(target))
             _link(get_idx_path(shard), get_idx_path(target))  # last: the .idx marks completion
-            with open(f"{shard}.ids") as ids:
-                num_documents += sum(1 for _ in ids)
         _write_manifest(plan.output_prefix, tokenizer, len(nonempty), num_documents, sum(tokens))
         logger.info(f"{len(nonempty)} shards, {num_documents} documents, {sum(tokens)} tokens at "
                     f"{plan.output_prefix}")

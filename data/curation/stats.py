@@ -116,9 +116,14 @@ def format_table(summary: Dict) -> str:
 
 def write_summary(summary: Dict, path: str) -> None:
     tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as stream:
-        json.dump(summary, stream, indent=2)
-    os.replace(tmp_path, path)
+    try:
+        with open(tmp_path, "w") as stream:
+            json.dump(summary, stream, indent=2)
+        os.replace(tmp_path, path)
+    except OSError:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
 
 
 def read_summary(path: str) -> Dict:
