@@ -57,9 +57,15 @@ def _staging(out_dir: str) -> str:
 
 def _publish(tmp: str, out_dir: str) -> str:
     out_dir = os.path.abspath(out_dir)
-    if os.path.isdir(out_dir):
-        os.rmdir(out_dir)  # empty (checked in _staging)
-    os.replace(tmp, out_dir)
+    try:
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked in _staging)
+        os.replace(tmp, out_dir)
+    except OSError as error:  # filled meanwhile by a writer that did not take the output's lock
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileExistsError(f"{out_dir} was filled by another writer during the export "
+                              f"({error.strerror}); nothing was written, pass another --out"
+                              ) from error
     return out_dir
 
 
@@ -105,6 +111,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
     """Export the checkpoint `checkpoint` (an iter_ folder, or a checkpoint dir: its `latest`, or
     iter_<iteration> when given) to `out_dir`; returns the directory."""
     from pretrain.checkpoint import checkpoint_tokenizer, files, read_weights, resolve_checkpoint
+    from pretrain.checkpoint import verify_complete
+    from pretrain.checkpoint.destination import refuse_overlap
     from pretrain.checkpoint.weights import read_model_config
 
     torch_dtype, dtype_name = _dtype(dtype)
@@ -116,6 +124,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
                                     f"are {files.list_checkpoints(checkpoint)}")
     else:
         folder = resolve_checkpoint(checkpoint)
+    refuse_overlap({"--checkpoint": checkpoint, "its checkpoint": folder}, out_dir, "--out")
+    verify_complete(folder)  # checksums before any of its files is parsed
     published_config(read_model_config(folder))  # an unexportable model fails before reading
     tokenizer = checkpoint_tokenizer(folder)
     model_cfg, weights, _ = read_weights(folder, allow_pickle=allow_pickle)

@@ -15,6 +15,9 @@ AutoTokenizer.from_pretrained(HF_DIR). The library code is handoff/export.py.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
 import time
 
@@ -33,7 +36,27 @@ def main(argv=None) -> int:
                         help="let a DeepSpeed checkpoint you trust unpickle classes beyond its own")
     args = parser.parse_args(argv)
 
+    from pretrain.checkpoint.lock import one_writer
+
     started = time.perf_counter()
+    with one_writer(args.out, "--out"):  # one export per output at a time (lock.py)
+        _clear_stale_staging(args.out)
+        out = _export(parser, args)
+    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _clear_stale_staging(out: str) -> None:
+    """The staging folders (handoff/export.py: `.<name>.tmp<pid>`) a killed export left beside the
+    output: this process holds the output, so no export that writes them is alive."""
+    parent, name = os.path.split(os.path.abspath(out))
+    staging = re.compile(re.escape(f".{name}.tmp") + "[0-9]+")
+    for stale in os.listdir(parent) if os.path.isdir(parent) else ():
+        if staging.fullmatch(stale):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+
+
+def _export(parser, args) -> str:
     if args.config_only:
         from omegaconf import OmegaConf
 
@@ -52,8 +75,7 @@ def main(argv=None) -> int:
 
         out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
                                 args.iteration, args.allow_pickle)
-    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
-    return 0
+    return out
 
 
 if __name__ == "__main__":
