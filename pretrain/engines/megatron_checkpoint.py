@@ -238,8 +238,15 @@ def check_items_readable(folder: str, saved: dict = None) -> None:
         path = os.path.join(folder, relative_path)
         with open(path, "rb") as stream:
             for offset, length, is_tensor in sorted(items):
-                if is_tensor:
+                if not is_tensor:
+                    continue
+                try:
                     check_archive(Window(stream, offset, length), path)
+                except CheckpointError as error:  # without checksums, either file may be at fault
+                    raise CheckpointError(
+                        f"{error}: the tensor .metadata places at bytes {offset}-{offset + length} "
+                        f"of {relative_path} is not whole, so {relative_path} or "
+                        f"{os.path.join(folder, '.metadata')} is damaged") from None
 
 
 # -- whole weights, in one process (conversion, generation, export) ------------------------------
