@@ -3,8 +3,8 @@
 
     python -m scripts.import_hf --hf HF_DIR --out CKPT_DIR
 
-CKPT_DIR gets iter_0000000/ (megatron format, step 0, the directory's tokenizer.model when it has
-one) and `latest`. Continue pretraining from it with `checkpoint.init_from=CKPT_DIR` plus the
+CKPT_DIR (a new or empty folder, never a run's checkpoint folder) gets iter_0000000/ (megatron
+format, step 0, the directory's tokenizer.model when it has one) and `latest`. Continue pretraining from it with `checkpoint.init_from=CKPT_DIR` plus the
 model settings it prints (or pass `checkpoint.init_from=HF_DIR` directly); generate from it with
 scripts/generate.py. Everything is verified first and nothing is written on a refusal (the library
 code is handoff/read.py).

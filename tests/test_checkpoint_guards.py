@@ -152,12 +152,12 @@ def record_bytes(folder, name):
     import zipfile
 
     from pretrain.checkpoint.readable import Window
-    from pretrain.engines.megatron_checkpoint import _storage
+    from pretrain.engines.megatron_checkpoint import tensor_archives
 
     path = folder / name
     if name.endswith(".distcp"):
-        archives = [(offset, length) for offset, length, tensor in _storage(str(folder))[name]
-                    if tensor]
+        archives = [(offset, length) for shard, offset, length in tensor_archives(str(folder))[1]
+                    if shard == name]
     elif name.endswith(".pt"):
         archives = [(0, os.path.getsize(path))]
     else:

@@ -205,6 +205,8 @@ def check_payload_readable(folder: str, state: dict) -> None:
     """For a checkpoint without checksums: the payload's records match their CRCs (megatron's
     tensors inside its shards; DeepSpeed's payload is .pt files, which readable.check_readable
     checks whole)."""
-    check = getattr(_payload_format(folder, state), "check_items_readable", None)
-    if check is not None:
-        check(folder, state)
+    from pretrain.checkpoint.readable import check_archives_within
+
+    archives = getattr(_payload_format(folder, state), "tensor_archives", None)
+    if archives is not None:
+        check_archives_within(folder, *archives(folder))

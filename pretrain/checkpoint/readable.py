@@ -5,7 +5,7 @@ CheckpointError naming the file, never a parser's traceback.
 - every `*.pt` file (common.pt, rng/rank_*.pt, DeepSpeed's files) is a torch.save zip archive whose
   every record carries a CRC-32: all records are read and their CRCs compared;
 - every tensor of megatron's `*.distcp` shards is such an archive too, at the offset and length
-  its `.metadata` gives (pretrain/engines/megatron_checkpoint.py: check_items_readable);
+  its `.metadata` gives (pretrain/engines/megatron_checkpoint.py: tensor_archives);
 - `*.json` must parse as JSON, `config.yaml` as YAML, `tokenizer.model` as a sentencepiece model.
 
 A flipped byte anywhere in a zip archive is found (CRC-32 detects every error of up to 32 bits);
@@ -104,3 +104,24 @@ def check_readable(folder: str) -> None:
                 _parse_text(path, relative)
             elif name == "tokenizer.model":
                 _parse_tokenizer(path)
+
+
+def check_archives_within(folder: str, index: str, archives) -> None:
+    """Each (file, offset, length) of `archives` (the payload's index file `index` places them) is
+    a whole archive; without checksums either file may be the damaged one, so both are named."""
+    opened = {}
+    try:
+        for relative, offset, length in archives:
+            path = os.path.join(folder, relative)
+            if relative not in opened:
+                opened[relative] = open(path, "rb")
+            try:
+                check_archive(Window(opened[relative], offset, length), path)
+            except CheckpointError as error:
+                raise CheckpointError(
+                    f"{error}: the tensor {index} places at bytes {offset}-{offset + length} of "
+                    f"{relative} is not whole, so {relative} or {os.path.join(folder, index)} is "
+                    f"damaged") from None
+    finally:
+        for stream in opened.values():
+            stream.close()
