@@ -218,6 +218,27 @@ def test_tools_refuse_a_damaged_checkpoint(six_steps, tmp_path):
     assert "config.yaml does not match its sha256" in output_of(result)
 
 
+@pytest.mark.parametrize("name, command", [
+    (".metadata", "resume"), ("common.pt", "generate"), ("__0_1.distcp", "resume")])
+def test_a_damaged_checkpoint_without_checksums_exits_4_naming_the_file(six_steps, tmp_path, name,
+                                                                          command):
+    """An older checkpoint (no checksums.json) with a damaged payload: exit 4, one paragraph
+    naming the file, no traceback (today: OverflowError or a torch error, exit 1)."""
+    root = copy_run(six_steps, tmp_path)
+    folder = root / "iter_0000006"
+    os.remove(folder / CHECKSUMS_FILE)
+    flip_at(folder / name, os.path.getsize(folder / name) // 3)
+    if command == "resume":
+        result = run_trainer(tmp_path, "train.max_steps=8", *RUN)
+    else:
+        result = subprocess.run([sys.executable, "-m", "scripts.generate", "--checkpoint",
+                                 str(root), "--max-new-tokens", "2"], cwd=REPO, env=trainer_env(),
+                                capture_output=True, text=True, timeout=300)
+    out = output_of(result)
+    assert result.returncode == EXIT_CHECKPOINT, out
+    assert f"{folder / name} is damaged" in out and "Traceback" not in out, out
+
+
 # -- one live run per folder ---------------------------------------------------------------------
 def start(run_dir, *overrides):
     return subprocess.Popen(trainer_command(run_dir, *overrides), cwd=REPO, env=trainer_env(),
