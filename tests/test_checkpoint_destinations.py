@@ -94,6 +94,17 @@ def test_export_never_writes_where_it_reads(checkpoint, tmp_path, monkeypatch, c
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("out", ["ckpt/latest", "ckpt/iter_0000003/rows.jsonl", "link/rows.jsonl",
+                                 "ckpt"])
+def test_diagnose_never_writes_into_its_checkpoint(checkpoint, tmp_path, monkeypatch, capsys, out):
+    copy_of(checkpoint, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    assert tool("diagnose", "ckpt", "--random-tokens", "--out", out) == EXIT_CONFIG
+    assert "a tool never writes where it reads" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("hf,out", [("hf", "hf"), ("hf", "hf/ckpt"), ("hf/sub", "hf"),
                                     ("hf", "link_to_hf"), ("./hf", "../{tmp}/hf/x")])
 def test_import_never_writes_where_it_reads(tmp_path, monkeypatch, capsys, hf, out):
