@@ -191,6 +191,19 @@ def test_a_second_export_to_one_output_is_refused_naming_the_first(checkpoint, t
     assert (out / "config.json").is_file()
 
 
+def test_a_tool_never_writes_into_the_folder_of_a_live_run(checkpoint, tmp_path, capsys):
+    from pretrain.checkpoint.lock import FolderLock
+
+    run = FolderLock(str(tmp_path / "ckpt"), str(tmp_path))  # a run starting on an empty folder
+    run.acquire()
+    try:
+        assert tool("convert_checkpoint", checkpoint, tmp_path / "ckpt") == EXIT_CHECKPOINT
+        assert f"is in use by another live run (pid {os.getpid()}" in capsys.readouterr().err
+        assert os.listdir(tmp_path / "ckpt") == [".lock"]
+    finally:
+        run.release()
+
+
 def test_one_writer_is_one_process_at_a_time_and_leaves_no_file(tmp_path):
     out = tmp_path / "corpus"
     with one_writer(str(out), "--output"):

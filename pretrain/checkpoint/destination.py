@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 
 from model.config import ConfigError
-from pretrain.checkpoint.lock import LOCK_FILE, one_writer
+from pretrain.checkpoint.lock import LOCK_FILE, FolderLock, one_writer
 
 # What a destination may already hold: a killed earlier write's temp folders (ours to clear) and
 # an idle run lock.
@@ -69,19 +70,23 @@ def refuse_used(destination: str, flag: str) -> None:
 
 @contextlib.contextmanager
 def new_checkpoint_dir(destination: str, flag: str):
-    """Hold `destination` for this process (lock.one_writer), refuse it unless absent or empty,
-    create it; on a failure inside the block, remove it again when this call created it (the
+    """Hold `destination` for this process (lock.one_writer, and the run lock a trainer takes on
+    its checkpoint.dir), refuse it unless absent or empty, create it; on a failure inside the block, remove it again when this call created it (the
     block removes its own temp folders)."""
     with one_writer(destination, flag):
         refuse_used(destination, flag)
         created = not os.path.isdir(destination)
-        os.makedirs(destination, exist_ok=True)
-        for name in os.listdir(destination):  # a killed write's debris: no writer is alive
-            if name.startswith(".tmp_iter_"):
-                shutil.rmtree(os.path.join(destination, name), ignore_errors=True)
+        # The run lock too: a trainer started on this folder meanwhile is refused, and refuses us.
+        run_lock = FolderLock(destination, f"{flag} of {' '.join(sys.argv)[:300]}")
         try:
+            run_lock.acquire()
+            for name in os.listdir(destination):  # a killed write's debris: no writer is alive
+                if name.startswith(".tmp_iter_"):
+                    shutil.rmtree(os.path.join(destination, name), ignore_errors=True)
             yield
         except BaseException:
+            run_lock.release()
             if created:
                 shutil.rmtree(destination, ignore_errors=True)
             raise
+        run_lock.release()
