@@ -124,6 +124,8 @@ def _read_holder(fd: int) -> str:
         holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (ValueError, UnicodeDecodeError):
         return "holder unknown"
+    if not isinstance(holder, dict):
+        return "holder unknown"
     job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
     what = (f"run folder {holder.get('run_dir')}" if "run_dir" in holder
             else f"command {holder.get('command')!r}")
