@@ -62,9 +62,15 @@ def _staging(out_dir: str) -> str:
 
 def _publish(tmp: str, out_dir: str) -> str:
     out_dir = os.path.abspath(out_dir)
-    if os.path.isdir(out_dir):
-        os.rmdir(out_dir)  # empty (checked in _staging)
-    os.replace(tmp, out_dir)
+    try:
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked in _staging)
+        os.replace(tmp, out_dir)
+    except OSError as error:  # filled meanwhile by a writer that did not take the output's lock
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileExistsError(f"{out_dir} was filled by another writer during the export "
+                              f"({error.strerror}); nothing was written, pass another --out"
+                              ) from error
     return out_dir
 
 
@@ -124,6 +130,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
     iter_<iteration> when given) to `out_dir`; returns the directory. `allow_served_differently`:
     export a model vLLM/SGLang would load but compute differently (handoff/loaders.py)."""
     from pretrain.checkpoint import checkpoint_tokenizer, files, read_weights, resolve_checkpoint
+    from pretrain.checkpoint import verify_complete
+    from pretrain.checkpoint.destination import refuse_overlap
     from pretrain.checkpoint.weights import read_model_config
 
     torch_dtype, dtype_name = _dtype(dtype)
@@ -135,6 +143,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
                                     f"are {files.list_checkpoints(checkpoint)}")
     else:
         folder = resolve_checkpoint(checkpoint)
+    refuse_overlap({"--checkpoint": checkpoint, "its checkpoint": folder}, out_dir, "--out")
+    verify_complete(folder)  # checksums before any of its files is parsed
     # An unexportable model fails before reading.
     _check_exportable(read_model_config(folder), folder, allow_served_differently)
     tokenizer = checkpoint_tokenizer(folder)

@@ -36,6 +36,11 @@ CONFIG_FILE = "config.json"
 
 
 def read_published_config(hf_dir: str) -> Tuple[dict, ModelConfig]:
+    if not os.path.isdir(hf_dir):  # a wrong path given, like any tool's: a config error (exit 2)
+        from model.config import ConfigError
+
+        raise ConfigError(f"{hf_dir} is not a folder; pass a Hugging Face model directory "
+                          "(config.json + safetensors), e.g. one scripts.export_hf wrote")
     path = os.path.join(hf_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise PublishedFormatError(f"{path} is missing; pass a Hugging Face model directory "

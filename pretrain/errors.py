@@ -16,6 +16,7 @@ one-paragraph message (what is wrong and the fix) without a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 EXIT_FAILED = 1
@@ -64,6 +65,31 @@ def describe_user_error(error: BaseException):
             return code, f"{label}: " + "; ".join(line.strip() for line in text.splitlines()
                                                    if line.strip())
     return None
+
+
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_is_full(error: BaseException, path: str) -> bool:
+    """Whether `error` came from a full disk (or quota) under `path`; ask before a cleanup frees
+    space. megatron's checkpoint writer reports its workers' errors only as text inside a
+    CheckpointException, and torch's zip writer on a full disk says only "unexpected pos": so the
+    errno, the message and the space left on that disk are all asked."""
+    from data.errors import DISK_FULL_ERRNOS
+
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    stats = os.statvfs(existing)
+    if stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES:
+        return True
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(code) in str(error) for code in DISK_FULL_ERRNOS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 # A tool's arguments are paths: one that is missing or taken is the user's to fix.

@@ -3,8 +3,9 @@
     python -m scripts.convert_checkpoint SRC DST
 
 SRC is an `iter_XXXXXXX/` folder or a checkpoint dir holding a `latest` file, written by either
-engine; the direction follows from it (deepspeed -> megatron, megatron -> deepspeed). DST is a
-checkpoint dir: the converted `iter_XXXXXXX/` (same step) and a `latest` file are written there.
+engine; the direction follows from it (deepspeed -> megatron, megatron -> deepspeed). DST is a new
+or empty checkpoint dir apart from SRC (neither inside the other): the converted `iter_XXXXXXX/`
+(same step) and a `latest` file are written there.
 Continue the run under the other engine with `checkpoint.resume=DST` (or `checkpoint.dir=DST`):
 weights, step, LR schedule, data position and RNG carry over; the Adam moments restart from zero.
 """

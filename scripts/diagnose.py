@@ -57,6 +57,10 @@ def main(argv=None) -> list:
     args = parser.parse_args(argv)
 
     folder = resolve_checkpoint(args.checkpoint)
+    if args.out:  # a file written into a checkpoint folder breaks its checksums, or replaces `latest`
+        from pretrain.checkpoint.destination import refuse_overlap
+
+        refuse_overlap({"CHECKPOINT": args.checkpoint, "its checkpoint": folder}, args.out, "--out")
     plt, config, step = load_model(folder)
     seq_length = args.seq_length or int(config.train.seq_length)
     if args.random_tokens:

@@ -18,6 +18,9 @@ refused (exit 2) unless --allow-served-differently. The library code is handoff/
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
 import time
 
@@ -39,7 +42,36 @@ def main(argv=None) -> int:
                              "(clp=false with the hidden gate); its README.md says so")
     args = parser.parse_args(argv)
 
+    from pretrain.checkpoint.lock import one_writer
+    from pretrain.errors import CheckpointError, disk_is_full
+
     started = time.perf_counter()
+    with one_writer(args.out, "--out"):  # one export per output at a time (lock.py)
+        _clear_stale_staging(args.out)
+        try:
+            out = _export(parser, args)
+        except BaseException as error:  # noqa: BLE001 the staging folder is already removed
+            if disk_is_full(error, args.out):
+                raise CheckpointError(
+                    f"cannot write the export into {os.path.abspath(args.out)}: no space left on "
+                    "the device (nothing was kept there); free space on that disk or pass an "
+                    "--out on another") from None
+            raise
+    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _clear_stale_staging(out: str) -> None:
+    """The staging folders (handoff/export.py: `.<name>.tmp<pid>`) a killed export left beside the
+    output: this process holds the output, so no export that writes them is alive."""
+    parent, name = os.path.split(os.path.abspath(out))
+    staging = re.compile(re.escape(f".{name}.tmp") + "[0-9]+")
+    for stale in os.listdir(parent) if os.path.isdir(parent) else ():
+        if staging.fullmatch(stale):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+
+
+def _export(parser, args) -> str:
     if args.config_only:
         from omegaconf import OmegaConf
 
@@ -58,8 +90,7 @@ def main(argv=None) -> int:
 
         out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.max_shard_size,
                                 args.iteration, args.allow_pickle, args.allow_served_differently)
-    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

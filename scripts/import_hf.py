@@ -5,54 +5,29 @@ exports as) as a weights-only loopcoder checkpoint.
     python -m scripts.import_hf --hf HF_DIR --out CKPT_DIR
     python -m scripts.import_hf --hf LLAMA_DIR --out CKPT_DIR model.num_loops=2 [model.KEY=VALUE]
 
-CKPT_DIR gets iter_0000000/ (megatron format, step 0, the directory's tokenizer.model when it has
-one) and `latest`. A Llama imports as an R=1 model, or with loop settings (model.num_loops,
-model.clp, model.clp_emb_scale, model.clp_hidden_scale, model.normalize_per_loop, model.shared_kv,
-model.swa_window, model.gate_input) as the shared block of that looped model, its loop >= 2 gates
-at their initial values (g = 0.5). Continue pretraining from it with `checkpoint.init_from=CKPT_DIR`
-plus the model settings it prints (or pass `checkpoint.init_from=HF_DIR` directly: a Llama then
-takes the run's loop settings); generate from it with scripts/generate.py. Everything is verified
-first and nothing is written on a refusal (the library code is handoff/read.py).
+CKPT_DIR (a new or empty folder, never a run's checkpoint folder) gets iter_0000000/ (megatron
+format, step 0, the directory's tokenizer.model when it has one) and `latest`. A Llama imports as
+an R=1 model, or with loop settings (model.num_loops, model.clp, model.clp_emb_scale,
+model.clp_hidden_scale, model.normalize_per_loop, model.shared_kv, model.swa_window,
+model.gate_input) as the shared block of that looped model, its loop >= 2 gates at their initial
+values (g = 0.5). Continue pretraining from it with `checkpoint.init_from=CKPT_DIR` plus the model
+settings it prints (or pass `checkpoint.init_from=HF_DIR` directly: a Llama then takes the run's
+loop settings); generate from it with scripts/generate.py. Everything is verified first and
+nothing is written on a refusal (the library code is handoff/read.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import shutil
 import sys
-
-# What a write fails with when the disk (or the user's quota) is full.
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
-NEARLY_FULL_BYTES = 1 << 20
-
-
-def _disk_full(error: BaseException, out: str) -> bool:
-    """Whether `error` came from a full disk under `out` (checked before the cleanup frees it).
-    megatron's checkpoint writer reports its workers' errors only as text inside a
-    CheckpointException, and torch's zip writer on a full disk says only "unexpected pos": so the
-    errno, the message and the space left on the disk are all asked."""
-    existing = os.path.abspath(out)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    stats = os.statvfs(existing)
-    if stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES:
-        return True
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in FULL_DISK:
-            return True
-        if any(os.strerror(code) in str(error) for code in FULL_DISK):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
 
 def _import(hf_dir: str, out: str, loops: dict) -> str:
     """import_hf, leaving nothing behind when it fails: the temp folder is removed by import_hf,
     the folders of --out this call created are removed here; a full disk is a checkpoint error naming --out."""
     from pretrain.checkpoint.init import import_hf
-    from pretrain.errors import CheckpointError
+    from pretrain.errors import CheckpointError, disk_is_full
 
     created = None  # the topmost folder of --out's path that does not exist yet
     path = os.path.abspath(out)
@@ -61,7 +36,7 @@ def _import(hf_dir: str, out: str, loops: dict) -> str:
     try:
         return import_hf(hf_dir, out, loops)
     except BaseException as error:  # noqa: BLE001 torch's CheckpointException is a BaseException
-        full = _disk_full(error, out)
+        full = disk_is_full(error, out)
         if created:
             shutil.rmtree(created, ignore_errors=True)
         if full:

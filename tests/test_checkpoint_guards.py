@@ -24,7 +24,7 @@ from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
 from pretrain.checkpoint import verify_complete
 from pretrain.checkpoint.integrity import CHECKSUMS_FILE, file_digest
 from pretrain.checkpoint.lineage import set_aside_later_branch
-from pretrain.checkpoint.resume import _refuse_damaged, check_model_fields
+from pretrain.checkpoint.resume import _refuse_damaged, check_model_fields, verify_resumable
 from pretrain.errors import EXIT_CHECKPOINT, EXIT_CONFIG, CheckpointError
 from tests.fixtures import (REPO, SMALL, Exploit, output_of, read_metrics, reseal, run_trainer,
                             small_data, trainer_command, trainer_env)
@@ -49,12 +49,45 @@ def copy_run(six_steps, tmp_path):
 def flip_byte(path, rng):
     size = os.path.getsize(path)
     offset = rng.randrange(size)
+    flip_at(path, offset)
+    return offset
+
+
+def flip_at(path, offset, mask=0xFF):
+    """XOR the byte at `offset` with `mask` (twice restores it)."""
     with open(path, "r+b") as stream:
         stream.seek(offset)
         byte = stream.read(1)
         stream.seek(offset)
-        stream.write(bytes([byte[0] ^ 0xFF]))
-    return offset
+        stream.write(bytes([byte[0] ^ mask]))
+
+
+def offsets_of(size):
+    """The first, middle and last byte, and one byte in every 4 KiB region (at a position that
+    moves from region to region): every part of every file, the same on every machine."""
+    chosen = {0, size // 2, size - 1}
+    for region, start in enumerate(range(0, size, 4096)):
+        chosen.add(start + region * 1031 % min(4096, size - start))
+    return sorted(chosen)
+
+
+# Every kind of file a megatron checkpoint holds: the test fails if one is not probed.
+FILE_KINDS = (".metadata", ".distcp", "common.pt", "metadata.json", "loopcoder.json",
+              "config.yaml", "tokenizer.model", "rng/rank_00000.pt", CHECKSUMS_FILE)
+
+
+def damaged_files(folder, names):
+    """(name, offset, mask) for each flip, the file damaged while the caller checks it."""
+    for name in names:
+        path = folder / name
+        for index, offset in enumerate(offsets_of(os.path.getsize(path))):
+            # 0xFF makes any text byte invalid UTF-8; 0x01 keeps text text ("step": 6 -> 7).
+            mask = 0x01 if index % 2 and name != CHECKSUMS_FILE else 0xFF
+            flip_at(path, offset, mask)
+            try:
+                yield name, offset, mask
+            finally:
+                flip_at(path, offset, mask)
 
 
 def test_every_file_of_a_checkpoint_is_sealed(six_steps):
@@ -70,23 +103,74 @@ def test_every_file_of_a_checkpoint_is_sealed(six_steps):
 
 
 def test_a_flipped_byte_in_any_file_is_refused_naming_it(six_steps, tmp_path):
-    """Every file kind, a seeded random offset: refused, the file named, the previous checkpoint
-    offered (its files are whole), nothing changed on disk."""
-    rng = random.Random(20261130)
-    source = six_steps / "checkpoints" / "iter_0000006"
-    names = sorted(json.loads((source / CHECKSUMS_FILE).read_text())["files"])
-    assert any(n.endswith(".distcp") for n in names)
-    for name in names:
-        root = tmp_path / name.replace("/", "_") / "checkpoints"
-        shutil.copytree(six_steps / "checkpoints", root)
-        offset = flip_byte(root / "iter_0000006" / name, rng)
-        before = file_digest(str(root / "iter_0000006" / name))
+    """Every file, every 4 KiB region of it: refused before anything parses it, the file named,
+    the previous checkpoint offered (its files are whole), nothing changed on disk."""
+    root = copy_run(six_steps, tmp_path)
+    folder = root / "iter_0000006"
+    names = sorted(json.loads((folder / CHECKSUMS_FILE).read_text())["files"]) + [CHECKSUMS_FILE]
+    assert all(any(n.endswith(kind) for n in names) for kind in FILE_KINDS), names
+    before = {name: file_digest(str(folder / name)) for name in names}
+    probed = 0
+    for name, offset, mask in damaged_files(folder, names):
         with pytest.raises(CheckpointError) as error:
-            verify_complete(str(root / "iter_0000006"))
-        assert name in str(error.value), (name, offset, str(error.value))
-        message = str(_refuse_damaged(str(root / "iter_0000006"), error.value))
-        assert f"checkpoint.resume={root / 'iter_0000004'}" in message, message
-        assert file_digest(str(root / "iter_0000006" / name)) == before
+            verify_complete(str(folder))
+        assert name in str(error.value), (name, offset, mask, str(error.value))
+        probed += 1
+    assert probed > 400  # every region of the two ~1 MB shards, at least
+    with open(folder / names[0], "r+b") as stream:
+        stream.write(b"\0")
+    message = str(_refuse_damaged(str(folder), CheckpointError(names[0])))
+    assert f"checkpoint.resume={root / 'iter_0000004'}" in message, message
+    (folder / names[0]).write_bytes((six_steps / "checkpoints/iter_0000006" / names[0]).read_bytes())
+    assert {name: file_digest(str(folder / name)) for name in names} == before
+
+
+def test_a_damaged_file_of_a_checkpoint_without_checksums_is_named(six_steps, tmp_path):
+    """An older checkpoint (no checksums.json): a flipped byte in any archive (.pt, every tensor
+    of the .distcp shards) is found by its CRC and named; in the other files it is named or
+    unseen (a JSON value that still parses), never a parser's traceback."""
+    root = copy_run(six_steps, tmp_path)
+    folder = root / "iter_0000006"
+    os.remove(folder / CHECKSUMS_FILE)
+    verify_complete(str(folder))
+    names = sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, found in os.walk(folder)
+                   for n in found)
+    for name, offset, mask in damaged_files(folder, names):
+        try:
+            verify_complete(str(folder))
+        except CheckpointError as error:
+            assert name in str(error), (name, offset, mask, str(error))
+        else:  # an archive's unseen bytes are bookkeeping no reader uses, never a record's data
+            assert not any(start <= offset < end for start, end in record_bytes(folder, name)), (
+                name, offset, mask)
+
+
+def record_bytes(folder, name):
+    """The [start, end) byte ranges of `name` that hold a zip record's data: every archive of a
+    .pt file, or of each tensor of a .distcp shard (at the offsets .metadata gives)."""
+    import struct
+    import zipfile
+
+    from pretrain.checkpoint.readable import Window
+    from pretrain.engines.megatron_checkpoint import tensor_archives
+
+    path = folder / name
+    if name.endswith(".distcp"):
+        archives = [(offset, length) for shard, offset, length in tensor_archives(str(folder))[1]
+                    if shard == name]
+    elif name.endswith(".pt"):
+        archives = [(0, os.path.getsize(path))]
+    else:
+        return []
+    ranges = []
+    with open(path, "rb") as stream:
+        for base, length in archives:
+            for info in zipfile.ZipFile(Window(stream, base, length)).infolist():
+                stream.seek(base + info.header_offset + 26)
+                name_length, extra_length = struct.unpack("<HH", stream.read(4))
+                start = base + info.header_offset + 30 + name_length + extra_length
+                ranges.append((start, start + info.compress_size))
+    return ranges
 
 
 def test_a_damaged_checksums_file_is_refused(six_steps, tmp_path):
@@ -132,6 +216,26 @@ def test_tools_refuse_a_damaged_checkpoint(six_steps, tmp_path):
         cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "config.yaml does not match its sha256" in output_of(result)
+
+
+def test_a_damaged_checkpoint_without_checksums_exits_4_naming_the_file(six_steps, tmp_path):
+    """An older checkpoint (no checksums.json) with a damaged payload: a checkpoint error naming
+    the file, for a resume and for a tool (exit 4, no traceback; today: OverflowError, exit 1)."""
+    root = copy_run(six_steps, tmp_path)
+    folder = root / "iter_0000006"
+    os.remove(folder / CHECKSUMS_FILE)
+    for name in (".metadata", "__0_1.distcp"):
+        flip_at(folder / name, os.path.getsize(folder / name) // 3)
+        with pytest.raises(CheckpointError, match=f"{folder / name} is damaged"):
+            verify_resumable(str(folder))  # what the trainer's resume calls first
+        flip_at(folder / name, os.path.getsize(folder / name) // 3)
+    flip_at(folder / "common.pt", os.path.getsize(folder / "common.pt") // 3)
+    result = subprocess.run([sys.executable, "-m", "scripts.generate", "--checkpoint", str(root),
+                             "--max-new-tokens", "2"], cwd=REPO, env=trainer_env(),
+                            capture_output=True, text=True, timeout=300)
+    out = output_of(result)
+    assert result.returncode == EXIT_CHECKPOINT, out
+    assert f"{folder / 'common.pt'} is damaged" in out and "Traceback" not in out, out
 
 
 # -- one live run per folder ---------------------------------------------------------------------

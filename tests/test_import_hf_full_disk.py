@@ -5,6 +5,7 @@ mounting one is allowed."""
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -58,7 +59,12 @@ def tiny_disk(tmp_path):
     if made.returncode:
         pytest.skip("mounting a tmpfs needs root; the injected ENOSPC test covers the logic")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    # A writer process megatron started may still be closing its files: wait, then detach lazily.
+    for _ in range(20):
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.25)
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 def test_a_real_full_disk_leaves_nothing_and_names_out(good_dir, tiny_disk, capsys):
@@ -72,3 +78,28 @@ def test_a_real_full_disk_leaves_nothing_and_names_out(good_dir, tiny_disk, caps
     err = capsys.readouterr().err
     assert "no space left" in err and str(out) in err and "Traceback" not in err, err
     assert os.listdir(tiny_disk) == []
+
+
+def test_export_on_a_full_disk_names_out_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """The same for scripts.export_hf: ENOSPC while a shard is written (injected where the shard
+    writer saves), exit 4 naming --out, no staging folder and no --out left."""
+    import errno
+
+    from handoff import export
+    from scripts import export_hf
+    from tests.fixtures import write_checkpoint
+
+    model, cfg = model_and_config(num_loops=2)
+    write_checkpoint(model, cfg, str(tmp_path / "ckpt"))
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "hf"))
+
+    monkeypatch.setattr(export.ShardWriter, "finish", full_disk)
+    out = tmp_path / "hf"
+    capsys.readouterr()
+    assert run_tool(export_hf.main, ["--checkpoint", str(tmp_path / "ckpt"), "--out", str(out)]) \
+        == EXIT_CHECKPOINT
+    err = capsys.readouterr().err
+    assert "no space left" in err and str(out) in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".hf.lock")) == ["ckpt"]

@@ -24,6 +24,7 @@ import os
 import shutil
 
 import pretrain.checkpoint.files as files
+from pretrain.checkpoint.destination import new_checkpoint_dir, refuse_overlap, refuse_used
 from pretrain.checkpoint.resume import resolve_checkpoint
 from pretrain.checkpoint.weights import publish_checkpoint, read_weights, write_weights_only
 
@@ -35,19 +36,28 @@ def checkpoint_engine(path: str) -> str:
 
 def convert_checkpoint(src: str, dst_root: str, allow_pickle: bool = False) -> str:
     """Convert the iter_ folder `src` (or the `latest` of a checkpoint dir) into the other engine's
-    format under `dst_root`; returns the new iter_ folder."""
-    src = resolve_checkpoint(src)
+    format under `dst_root` (absent or empty: pretrain/checkpoint/destination.py); returns the new
+    iter_ folder. Nothing is written unless `src` is whole and apart from `dst_root`."""
+    given, src = src, resolve_checkpoint(src)
+    refuse_overlap({"SRC": given, "its checkpoint": src}, dst_root, "DST")
+    refuse_used(dst_root, "DST")  # again under the lock below; first before the (long) read
     model_cfg, weights, state = read_weights(src, allow_pickle=allow_pickle)
     target = "megatron" if state.get("engine", "megatron") == "deepspeed" else "deepspeed"
     name = files.iter_name(state["step"])
-    tmp = os.path.join(dst_root, files.tmp_name(state["step"]))
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with open(os.path.join(src, files.CONFIG_FILE)) as stream:
-        config_yaml = stream.read()
-    write_weights_only(tmp, weights, model_cfg, dict(state, converted_from=src), target, config_yaml)
-    if os.path.isdir(os.path.join(src, files.RNG_DIR)):
-        shutil.copytree(os.path.join(src, files.RNG_DIR), os.path.join(tmp, files.RNG_DIR))
-    if os.path.isfile(os.path.join(src, files.TOKENIZER_FILE)):
-        shutil.copy(os.path.join(src, files.TOKENIZER_FILE), os.path.join(tmp, files.TOKENIZER_FILE))
-    return publish_checkpoint(dst_root, name, tmp)
+    with new_checkpoint_dir(dst_root, "DST"):
+        tmp = os.path.join(dst_root, files.tmp_name(state["step"]))
+        os.makedirs(tmp)
+        try:
+            with open(os.path.join(src, files.CONFIG_FILE)) as stream:
+                config_yaml = stream.read()
+            write_weights_only(tmp, weights, model_cfg, dict(state, converted_from=src), target,
+                               config_yaml)
+            if os.path.isdir(os.path.join(src, files.RNG_DIR)):
+                shutil.copytree(os.path.join(src, files.RNG_DIR), os.path.join(tmp, files.RNG_DIR))
+            if os.path.isfile(os.path.join(src, files.TOKENIZER_FILE)):
+                shutil.copy(os.path.join(src, files.TOKENIZER_FILE),
+                            os.path.join(tmp, files.TOKENIZER_FILE))
+            return publish_checkpoint(dst_root, name, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

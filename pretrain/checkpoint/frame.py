@@ -34,7 +34,7 @@ from pretrain.collective import collectively, on_main
 from pretrain.checkpoint.integrity import seal
 from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.lock import FolderLock
-from pretrain.checkpoint.state import read_trainer_state, save_rng, trainer_state
+from pretrain.checkpoint.state import save_rng, trainer_state
 from pretrain.distributed import barrier, is_main, rank
 from pretrain.errors import CheckpointError
 
@@ -53,6 +53,7 @@ class Checkpointer:
     def __init__(self, cfg, engine, loader, config_yaml: str, model_fields: dict,
                  tokenizer_model: str, run_dir: str):
         self.root, self.keep, self.async_save = cfg.dir, cfg.keep, cfg.async_save
+        self.verify = cfg.verify
         self.saves_planned = cfg.interval > 0 or cfg.save_final
         self.engine, self.loader = engine, loader
         self.config_yaml, self.model_fields = config_yaml, model_fields
@@ -70,7 +71,11 @@ class Checkpointer:
     def begin(self, resumed: str = None) -> None:
         """Before the first step: set aside the checkpoints past this run's start (another branch)
         and half-written folders of dead runs. Every rank, after acquire()."""
-        start = read_trainer_state(resumed)["step"] if resumed else 0
+        from pretrain.checkpoint.resume import verify_resumable
+
+        # Verified (and a weights-only checkpoint refused) before anything in the folder moves;
+        # load_checkpoint's own check then finds it verified (integrity.py) and hashes nothing.
+        start = verify_resumable(resumed, self.verify)["step"] if resumed else 0
         on_main(f"cannot prepare {self.root}",
                 lambda: (set_aside_later_branch(self.root, start, resumed), self._clear_stale()))
         if self.saves_planned:  # else a stop signal's save starts what it needs itself
@@ -179,11 +184,29 @@ class Checkpointer:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
 
-def verify_folder(folder: str, state: dict) -> None:
-    """The frame's files are there and the engine's payload is whole (its format's check)."""
+def _payload_format(folder: str, state: dict):
     from pretrain.engines import payload_format
 
+    try:
+        return payload_format(state.get("engine", "megatron"))
+    except ValueError as error:
+        raise CheckpointError(f"{os.path.join(folder, files.STATE_FILE)}: {error}") from None
+
+
+def verify_folder(folder: str, state: dict) -> None:
+    """The frame's files are there and the engine's payload is whole (its format's check)."""
     for required in (files.STATE_FILE, files.CONFIG_FILE):
         if not os.path.isfile(os.path.join(folder, required)):
             raise CheckpointError(f"{folder} is incomplete: {required} is missing")
-    payload_format(state.get("engine", "megatron")).check_complete(folder, state)
+    _payload_format(folder, state).check_complete(folder, state)
+
+
+def check_payload_readable(folder: str, state: dict) -> None:
+    """For a checkpoint without checksums: the payload's records match their CRCs (megatron's
+    tensors inside its shards; DeepSpeed's payload is .pt files, which readable.check_readable
+    checks whole)."""
+    from pretrain.checkpoint.readable import check_archives_within
+
+    archives = getattr(_payload_format(folder, state), "tensor_archives", None)
+    if archives is not None:
+        check_archives_within(folder, *archives(folder))

@@ -19,9 +19,9 @@ import os
 import shutil
 
 import pretrain.checkpoint.files as files
+from pretrain.checkpoint.destination import new_checkpoint_dir, refuse_overlap, refuse_used
 from pretrain.collective import collectively, on_main
 from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, verify_complete
-from pretrain.checkpoint.state import read_trainer_state
 from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
 from pretrain.distributed import barrier, is_main
 from pretrain.errors import CheckpointError
@@ -40,30 +40,32 @@ def import_hf(hf_dir: str, checkpoint_dir: str, loops=None) -> str:
     """A weights-only megatron checkpoint of `hf_dir` at step 0 in `checkpoint_dir` (iter_0000000
     + `latest`, sealed), with the directory's tokenizer.model when it has one: what
     `python -m scripts.import_hf` writes. Nothing is written when `hf_dir` fails verification
-    (handoff.read_hf). `loops`: the loop settings a Llama directory (no loops of its own) is
-    imported under, as the block of that looped model. Returns the iter_ folder."""
+    (handoff.read_hf), overlaps `checkpoint_dir`, or `checkpoint_dir` holds anything
+    (pretrain/checkpoint/destination.py). `loops`: the loop settings a Llama directory (no loops of
+    its own) is imported under, as the block of that looped model. Returns the iter_ folder."""
     from omegaconf import OmegaConf
 
     from handoff.read import read_hf
 
+    refuse_overlap({"--hf": hf_dir}, checkpoint_dir, "--out")
+    refuse_used(checkpoint_dir, "--out")  # again under the lock below; first before the read
     model_cfg, weights = read_hf(hf_dir, loops)
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    tmp = os.path.join(checkpoint_dir, files.tmp_name(0))
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        fields = dataclasses.asdict(model_cfg)
-        state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
-                 "imported_from": os.path.abspath(hf_dir)}
-        write_weights_only(tmp, weights, model_cfg, state, "megatron",
-                           OmegaConf.to_yaml({"model": fields}))
-        tokenizer = os.path.join(hf_dir, "tokenizer.model")
-        if os.path.isfile(tokenizer):
-            shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
-        return publish_checkpoint(checkpoint_dir, files.iter_name(0), tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with new_checkpoint_dir(checkpoint_dir, "--out"):
+        tmp = os.path.join(checkpoint_dir, files.tmp_name(0))
+        os.makedirs(tmp)
+        try:
+            fields = dataclasses.asdict(model_cfg)
+            state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
+                     "imported_from": os.path.abspath(hf_dir)}
+            write_weights_only(tmp, weights, model_cfg, state, "megatron",
+                               OmegaConf.to_yaml({"model": fields}))
+            tokenizer = os.path.join(hf_dir, "tokenizer.model")
+            if os.path.isfile(tokenizer):
+                shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
+            return publish_checkpoint(checkpoint_dir, files.iter_name(0), tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> str:
@@ -80,7 +82,8 @@ def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> s
             return folder
         source = folder
     folder = resolve_checkpoint(source)
-    if read_trainer_state(folder).get("engine", "megatron") == engine_name:
+    # Checksums before its loopcoder.json is parsed (rank 0 alone: not collective).
+    if verify_complete(folder, collective=False).get("engine", "megatron") == engine_name:
         return folder
     return convert_checkpoint(folder, os.path.join(staging, engine_name))
 

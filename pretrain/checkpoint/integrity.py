@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from typing import Dict, List
 
 import pretrain.checkpoint.files as files
@@ -33,6 +34,7 @@ CHECKSUMS_FILE = "checksums.json"
 HEAD_BYTES = 1 << 20
 CHUNK = 16 << 20
 VERIFY_MODES = ("full", "headers")
+_HEX = re.compile("[0-9a-f]{64}")
 
 
 def _listing(folder: str) -> List[str]:
@@ -93,16 +95,25 @@ def seal(folder: str) -> None:
 
 
 def read_manifest(folder: str):
-    """The checkpoint's checksums, or None for a checkpoint written before they existed."""
+    """The checkpoint's checksums, or None for a checkpoint written before they existed. Every
+    entry is checked for its shape (a damaged checksums.json can parse as JSON) before use."""
     path = os.path.join(folder, CHECKSUMS_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path) as stream:
-            manifest = json.load(stream)
-        return manifest["files"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} is damaged and cannot be read ({error})") from error
+        with open(path, "rb") as stream:
+            manifest = json.loads(stream.read().decode("utf-8"))["files"]
+        for relative, entry in manifest.items():
+            if os.path.isabs(relative) or ".." in relative.split("/") or relative == CHECKSUMS_FILE:
+                raise ValueError(f"it names {relative!r}, which is not a file of the checkpoint")
+            if (not isinstance(entry, dict) or not isinstance(entry.get("size"), int)
+                    or any(not isinstance(entry.get(key), str) or not _HEX.fullmatch(entry[key])
+                           for key in ("sha256", "head_sha256"))):
+                raise ValueError(f"its entry for {relative!r} is not a size and two sha256 digests")
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path} is damaged and cannot be read ({error}); the checkpoint's "
+                              f"files cannot be checked against it") from error
 
 
 def mismatches(folder: str, manifest: dict, paths: List[str], mode: str) -> List[str]:
@@ -125,10 +136,31 @@ def mismatches(folder: str, manifest: dict, paths: List[str], mode: str) -> List
     return wrong
 
 
+# What this process verified already, so that a reader that checks a checkpoint before parsing
+# any of it (the frame before it sets checkpoints aside, the tools before they read the config) and
+# then loads it does not hash it twice: {real path: (mode, the files' sizes, mtimes, inodes)}.
+_VERIFIED: Dict[str, tuple] = {}
+
+
+def _signature(folder: str) -> tuple:
+    found = []
+    for relative in _listing(folder) + [CHECKSUMS_FILE]:
+        status = os.stat(os.path.join(folder, relative))
+        found.append((relative, status.st_size, status.st_mtime_ns, status.st_ino))
+    return tuple(found)
+
+
+def _verified_before(folder: str, mode: str) -> bool:
+    seen = _VERIFIED.get(os.path.realpath(folder))
+    return (seen is not None and seen[0] in ("full", mode)
+            and seen[1] == _signature(folder))
+
+
 def verify(folder: str, mode: str = "full", collective: bool = True) -> bool:
     """Raise CheckpointError naming every damaged file unless each matches its checksum; False
     (with a warning) for a checkpoint without checksums. collective: the ranks share the work (all
-    must call); else this process checks everything."""
+    must call); else this process checks everything. Reads nothing but checksums.json and the raw
+    bytes: call it before any file of the checkpoint is parsed."""
     if mode not in VERIFY_MODES:
         raise CheckpointError(f"checkpoint.verify={mode!r}; use one of {VERIFY_MODES}")
     manifest = read_manifest(folder)
@@ -136,6 +168,10 @@ def verify(folder: str, mode: str = "full", collective: bool = True) -> bool:
         logger.warning("%s has no %s (written by an older loopcoder): only its completeness is "
                        "checked", folder, CHECKSUMS_FILE)
         return False
+    seen = (on_main(f"cannot verify {folder}", lambda: _verified_before(folder, mode))
+            if collective else _verified_before(folder, mode))
+    if seen:
+        return True
     paths = sorted(manifest)
     if collective:
         share = _share(paths, {p: manifest[p]["size"] for p in paths})
@@ -148,4 +184,5 @@ def verify(folder: str, mode: str = "full", collective: bool = True) -> bool:
                  for name in sorted(set(_listing(folder)) - set(manifest))]
     if problems:
         raise CheckpointError(f"{folder} is damaged: " + "; ".join(problems))
+    _VERIFIED[os.path.realpath(folder)] = (mode, _signature(folder))
     return True

@@ -18,6 +18,7 @@ import os
 from typing import List, Optional
 
 import pretrain.checkpoint.files as files
+from pretrain.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 ABANDONED_DIR = "abandoned"
@@ -42,8 +43,14 @@ def set_aside_later_branch(root: str, start_step: int, resumed: Optional[str]) -
         logger.warning("%s held checkpoints past the start step %d (%s): a later branch of another "
                        "run; moved to %s (delete them when no longer needed)", root, start_step,
                        ", ".join(later), target)
-    in_root = resumed is not None and os.path.dirname(os.path.normpath(resumed)) == os.path.normpath(root)
-    latest = files.read_latest(root)
+    in_root = (resumed is not None and files.ITER_PATTERN.fullmatch(os.path.basename(
+        os.path.normpath(resumed))) is not None
+        and os.path.dirname(os.path.normpath(resumed)) == os.path.normpath(root))
+    try:
+        latest = files.read_latest(root)
+    except CheckpointError as error:  # the run resumes what it was told: a bad pointer goes
+        logger.warning("%s; it is replaced", error)
+        latest = "(invalid)"
     if in_root and latest != os.path.basename(os.path.normpath(resumed)):
         files.write_latest(root, os.path.basename(os.path.normpath(resumed)))
     elif not in_root and latest is not None and not os.path.isdir(os.path.join(root, latest)):

@@ -21,8 +21,9 @@ from typing import Optional
 
 import pretrain.checkpoint.files as files
 from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
-from pretrain.checkpoint.frame import verify_folder
+from pretrain.checkpoint.frame import check_payload_readable, verify_folder
 from pretrain.checkpoint.integrity import verify as verify_checksums
+from pretrain.checkpoint.readable import check_readable
 from pretrain.checkpoint.state import load_rng, read_trainer_state
 from pretrain.distributed import rank
 from pretrain.errors import CheckpointError
@@ -94,13 +95,41 @@ def check_model_fields(path: str, saved: dict, config_fields: dict, allowed=(),
                           f"weights and the other does not, so the weights cannot be loaded")
 
 
-def verify_complete(folder: str, mode: str = "full") -> dict:
+def verify_complete(folder: str, mode: str = "full", collective: bool = True) -> dict:
     """Raise CheckpointError naming the file unless `folder` is a whole checkpoint whose files
-    match their checksums (pretrain/checkpoint/integrity.py; every rank together); its state."""
+    match their checksums (pretrain/checkpoint/integrity.py; every rank together, unless not
+    `collective`); its state.
+
+    The checksums are compared before any file is parsed: a damaged file must be named as damaged,
+    not fail inside a parser (an unpickler's OverflowError, a JSON error). A checkpoint without
+    checksums (an older loopcoder's) gets every check that needs none first
+    (pretrain/checkpoint/readable.py)."""
+    if not os.path.isfile(os.path.join(folder, files.STATE_FILE)):
+        raise CheckpointError(f"{folder} is not a loopcoder checkpoint: {files.STATE_FILE} is "
+                              f"missing")
+    sealed = verify_checksums(folder, mode, collective)
+    if not sealed:
+        check_readable(folder)
     state = read_trainer_state(folder)
     verify_folder(folder, state)
-    verify_checksums(folder, mode)
+    if not sealed:
+        check_payload_readable(folder, state)
     return state
+
+
+def refuse_weights_only(path: str, state: dict) -> None:
+    """A checkpoint of weights without a run's state (an import_hf output; a converted checkpoint
+    keeps its run's schedule and data position and resumes) cannot be resumed: say what can."""
+    missing = [key for key in ("scheduler", "data") if key not in state]
+    if missing:
+        source = state.get("imported_from") or state.get("converted_from")
+        origin = f" (made from {source})" if source else ""
+        raise ConfigError(
+            f"checkpoint {path} holds model weights only{origin}, no run to resume (its "
+            f"{files.STATE_FILE} has no {' and no '.join(missing)} state: no LR schedule, data "
+            f"position or optimizer); start a new run from its weights with "
+            f"checkpoint.init_from={path} and checkpoint.resume=none, with a checkpoint.dir of "
+            f"its own")
 
 
 def _previous_good(path: str):
@@ -109,8 +138,8 @@ def _previous_good(path: str):
     for older in reversed([n for n in files.list_checkpoints(parent) if n < name]):
         folder = os.path.join(parent, older)
         try:
+            verify_checksums(folder, "headers", collective=False)  # before anything is parsed
             verify_folder(folder, read_trainer_state(folder))
-            verify_checksums(folder, "headers", collective=False)
             return folder
         except (CheckpointError, OSError):
             continue
@@ -125,14 +154,22 @@ def _refuse_damaged(path: str, error: Exception) -> CheckpointError:
                            f"checkpoint.resume=none (nothing was overwritten)")
 
 
-def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str = "full",
-                    allow_model_change=()) -> dict:
-    """Restore the engine's payload, the LR schedule, the data position and this rank's RNG from
-    `path`; returns its trainer state. Every rank."""
+def verify_resumable(path: str, verify: str = "full") -> dict:
+    """The state of `path` once its files are whole (else a refusal offering the previous whole
+    checkpoint) and it holds a run to resume. Every rank; before anything acts on the checkpoint."""
     try:
         state = verify_complete(path, verify)
     except CheckpointError as error:
         raise _refuse_damaged(path, error) from error
+    refuse_weights_only(path, state)
+    return state
+
+
+def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str = "full",
+                    allow_model_change=()) -> dict:
+    """Restore the engine's payload, the LR schedule, the data position and this rank's RNG from
+    `path`; returns its trainer state. Every rank."""
+    state = verify_resumable(path, verify)
     check_model_fields(path, state["model"], model_fields, allow_model_change)
     written_by = state.get("engine", "megatron")
     if written_by != engine.name:

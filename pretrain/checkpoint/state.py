@@ -84,9 +84,14 @@ def trainer_state(step: int, loader, engine, model_fields: dict, world_size: int
 def read_trainer_state(folder: str) -> dict:
     path = os.path.join(folder, STATE_FILE)
     try:
-        with open(path) as stream:
-            return json.load(stream)
+        with open(path, "rb") as stream:
+            state = json.loads(stream.read().decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{folder} is not a loopcoder checkpoint: {STATE_FILE} is missing")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # JSON and UTF-8 errors
         raise CheckpointError(f"{path} is damaged and cannot be read as JSON ({error})") from error
+    if (not isinstance(state, dict) or not isinstance(state.get("step"), int)
+            or not isinstance(state.get("model"), dict)):
+        raise CheckpointError(f"{path} is damaged: it is not a trainer state (an object with an "
+                              f"integer step and the model's fields)")
+    return state

@@ -189,26 +189,53 @@ def _load_model_state(model, state: dict, folder: str) -> None:
         raise CheckpointError(f"{folder}: model keys missing {missing}, unexpected {unexpected}")
 
 
+def _storage(folder: str) -> dict:
+    """{relative path of a shard: [(offset, length) of each tensor stored in it]}, from `.metadata`;
+    a `.metadata` that cannot be read (damaged: any failure of the unpickler or a result that is not
+    the format's metadata) is a CheckpointError naming it."""
+    path = os.path.join(folder, ".metadata")
+    try:
+        metadata = read_metadata(folder)
+        tensors = {key for key, value in metadata.state_dict_metadata.items()
+                   if hasattr(value, "chunks")}
+        items = {}
+        for index, info in (metadata.storage_data or {}).items():
+            kind = index.fqn in tensors
+            items.setdefault(str(info.relative_path), []).append(
+                (int(info.offset), int(info.length), kind))
+        return items
+    except pickle.UnpicklingError as error:
+        if "refusing to load" in str(error):  # a crafted class, not damage
+            raise CheckpointError(f"{path}: {error}") from None
+        raise CheckpointError(f"{path} is damaged and cannot be read ({error})") from None
+    except Exception as error:  # noqa: BLE001 a damaged pickle fails in any of a dozen ways
+        raise CheckpointError(f"{path} is damaged and cannot be read "
+                              f"({type(error).__name__}: {error})".split("\n")[0]) from None
+
+
 def check_complete(folder: str, saved: dict = None) -> None:
     """Every file the dist format's `.metadata` refers to exists and is long enough: a folder that
     passes holds every rank's part."""
     for required in FORMAT_FILES:
         if not os.path.isfile(os.path.join(folder, required)):
             raise CheckpointError(f"{folder} is incomplete: {required} is missing")
-    try:
-        metadata = read_metadata(folder)
-    except (pickle.UnpicklingError, EOFError, OSError) as error:
-        raise CheckpointError(f"{folder} is damaged: its .metadata cannot be read ({error})")
-    needed = {}
-    for info in (metadata.storage_data or {}).values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
-    for relative_path, size in sorted(needed.items()):
+    for relative_path, items in sorted(_storage(folder).items()):
+        size = max(offset + length for offset, length, _ in items)
         path = os.path.join(folder, relative_path)
         if not os.path.isfile(path):
             raise CheckpointError(f"{folder} is incomplete: {relative_path} is missing")
         if os.path.getsize(path) < size:
             raise CheckpointError(f"{folder} is incomplete: {relative_path} has "
                                   f"{os.path.getsize(path)} bytes, the metadata needs {size}")
+
+
+def tensor_archives(folder: str):
+    """(".metadata", [(shard, offset, length) of each tensor]): every tensor of the shards is a
+    torch.save archive at the place `.metadata` gives, which the checks of a checkpoint without
+    checksums read against their CRCs (pretrain/checkpoint/readable.py). After check_complete."""
+    return ".metadata", [(relative_path, offset, length)
+                         for relative_path, items in sorted(_storage(folder).items())
+                         for offset, length, is_tensor in sorted(items) if is_tensor]
 
 
 # -- whole weights, in one process (conversion, generation, export) ------------------------------

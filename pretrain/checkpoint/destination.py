@@ -1,0 +1,92 @@
+"""A tool never destroys what it was given: where a tool that reads one folder and writes another
+may write, checked before anything is written.
+
+    refuse_overlap({"SRC": src}, dst, "DST")         # the same folder, or one inside the other
+    with new_checkpoint_dir(dst, "DST"): ...         # empty or absent, one writer, no debris
+
+Paths are compared as the file system resolves them (symlinks, `..`, relative paths): two spellings
+of one folder are one folder. A checkpoint tool's output must not hold checkpoints or anything
+else (`scripts.import_hf --out` a run's checkpoint.dir once moved its `latest` to the import, and
+the resume that followed set the run's own checkpoints aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+
+from model.config import ConfigError
+from pretrain.checkpoint.lock import LOCK_FILE, FolderLock, one_writer
+
+# What a destination may already hold: a killed earlier write's temp folders (ours to clear) and
+# an idle run lock.
+OWN_LEFTOVERS = (".tmp_iter_", LOCK_FILE)
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or os.path.commonpath([inner, outer]) == outer
+
+
+def refuse_overlap(sources: dict, destination: str, flag: str) -> None:
+    """ConfigError unless `destination` and each source ({how the user named it: path}) are apart:
+    neither the same folder nor one inside the other."""
+    target = _real(destination)
+    for source_flag, path in sources.items():
+        source = _real(path)
+        if not (_within(target, source) or _within(source, target)):
+            continue
+        relation = ("is the same folder as" if target == source else
+                    "lies inside" if _within(target, source) else "contains")
+        raise ConfigError(
+            f"{flag} {destination} {relation} {source_flag} {path} (as resolved: {target} and "
+            f"{source}); a tool never writes where it reads, which would replace or mix its input. "
+            f"Pass a {flag} outside {source}")
+
+
+def refuse_used(destination: str, flag: str) -> None:
+    """ConfigError unless `destination` is absent or empty (but for our own leftovers)."""
+    if not os.path.lexists(destination):
+        return
+    if not os.path.isdir(destination):
+        raise ConfigError(f"{flag} {destination} exists and is not a folder; pass a new folder")
+    held = sorted(name for name in os.listdir(destination) if not name.startswith(OWN_LEFTOVERS))
+    if not held:
+        return
+    checkpoints = [name for name in held if name.startswith("iter_") or name == "latest"]
+    what = (f"holds checkpoints ({', '.join(checkpoints[:5])})" if checkpoints
+            else f"is not empty ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''})")
+    raise ConfigError(
+        f"{flag} {destination} {what}; writing there would move its `latest` and mix checkpoints "
+        f"(a run resumed from it would set its own checkpoints aside). Pass a new or empty "
+        f"folder; to train on from these weights in a run's folder, give them to the run as "
+        f"checkpoint.init_from")
+
+
+@contextlib.contextmanager
+def new_checkpoint_dir(destination: str, flag: str):
+    """Hold `destination` for this process (lock.one_writer, and the run lock a trainer takes on
+    its checkpoint.dir), refuse it unless absent or empty, create it; on a failure inside the block, remove it again when this call created it (the
+    block removes its own temp folders)."""
+    with one_writer(destination, flag):
+        refuse_used(destination, flag)
+        created = not os.path.isdir(destination)
+        # The run lock too: a trainer started on this folder meanwhile is refused, and refuses us.
+        run_lock = FolderLock(destination, f"{flag} of {' '.join(sys.argv)[:300]}")
+        try:
+            run_lock.acquire()
+            for name in os.listdir(destination):  # a killed write's debris: no writer is alive
+                if name.startswith(".tmp_iter_"):
+                    shutil.rmtree(os.path.join(destination, name), ignore_errors=True)
+            yield
+        except BaseException:
+            run_lock.release()
+            if created:
+                shutil.rmtree(destination, ignore_errors=True)
+            raise
+        run_lock.release()
