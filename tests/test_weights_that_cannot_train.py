@@ -50,3 +50,21 @@ def test_init_from_refuses_our_checkpoint_with_nan_weights(tmp_path):
     assert result.returncode == EXIT_CHECKPOINT, output
     assert "linear_fc2.weight" in output and "1 NaN" in output, output
     assert "Traceback" not in output, output
+
+
+def test_init_from_a_damaged_hf_directory_exits_4_and_leaves_no_staging(tmp_path):
+    """The trainer's side of the HF checks: a source refused while it is staged (config.json is
+    not JSON) stops the run with exit 4 naming the file, and no `.init_from` folder is left."""
+    import os
+
+    from pretrain.checkpoint.init import STAGING_DIR
+
+    source = tmp_path / "hf"
+    source.mkdir()
+    (source / "config.json").write_text("{not json")
+    result = run_trainer(tmp_path / "run", *SMALL, *small_data(), "train.max_steps=3",
+                         f"checkpoint.init_from={source}")
+    output = output_of(result)
+    assert result.returncode == EXIT_CHECKPOINT and "config.json" in output, output
+    leftovers = [folder for folder, names, _ in os.walk(tmp_path / "run") if STAGING_DIR in names]
+    assert leftovers == [], leftovers

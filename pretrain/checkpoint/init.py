@@ -105,9 +105,9 @@ def init_from(source: str, engine, model_fields: dict, root: str, verify: str = 
               allow_model_change=()) -> str:
     """Load the weights of `source` into `engine` (every rank); returns the folder read."""
     staging = os.path.join(root, STAGING_DIR)
-    folder = on_main(f"cannot read checkpoint.init_from={source}",
-                     lambda: _stage(source, engine.name, staging, model_fields))
-    try:
+    try:  # on_main raises on every rank together: the staging folder goes on every failure
+        folder = on_main(f"cannot read checkpoint.init_from={source}",
+                         lambda: _stage(source, engine.name, staging, model_fields))
         state = verify_complete(folder, verify)
         check_model_fields(folder, state["model"], model_fields, allow_model_change,
                            other_way="another checkpoint.init_from")
