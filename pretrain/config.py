@@ -27,6 +27,7 @@ from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
 from model.pipeline import virtual_pipeline_size
+from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
            "register"]
@@ -217,32 +218,10 @@ class Config:
     run_dir: str = "outputs/${launch_time:%Y-%m-%d_%H-%M-%S}"
 
 
-def launch_time(pattern: str) -> str:
-    """The time the run was launched, formatted: under torchrun the start of its agent process, the
-    parent of every rank on the node, so that ranks starting in different seconds name the same run
-    folder (Hydra's ${now:} is each process's own time); otherwise now. (srun jobs get an explicit
-    run_dir from the launcher; multi-node torchrun runs should pass one too.)"""
-    import datetime
-
-    started = datetime.datetime.now()
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        try:
-            with open(f"/proc/{os.getppid()}/stat") as stream:
-                ticks = int(stream.read().rsplit(")", 1)[1].split()[19])
-            with open("/proc/stat") as stream:
-                boot = next(int(line.split()[1]) for line in stream if line.startswith("btime"))
-            started = datetime.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
-        except (OSError, ValueError, IndexError, StopIteration):
-            pass  # not Linux's /proc: each rank's own time, rank 0's folder wins (train.py)
-    return started.strftime(pattern)
-
-
 def register() -> None:
-    """Make the schema Hydra's `base_config` (conf/config.yaml's first default), and its
-    `launch_time` resolver. Idempotent."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
+    """Make the schema Hydra's `base_config` (conf/config.yaml's first default), and register its
+    resolvers (pretrain/resolvers.py). Idempotent."""
+    register_resolvers()
     ConfigStore.instance().store(name="base_config", node=Config)
 
 

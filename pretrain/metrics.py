@@ -2,25 +2,29 @@
 
 Rows carry at least step, consumed_samples, loss, lr, grad_norm and tokens_per_s (the contract in
 shared/ARCHITECTURE.md), plus mfu, step_time_s, memory_gb and, on eval steps, val_loss. Only rank 0
-writes; the values are already global (reduced over data-parallel ranks by the engine).
+writes; the values are already global (reduced over data-parallel ranks by the engine). A value
+that is not finite (a skipped step's NaN loss) is written as null (pretrain/run_files.py); a crash
+mid-write leaves at most a torn last line, which the next start cuts off.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
 import sys
 import uuid
 
-import torch
+from pretrain.run_files import (append_rows, json_line, read_rows, valid_length,
+                                write_file_atomically)
 
 logger = logging.getLogger("pretrain")
 
 
 def peak_memory_gb() -> float:
     """Peak CUDA memory allocated on GPU, else this process's peak resident set size."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -66,8 +70,7 @@ class MetricsLogger:
         if not self.is_main:
             return
         logger.info(format_row(row, self.max_steps))
-        with open(self.path, "a") as stream:
-            stream.write(json.dumps(row) + "\n")
+        self._append([row], f"step {row['step']}")
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
@@ -78,9 +81,7 @@ class MetricsLogger:
             return
         from model.diagnostics import flatten_for_metrics, scalars_for_wandb
 
-        with open(self.path, "a") as stream:
-            for row in flatten_for_metrics(rows, step):
-                stream.write(json.dumps(row) + "\n")
+        self._append(flatten_for_metrics(rows, step), f"the diagnostics of step {step}")
         if self.wandb_run is not None:
             self.wandb_run.log(scalars_for_wandb(rows), step=step)
         parts = []
@@ -90,6 +91,17 @@ class MetricsLogger:
                 ("gate_mean", "gate")) if row.get(key) is not None]
             parts.append(f"loop {row['loop']}: " + " ".join(shown))
         logger.info(f"diagnostics step {step} | " + " | ".join(parts))
+
+    def _append(self, rows: list, what: str) -> None:
+        """A failed write (a full disk) is cut off and reported, and the run goes on: only rank 0
+        writes, and an error raised here alone would leave the other ranks waiting in the next
+        collective. The console line holds the values; a full disk stops the run at its next
+        checkpoint anyway (exit 4, decided by all ranks)."""
+        try:
+            append_rows(self.path, rows)
+        except OSError as error:
+            logger.warning("%s: could not append %s (%s); those values are only in the console "
+                           "log", self.path, what, error)
 
     def finish(self) -> None:
         if self.wandb_run is not None:
@@ -102,21 +114,23 @@ def _wandb_id(run_dir: str) -> str:
     path = os.path.join(run_dir, ".wandb_id")
     if os.path.isfile(path):
         with open(path) as stream:
-            return stream.read().strip()
+            run_id = stream.read().strip()
+        if run_id:  # (written atomically now; an empty one from older versions gets a new id)
+            return run_id
     run_id = uuid.uuid4().hex[:8]
-    with open(path, "w") as stream:
-        stream.write(run_id)
+    write_file_atomically(path, run_id)
     return run_id
 
 
 def _truncate_after(path: str, step: int) -> None:
-    """On resume from `step`, drop rows logged after it by the interrupted run (they recur)."""
+    """On resume from `step`, drop rows logged after it by the interrupted run (they recur), and
+    what a crash mid-write left: a torn last line, or a line that is not a row (each named in a
+    warning). The file is replaced atomically, so a crash now leaves the old one."""
     if not os.path.isfile(path):
         return
-    with open(path) as stream:
-        rows = [line for line in stream if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(rows):
-        with open(path + ".tmp", "w") as stream:
-            stream.writelines(kept)
-        os.replace(path + ".tmp", path)
+    rows = read_rows(path)
+    kept = [row for row in rows if row.get("step", 0) <= step]
+    with open(path, "rb") as stream:
+        lines = sum(1 for line in stream if line.strip())
+    if len(kept) != lines or valid_length(path) != os.path.getsize(path):
+        write_file_atomically(path, "".join(json_line(row) for row in kept))
