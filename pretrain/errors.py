@@ -45,8 +45,10 @@ def describe_user_error(error: BaseException):
     from data.errors import DataConfigError, DataError
     from handoff.published_config import PublishedFormatError
     from model.config import ConfigError
+    from model.kernels import FlashAttentionUnavailable
 
     for kind, code, label in ((ConfigError, EXIT_CONFIG, "config error"),
+                              (FlashAttentionUnavailable, EXIT_CONFIG, "config error"),
                               (PublishedFormatError, EXIT_CHECKPOINT, "checkpoint error"),
                               (DataConfigError, EXIT_CONFIG, "config error"),
                               (HydraException, EXIT_CONFIG, "config error"),

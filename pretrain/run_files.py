@@ -36,22 +36,26 @@ def json_line(row: dict) -> str:
 
 
 def append_rows(path: str, rows: Iterable[dict]) -> None:
-    """Append `rows` as JSON lines in one write. If the write fails (ENOSPC, EIO), the file is cut
+    """Append `rows` as JSON lines (one os.write unless the disk stores only part of them). If the write fails (ENOSPC, EIO), the file is cut
     back to its length before it, so that a later row never follows half a line; the error is
     raised. A kill -9 inside the write can still leave a torn last line: read_rows drops it and the
     trainer cuts it off when it starts again (pretrain/metrics.py)."""
-    data = "".join(json_line(row) for row in rows).encode()
-    with open(path, "ab") as stream:
-        before = stream.tell()
+    data = memoryview("".join(json_line(row) for row in rows).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        before = os.lseek(fd, 0, os.SEEK_END)
         try:
-            stream.write(data)
-            stream.flush()
+            written = 0
+            while written < len(data):  # a full disk may store part of it, then fail
+                written += os.write(fd, data[written:])
         except OSError:
             try:
-                stream.truncate(before)
+                os.ftruncate(fd, before)
             except OSError:
                 pass  # the reader drops a torn line; the write's error is the one to report
             raise
+    finally:
+        os.close(fd)
 
 
 def read_rows(path: str, warn=None) -> List[dict]:

@@ -102,12 +102,17 @@ def _data(config) -> RunData:
 
 
 def _train(config, config_yaml: str, world) -> int:
+    from model.kernels import resolve_backend
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
     from pretrain.checkpoint.init import init_from
     from pretrain.engines import build_engine
+    from pretrain.engines.base import params_dtype
     from pretrain.run_folder import write_run_config
     from pretrain.signals import StopRequest
 
+    # model.attention_backend=flash without flash-attn (or on a CPU): refused by every rank
+    # before anything is built or written, naming the key (FlashAttentionUnavailable: exit 2).
+    resolve_backend(config.model.attention_backend, world.device, params_dtype(config.train))
     run_dir, ckpt = config.run_dir, config.checkpoint
     os.makedirs(run_dir, exist_ok=True)
     if world.is_main:
