@@ -36,9 +36,9 @@ def json_line(row: dict) -> str:
 
 
 def append_rows(path: str, rows: Iterable[dict]) -> None:
-    """Append `rows` as JSON lines (one os.write unless the disk stores only part of them). If the write fails (ENOSPC, EIO), the file is cut
-    back to its length before it, so that a later row never follows half a line; the error is
-    raised. A kill -9 inside the write can still leave a torn last line: read_rows drops it and the
+    """Append `rows` as JSON lines (one os.write, unless the disk stores only part of them). If a
+    write fails (ENOSPC, EIO), the file is cut back to its length before it, so that a later row
+    never follows half a line; the error is raised. A kill -9 inside the write can still leave a torn last line: read_rows drops it and the
     trainer cuts it off when it starts again (pretrain/metrics.py)."""
     data = memoryview("".join(json_line(row) for row in rows).encode())
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
