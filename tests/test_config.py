@@ -129,3 +129,18 @@ def test_a_run_number_out_of_its_range_is_refused_by_name(key, value):
     cfg = composed(f"{key}={value}")
     with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')}="):
         validate(cfg, world_size=1)
+
+
+def test_flash_attention_where_it_cannot_run_exits_2_before_the_run_folder_is_written(tmp_path):
+    """model.attention_backend=flash without flash-attn or a GPU (here: a CPU) was a traceback,
+    exit 1, from inside the model; now every rank refuses it at start, naming the key and the fix
+    (and the tools that build a model from a checkpoint, through describe_user_error)."""
+    from model.kernels import FlashAttentionUnavailable
+    from pretrain.errors import describe_user_error
+
+    result = run_trainer(tmp_path, "model.attention_backend=flash", "logging.wandb.mode=disabled")
+    assert result.returncode == 2, output_of(result)
+    assert "model.attention_backend=flash" in output_of(result)
+    assert "attention_backend=torch" in output_of(result) and "Traceback" not in output_of(result)
+    assert not (tmp_path / "config.yaml").exists()
+    assert describe_user_error(FlashAttentionUnavailable("x"))[0] == 2
