@@ -105,6 +105,7 @@ def _train(config, config_yaml: str, world) -> int:
     from model.kernels import resolve_backend
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
     from pretrain.checkpoint.init import init_from
+    from pretrain.collective import on_main
     from pretrain.engines import build_engine
     from pretrain.engines.base import params_dtype
     from pretrain.run_folder import write_run_config
@@ -115,8 +116,11 @@ def _train(config, config_yaml: str, world) -> int:
     resolve_backend(config.model.attention_backend, world.device, params_dtype(config.train))
     run_dir, ckpt = config.run_dir, config.checkpoint
     os.makedirs(run_dir, exist_ok=True)
-    if world.is_main:
-        write_run_config(run_dir, config_yaml)
+    # Rank 0 writes them, every rank learns whether it could (a full disk: exit 4 on all ranks,
+    # none left waiting in a collective), and the previous files stay whole (atomic writes).
+    on_main(f"cannot write the run's config.yaml and resume.yaml into {run_dir}; free space there "
+            f"(or pass another run_dir) and start again",
+            lambda: write_run_config(run_dir, config_yaml))
     stop = StopRequest.install()
     try:
         data = _data(config)
@@ -230,7 +234,8 @@ def _exit_on_user_error(error: Exception) -> None:
     class's status and one paragraph; anything else is a bug and keeps its traceback."""
     from pretrain.errors import describe_user_error
 
-    described = _describe_yaml_error(error) or describe_user_error(error)
+    described = (_describe_yaml_error(error) or _describe_full_disk(error)
+                 or describe_user_error(error))
     if described is None:
         raise error
     code, message = described
@@ -255,6 +260,29 @@ def _describe_yaml_error(error: Exception):
         f"config error: {where} is not valid YAML ({problem}). Correct the file there; a run "
         f"folder's resume.yaml is written whole at every start, so a broken one was edited or "
         f"damaged since: the run's resolved values are also in config.yaml beside it")
+
+
+def _describe_full_disk(error: Exception):
+    """A full disk (or quota) where the run writes, e.g. Hydra's own files in the run folder at
+    start: exit 4 like a checkpoint that cannot be written, naming the file."""
+    import errno
+
+    from pretrain.errors import EXIT_CHECKPOINT
+
+    if not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return None
+    # The log file is on that disk too: its handler's failure must not add a traceback.
+    logging.raiseExceptions = False
+    where = error.filename
+    if where is None:  # Hydra's own files, written before the config exists: the command names it
+        named = [a.split("=", 1)[1] for a in sys.argv if a.startswith("run_dir=")]
+        folder = named[-1] if named else (sys.argv[sys.argv.index("--config-dir") + 1]
+                                         if "--config-dir" in sys.argv[:-1] else None)
+        where = f"into the run folder {folder}" if folder else None
+    return EXIT_CHECKPOINT, (
+        f"checkpoint error: cannot write {where or 'a file of the run'}: {error.strerror}; "
+        f"free space on that disk (or pass run_dir / checkpoint.dir on another one) and start "
+        f"again: the run resumes from its last checkpoint")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

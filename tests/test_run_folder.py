@@ -187,3 +187,34 @@ def test_a_nan_loss_run_diverges_with_diagnostics_on_and_strict_json_metrics(tmp
     rows = [json.loads(line, parse_constant=pytest.fail) for line in lines]
     losses = [row["loss"] for row in rows if "loop" not in row]
     assert losses == [None, None, None] and any("loop" in row for row in rows)
+
+
+@pytest.mark.parametrize("hydra_files", [[], ["hydra.output_subdir=null", "hydra/job_logging=stdout"]])
+def test_a_full_disk_at_start_exits_4_and_leaves_the_config_files_whole(tmp_path, hydra_files):
+    """The run folder's disk is full when a run (a resume) starts: Hydra's own files (its .hydra
+    folder and log, written first) or, without them, config.yaml / resume.yaml cannot be written.
+    Exit 4 with one paragraph naming the folder, no traceback, and the previous resume.yaml is
+    still there, whole; no temp file is left."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        run_dir = disk / "run"
+        run_dir.mkdir()
+        (run_dir / "resume.yaml").write_text("# the previous one\n")
+        with open(disk / "filler", "wb", buffering=0) as stream, pytest.raises(OSError):
+            while True:
+                stream.write(b"x" * 4096)
+        result = run_trainer(run_dir, "train.max_steps=3", *SMALL, *small_data(), *hydra_files)
+        assert result.returncode == 4, output_of(result)
+        assert "No space left on device" in output_of(result)
+        assert f"into the run folder {run_dir}" in output_of(result) or (
+            f"resume.yaml into {run_dir}" in output_of(result))
+        assert "Traceback" not in output_of(result)
+        assert (run_dir / "resume.yaml").read_text() == "# the previous one\n"
+        assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
