@@ -133,4 +133,8 @@ def _truncate_after(path: str, step: int) -> None:
     with open(path, "rb") as stream:
         lines = sum(1 for line in stream if line.strip())
     if len(kept) != lines or valid_length(path) != os.path.getsize(path):
-        write_file_atomically(path, "".join(json_line(row) for row in kept))
+        try:
+            write_file_atomically(path, "".join(json_line(row) for row in kept))
+        except OSError as error:  # rank 0 alone: raising would leave the others waiting
+            logger.warning("%s: could not drop the rows after step %d (%s); the file is left as "
+                           "it was, and readers skip its torn line", path, step, error)

@@ -50,9 +50,9 @@ def _run_dir(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> int:
     from pretrain.config import Config, validate
-    from pretrain.run_folder import check_resumed_in_place
     from pretrain.distributed import (broadcast_object, env_world, init_distributed,
                                       shutdown_distributed)
+    from pretrain.run_folder import check_resumed_in_place
 
     cfg.run_dir = _run_dir(cfg)
     check_resumed_in_place(cfg)
