@@ -110,16 +110,30 @@ class MetricsLogger:
 
 
 def _wandb_id(run_dir: str) -> str:
-    """One wandb run per run folder, so a resumed run continues the same wandb run."""
-    path = os.path.join(run_dir, ".wandb_id")
+    """One wandb run per run folder, so a resumed run continues the same wandb run: the id, and the
+    folder it was made for, in `.wandb_id`. A folder that was moved keeps its id; a copy (the
+    folder the id was made for still holds the same id) gets a new one, so that it does not log
+    into the original's wandb run."""
+    path, here = os.path.join(run_dir, ".wandb_id"), os.path.realpath(run_dir)
+    run_id = None
     if os.path.isfile(path):
         with open(path) as stream:
-            run_id = stream.read().strip()
-        if run_id:  # (written atomically now; an empty one from older versions gets a new id)
-            return run_id
-    run_id = uuid.uuid4().hex[:8]
-    write_file_atomically(path, run_id)
+            run_id, _, made_for = (stream.read().strip() + "\n").partition("\n")
+        made_for = made_for.strip()
+        if made_for and made_for != here and _wandb_id_in(made_for) == run_id:
+            logger.info("%s is a copy of %s: a new wandb run", run_dir, made_for)
+            run_id = None
+    run_id = run_id or uuid.uuid4().hex[:8]  # (an empty file from older versions: a new id)
+    write_file_atomically(path, f"{run_id}\n{here}\n")
     return run_id
+
+
+def _wandb_id_in(folder: str):
+    try:
+        with open(os.path.join(folder, ".wandb_id")) as stream:
+            return stream.readline().strip()
+    except OSError:
+        return None
 
 
 def _truncate_after(path: str, step: int) -> None:

@@ -218,3 +218,16 @@ def test_a_full_disk_at_start_exits_4_and_leaves_the_config_files_whole(tmp_path
         assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_copied_run_folder_gets_its_own_wandb_run_and_a_moved_one_keeps_it(tmp_path):
+    from pretrain.metrics import _wandb_id
+
+    original = tmp_path / "R"
+    original.mkdir()
+    first = _wandb_id(str(original))
+    assert _wandb_id(str(original)) == first  # a resume in place
+    shutil.copytree(original, tmp_path / "copy")
+    assert _wandb_id(str(tmp_path / "copy")) != first
+    os.rename(original, tmp_path / "moved")
+    assert _wandb_id(str(tmp_path / "moved")) == first
