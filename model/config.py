@@ -15,8 +15,9 @@ blocks with RMSNorm, SwiGLU, RoPE, GQA and no biases. Those choices are fixed he
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -189,8 +190,55 @@ class PLTConfig(PLTFields, TransformerConfig):
 
 
 
+# The valid range of every numeric model field: (fields, test, the range in words). A value out of
+# range does not fail when the model is built: it trains NaN from step 1 (a negative norm epsilon,
+# RoPE base 0) or builds nothing useful, and exits 0 with a checkpoint. So each is refused at start.
+_AT_LEAST_1 = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
+               "max_position_embeddings", "num_loops", "swa_window")
+VALUE_RANGES = (
+    (_AT_LEAST_1, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    (("num_query_groups",), lambda v: v is None or (_is_int(v) and v >= 1),
+     "an integer >= 1 (or null: one group per head)"),
+    (("norm_epsilon", "init_method_std"), lambda v: _is_real(v) and v > 0,
+     "a finite number > 0"),
+    # inv_freq = base^(-2i/d): a base <= 1 gives no decaying frequencies (1: every position alike).
+    (("rotary_base",), lambda v: _is_real(v) and v > 1, "a finite number > 1 (e.g. 10000)"),
+    (("clp_emb_scale", "clp_hidden_scale"), lambda v: _is_real(v), "a finite number"),
+    (("hidden_dropout", "attention_dropout"), lambda v: _is_real(v) and 0 <= v < 1,
+     "a number in [0, 1)"),
+)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _field(cfg, name: str):
+    if name == "norm_epsilon" and not hasattr(cfg, name):  # PLTConfig: megatron's name
+        name = "layernorm_epsilon"
+    return getattr(cfg, name, None), hasattr(cfg, name)
+
+
+def validate_values(cfg, key: Callable[[str], str] = "model.{}".format) -> None:
+    """Refuse a numeric model field outside its valid range (VALUE_RANGES), naming it through
+    `key` (our model.* key by default; the Hugging Face import passes its config.json names) and
+    the range. `cfg`: a ModelConfig, a PLTConfig, or anything with these attributes; fields it does
+    not have are not checked."""
+    for names, valid, words in VALUE_RANGES:
+        for name in names:
+            value, present = _field(cfg, name)
+            require(not present or valid(value),
+                    f"{key(name)}={value!r} is out of range: it must be {words}")
+
+
 def validate_architecture(cfg, tp: int, pp: int) -> None:
     """The architecture fields (of a ModelConfig or a PLTConfig) against each other and the layout."""
+    validate_values(cfg)
     require(cfg.num_loops >= 1, f"model.num_loops={cfg.num_loops}; it must be >= 1 (1 = plain GPT)")
     require(cfg.swa_window >= 1, f"model.swa_window={cfg.swa_window}; it must be >= 1 (keys back)")
     require(cfg.gate_input in GATE_INPUTS,

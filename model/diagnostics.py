@@ -17,6 +17,10 @@ Each metric is defined where its inputs exist; elsewhere the row holds None:
     attention_kl_global / _local        KL(A_r || A_{r-1}) of the same branch: global from r = 2 (both
                                read loop 1's keys), local from r = 3 (loop 2 has no earlier local branch).
 
+A forward that is not finite (a diverging model: NaN or inf hidden states) gives None for every
+metric whose value is not finite, with one warning naming the loops: the diagnostics must never be
+what stops a run that the trainer's skip-and-diverge path is about to handle (pretrain/trainer.py).
+
 "RMSNorm(h_r)" in the effective rank is taken without the learned weight: the metric measures how
 spread the token representations are, which a per-channel rescale would distort. The attention
 metrics recompute probabilities in float32 from the q/k the kernel receives, for batch element 0 and
@@ -32,6 +36,7 @@ under TP > 1 (no multi-process test). Every TP rank must call ``compute_loop_dia
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Dict, List, Optional
 
@@ -40,6 +45,8 @@ import torch.nn.functional as F
 
 from model.kernels import causal_window_mask
 from model.unwrap import unwrap
+
+logger = logging.getLogger(__name__)
 
 METRICS = ("step_size", "angular_change", "effective_rank", "offset_cost", "output_shift",
            "gate_mean", "attention_entropy_global", "attention_entropy_local",
@@ -60,8 +67,11 @@ def angular_change(h_r: torch.Tensor, h_prev: torch.Tensor, h_prev2: torch.Tenso
     return F.cosine_similarity(step, previous_step, dim=-1, eps=1e-12).mean().item()
 
 
-def effective_rank(h: torch.Tensor, eps: float = 1e-6) -> float:
+def effective_rank(h: torch.Tensor, eps: float = 1e-6) -> Optional[float]:
+    """None for hidden states that are not finite: the SVD of NaN fails (LinAlgError)."""
     x = _tokens(h)
+    if not torch.isfinite(x).all():
+        return None
     x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)  # RMS-normalise each token
     sigma = torch.linalg.svdvals(x)
     p = sigma / sigma.sum()
@@ -237,8 +247,18 @@ def compute_loop_diagnostics(model, input_ids: torch.Tensor,
         row["gate_mean"] = _tp_mean(recorder.gate.get(r, []), group, tp, device)
         for name in METRICS[6:]:
             row[name] = _tp_mean(recorder.attention.get((r, name), []), group, tp, device)
-        rows.append(row)
+        rows.append(_finite_only(row))
+    not_finite = [row["loop"] for row, h in zip(rows, hidden[1:]) if not torch.isfinite(h).all()]
+    if not_finite:
+        logger.warning("loop diagnostics: the hidden states of loop(s) %s are not finite (NaN or "
+                       "inf): their metrics are null", not_finite)
     return rows
+
+
+def _finite_only(row: dict) -> dict:
+    """A metric that is NaN or inf (a NaN forward) becomes None, like an undefined one."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in row.items()}
 
 
 def flatten_for_metrics(rows: List[dict], step: int) -> List[dict]:

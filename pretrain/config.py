@@ -16,6 +16,7 @@ one breaks tools and tests.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -27,6 +28,7 @@ from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
 from model.pipeline import virtual_pipeline_size
+from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
            "register"]
@@ -217,32 +219,10 @@ class Config:
     run_dir: str = "outputs/${launch_time:%Y-%m-%d_%H-%M-%S}"
 
 
-def launch_time(pattern: str) -> str:
-    """The time the run was launched, formatted: under torchrun the start of its agent process, the
-    parent of every rank on the node, so that ranks starting in different seconds name the same run
-    folder (Hydra's ${now:} is each process's own time); otherwise now. (srun jobs get an explicit
-    run_dir from the launcher; multi-node torchrun runs should pass one too.)"""
-    import datetime
-
-    started = datetime.datetime.now()
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        try:
-            with open(f"/proc/{os.getppid()}/stat") as stream:
-                ticks = int(stream.read().rsplit(")", 1)[1].split()[19])
-            with open("/proc/stat") as stream:
-                boot = next(int(line.split()[1]) for line in stream if line.startswith("btime"))
-            started = datetime.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
-        except (OSError, ValueError, IndexError, StopIteration):
-            pass  # not Linux's /proc: each rank's own time, rank 0's folder wins (train.py)
-    return started.strftime(pattern)
-
-
 def register() -> None:
-    """Make the schema Hydra's `base_config` (conf/config.yaml's first default), and its
-    `launch_time` resolver. Idempotent."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
+    """Make the schema Hydra's `base_config` (conf/config.yaml's first default), and register its
+    resolvers (pretrain/resolvers.py). Idempotent."""
+    register_resolvers()
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
@@ -316,6 +296,7 @@ def validate(cfg: Config, world_size: int) -> None:
             f"{m.max_position_embeddings}")
     require(t.precision in ("auto", "fp32", "bf16"),
             f"train.precision={t.precision!r}; use auto, fp32 or bf16")
+    _validate_train_values(t)
     require(0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
     require(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}; it must be >= 0")
     decay = t.decay_steps if t.decay_steps is not None else t.max_steps
@@ -325,6 +306,30 @@ def validate(cfg: Config, world_size: int) -> None:
     _validate_run_keys(cfg)
     if cfg.engine == "deepspeed":
         _validate_deepspeed(cfg)
+
+
+def _validate_train_values(t: TrainConfig) -> None:
+    """The optimizer's numbers: out of range they train NaN or nothing and still exit 0."""
+    def finite(value) -> bool:
+        return value is not None and math.isfinite(value)
+
+    for key, value, ok, words in (
+            ("lr", t.lr, finite(t.lr) and t.lr >= 0, "a finite number >= 0"),
+            ("min_lr", t.min_lr, finite(t.min_lr), "a finite number in [0, train.lr]"),
+            ("weight_decay", t.weight_decay, finite(t.weight_decay) and t.weight_decay >= 0,
+             "a finite number >= 0"),
+            ("adam_beta1", t.adam_beta1, finite(t.adam_beta1) and 0 <= t.adam_beta1 < 1,
+             "a number in [0, 1)"),
+            ("adam_beta2", t.adam_beta2, finite(t.adam_beta2) and 0 <= t.adam_beta2 < 1,
+             "a number in [0, 1)"),
+            ("adam_eps", t.adam_eps, finite(t.adam_eps) and t.adam_eps > 0, "a finite number > 0"),
+            ("clip_grad", t.clip_grad, finite(t.clip_grad) and t.clip_grad >= 0,
+             "a finite number >= 0 (0: no clipping)"),
+            ("peak_tflops", t.peak_tflops, t.peak_tflops is None or (
+                finite(t.peak_tflops) and t.peak_tflops > 0), "a finite number > 0 (or null)"),
+            ("max_skipped_steps", t.max_skipped_steps, t.max_skipped_steps >= 0, "an integer >= 0"),
+            ("seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2^32)")):
+        require(ok, f"train.{key}={value!r} is out of range: it must be {words}")
 
 
 def _validate_run_keys(cfg: Config) -> None:
@@ -349,6 +354,16 @@ def _validate_run_keys(cfg: Config) -> None:
     validate_code_config(cfg.eval.code)
     cfg.data.validate()
     require(cfg.logging.interval >= 1, f"logging.interval={cfg.logging.interval}; it must be >= 1")
+    d, sample = cfg.diagnostics, cfg.sample
+    require(d.interval >= 0, f"diagnostics.interval={d.interval}; it must be >= 0 (0: never)")
+    require(d.attention_queries >= 0,
+            f"diagnostics.attention_queries={d.attention_queries}; it must be >= 0 (0: skip them)")
+    require(sample.max_new_tokens >= 0,
+            f"sample.max_new_tokens={sample.max_new_tokens}; it must be >= 0 (0: no sample)")
+    require(math.isfinite(sample.temperature) and sample.temperature >= 0,
+            f"sample.temperature={sample.temperature}; it must be a finite number >= 0 (0: greedy)")
+    require(math.isfinite(sample.top_p) and 0 < sample.top_p <= 1,
+            f"sample.top_p={sample.top_p}; it must be in (0, 1]")
     require(cfg.logging.wandb.mode in ("offline", "online", "disabled"),
             f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")
     require(cfg.engine in ("megatron", "deepspeed"),

@@ -2,25 +2,29 @@
 
 Rows carry at least step, consumed_samples, loss, lr, grad_norm and tokens_per_s (the contract in
 shared/ARCHITECTURE.md), plus mfu, step_time_s, memory_gb and, on eval steps, val_loss. Only rank 0
-writes; the values are already global (reduced over data-parallel ranks by the engine).
+writes; the values are already global (reduced over data-parallel ranks by the engine). A value
+that is not finite (a skipped step's NaN loss) is written as null (pretrain/run_files.py); a crash
+mid-write leaves at most a torn last line, which the next start cuts off.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
 import sys
 import uuid
 
-import torch
+from pretrain.run_files import (append_rows, json_line, read_rows, valid_length,
+                                write_file_atomically)
 
 logger = logging.getLogger("pretrain")
 
 
 def peak_memory_gb() -> float:
     """Peak CUDA memory allocated on GPU, else this process's peak resident set size."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -66,8 +70,7 @@ class MetricsLogger:
         if not self.is_main:
             return
         logger.info(format_row(row, self.max_steps))
-        with open(self.path, "a") as stream:
-            stream.write(json.dumps(row) + "\n")
+        self._append([row], f"step {row['step']}")
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
@@ -78,9 +81,7 @@ class MetricsLogger:
             return
         from model.diagnostics import flatten_for_metrics, scalars_for_wandb
 
-        with open(self.path, "a") as stream:
-            for row in flatten_for_metrics(rows, step):
-                stream.write(json.dumps(row) + "\n")
+        self._append(flatten_for_metrics(rows, step), f"the diagnostics of step {step}")
         if self.wandb_run is not None:
             self.wandb_run.log(scalars_for_wandb(rows), step=step)
         parts = []
@@ -91,6 +92,17 @@ class MetricsLogger:
             parts.append(f"loop {row['loop']}: " + " ".join(shown))
         logger.info(f"diagnostics step {step} | " + " | ".join(parts))
 
+    def _append(self, rows: list, what: str) -> None:
+        """A failed write (a full disk) is cut off and reported, and the run goes on: only rank 0
+        writes, and an error raised here alone would leave the other ranks waiting in the next
+        collective. The console line holds the values; a full disk stops the run at its next
+        checkpoint anyway (exit 4, decided by all ranks)."""
+        try:
+            append_rows(self.path, rows)
+        except OSError as error:
+            logger.warning("%s: could not append %s (%s); those values are only in the console "
+                           "log", self.path, what, error)
+
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
@@ -98,25 +110,45 @@ class MetricsLogger:
 
 
 def _wandb_id(run_dir: str) -> str:
-    """One wandb run per run folder, so a resumed run continues the same wandb run."""
-    path = os.path.join(run_dir, ".wandb_id")
+    """One wandb run per run folder, so a resumed run continues the same wandb run: the id, and the
+    folder it was made for, in `.wandb_id`. A folder that was moved keeps its id; a copy (the
+    folder the id was made for still holds the same id) gets a new one, so that it does not log
+    into the original's wandb run."""
+    path, here = os.path.join(run_dir, ".wandb_id"), os.path.realpath(run_dir)
+    run_id = None
     if os.path.isfile(path):
         with open(path) as stream:
-            return stream.read().strip()
-    run_id = uuid.uuid4().hex[:8]
-    with open(path, "w") as stream:
-        stream.write(run_id)
+            run_id, _, made_for = (stream.read().strip() + "\n").partition("\n")
+        made_for = made_for.strip()
+        if made_for and made_for != here and _wandb_id_in(made_for) == run_id:
+            logger.info("%s is a copy of %s: a new wandb run", run_dir, made_for)
+            run_id = None
+    run_id = run_id or uuid.uuid4().hex[:8]  # (an empty file from older versions: a new id)
+    write_file_atomically(path, f"{run_id}\n{here}\n")
     return run_id
 
 
+def _wandb_id_in(folder: str):
+    try:
+        with open(os.path.join(folder, ".wandb_id")) as stream:
+            return stream.readline().strip()
+    except OSError:
+        return None
+
+
 def _truncate_after(path: str, step: int) -> None:
-    """On resume from `step`, drop rows logged after it by the interrupted run (they recur)."""
+    """On resume from `step`, drop rows logged after it by the interrupted run (they recur), and
+    what a crash mid-write left: a torn last line, or a line that is not a row (each named in a
+    warning). The file is replaced atomically, so a crash now leaves the old one."""
     if not os.path.isfile(path):
         return
-    with open(path) as stream:
-        rows = [line for line in stream if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(rows):
-        with open(path + ".tmp", "w") as stream:
-            stream.writelines(kept)
-        os.replace(path + ".tmp", path)
+    rows = read_rows(path)
+    kept = [row for row in rows if row.get("step", 0) <= step]
+    with open(path, "rb") as stream:
+        lines = sum(1 for line in stream if line.strip())
+    if len(kept) != lines or valid_length(path) != os.path.getsize(path):
+        try:
+            write_file_atomically(path, "".join(json_line(row) for row in kept))
+        except OSError as error:  # rank 0 alone: raising would leave the others waiting
+            logger.warning("%s: could not drop the rows after step %d (%s); the file is left as "
+                           "it was, and readers skip its torn line", path, step, error)

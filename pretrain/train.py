@@ -5,7 +5,8 @@ optimizer, schedule) -> checkpoint frame and resume -> the loop (pretrain/traine
 
 Every run folder gets config.yaml (the resolved config) and resume.yaml, which composes exactly that
 config again: `python -m pretrain.train --config-dir RUN_DIR --config-name resume [overrides]`
-continues the run as it was configured, whatever the defaults are by then.
+continues the run as it was configured, whatever the defaults are by then, in RUN_DIR wherever it
+has been moved or copied to (pretrain/run_folder.py).
 
 Exit status (pretrain/errors.py): 0 done; 2 a config error, 3 a data error, 4 a checkpoint error,
 5 the run diverged: each with a one-paragraph message and the fix, no traceback; 75 (EXIT_REQUEUE)
@@ -51,8 +52,10 @@ def run(cfg: DictConfig) -> int:
     from pretrain.config import Config, validate
     from pretrain.distributed import (broadcast_object, env_world, init_distributed,
                                       shutdown_distributed)
+    from pretrain.run_folder import check_resumed_in_place
 
     cfg.run_dir = _run_dir(cfg)
+    check_resumed_in_place(cfg)
     config: Config = OmegaConf.to_object(cfg)
     _, world_size, _ = env_world()
     validate(config, world_size)
@@ -99,15 +102,27 @@ def _data(config) -> RunData:
 
 
 def _train(config, config_yaml: str, world) -> int:
+    from model.kernels import resolve_backend
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
     from pretrain.checkpoint.init import init_from
+    from pretrain.collective import on_main
     from pretrain.engines import build_engine
+    from pretrain.engines.base import params_dtype
+    from pretrain.run_folder import write_run_config
     from pretrain.signals import StopRequest
 
+    # A backend that cannot train here (flash without flash-attn or on a CPU, flex on a CPU: no
+    # backward there) is refused by every rank before anything is built or written, naming the
+    # key (AttentionBackendUnsupported: exit 2).
+    resolve_backend(config.model.attention_backend, world.device, params_dtype(config.train),
+                    backward=True)
     run_dir, ckpt = config.run_dir, config.checkpoint
     os.makedirs(run_dir, exist_ok=True)
-    if world.is_main:
-        _write_run_config(run_dir, config_yaml)
+    # Rank 0 writes them, every rank learns whether it could (a full disk: exit 4 on all ranks,
+    # none left waiting in a collective), and the previous files stay whole (atomic writes).
+    on_main(f"cannot write the run's config.yaml and resume.yaml into {run_dir}; free space there "
+            f"(or pass another run_dir) and start again",
+            lambda: write_run_config(run_dir, config_yaml))
     stop = StopRequest.install()
     try:
         data = _data(config)
@@ -163,25 +178,6 @@ def _train_from(config, config_yaml: str, world, engine, data, checkpointer, sto
                     "--config-name resume",
                     stop.signal_name, status, run_dir)
     return status
-
-
-def _write_run_config(run_dir: str, config_yaml: str) -> None:
-    """config.yaml, the resolved config (what tools read), and resume.yaml: the same values as a
-    primary Hydra config over the schema, so resuming composes this run's config, not the current
-    defaults with a few overrides."""
-    with open(os.path.join(run_dir, "config.yaml"), "w") as stream:
-        stream.write(config_yaml)
-    values = OmegaConf.to_container(OmegaConf.create(config_yaml))
-    hydra = {"run": {"dir": run_dir}, "job": {"chdir": False}}
-    if HydraConfig.initialized():  # the console format this run logged in (conf/config.yaml)
-        formatters = HydraConfig.get().job_logging.get("formatters")
-        if formatters is not None:
-            hydra["job_logging"] = {"formatters": OmegaConf.to_container(formatters)}
-    resume = OmegaConf.create({"defaults": ["base_config", "_self_"], **values, "hydra": hydra})
-    with open(os.path.join(run_dir, "resume.yaml"), "w") as stream:
-        stream.write(f"# Continue this run as it was configured (written at its start):\n"
-                     f"#   python -m pretrain.train --config-dir {run_dir} --config-name resume\n")
-        stream.write(OmegaConf.to_yaml(resume))
 
 
 def _log_start(config, engine, world, resume_path, start_step: int, train_loader) -> None:
@@ -240,12 +236,55 @@ def _exit_on_user_error(error: Exception) -> None:
     class's status and one paragraph; anything else is a bug and keeps its traceback."""
     from pretrain.errors import describe_user_error
 
-    described = describe_user_error(error)
+    described = (_describe_yaml_error(error) or _describe_full_disk(error)
+                 or describe_user_error(error))
     if described is None:
         raise error
     code, message = described
     log.error(message)
     sys.exit(code)
+
+
+def _describe_yaml_error(error: Exception):
+    """A config file that is not YAML (a hand-edited or damaged resume.yaml: the trainer writes it
+    whole, pretrain/run_folder.py) is the user's to fix: exit 2, naming the file and the line."""
+    import yaml
+
+    from pretrain.errors import EXIT_CONFIG
+
+    if not isinstance(error, yaml.YAMLError):
+        return None
+    mark = getattr(error, "problem_mark", None)
+    where = (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None
+             else "a config file")
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return EXIT_CONFIG, (
+        f"config error: {where} is not valid YAML ({problem}). Correct the file there; a run "
+        f"folder's resume.yaml is written whole at every start, so a broken one was edited or "
+        f"damaged since: the run's resolved values are also in config.yaml beside it")
+
+
+def _describe_full_disk(error: Exception):
+    """A full disk (or quota) where the run writes, e.g. Hydra's own files in the run folder at
+    start: exit 4 like a checkpoint that cannot be written, naming the file."""
+    import errno
+
+    from pretrain.errors import EXIT_CHECKPOINT
+
+    if not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return None
+    # The log file is on that disk too: its handler's failure must not add a traceback.
+    logging.raiseExceptions = False
+    where = error.filename
+    if where is None:  # Hydra's own files, written before the config exists: the command names it
+        named = [a.split("=", 1)[1] for a in sys.argv if a.startswith("run_dir=")]
+        folder = named[-1] if named else (sys.argv[sys.argv.index("--config-dir") + 1]
+                                         if "--config-dir" in sys.argv[:-1] else None)
+        where = f"into the run folder {folder}" if folder else None
+    return EXIT_CHECKPOINT, (
+        f"checkpoint error: cannot write {where or 'a file of the run'}: {error.strerror}; "
+        f"free space on that disk (or pass run_dir / checkpoint.dir on another one) and start "
+        f"again: the run resumes from its last checkpoint")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

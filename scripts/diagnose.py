@@ -13,7 +13,6 @@ untrained or data-less checkpoint). Prints one line per loop; `--out` also write
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -73,8 +72,11 @@ def main(argv=None) -> list:
           f"{tokens.shape[0]} x {tokens.shape[1]} tokens")
     print(format_table(rows))
     if args.out:
-        with open(args.out, "w") as stream:
-            stream.writelines(json.dumps(row) + "\n" for row in flatten_for_metrics(rows, step))
+        from pretrain.run_files import json_line, write_file_atomically
+
+        # metrics.jsonl's format (null for a value that is not finite), replaced atomically.
+        write_file_atomically(args.out, "".join(json_line(row)
+                                                for row in flatten_for_metrics(rows, step)))
     return rows
 
 

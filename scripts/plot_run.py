@@ -11,15 +11,17 @@ Prints the numbers behind the figure as a short table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+import sys
 from typing import Dict, List, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
+
+from pretrain.run_files import read_rows  # noqa: E402
 
 # The diagnostics worth a panel each (model/diagnostics.py METRICS, minus the attention details).
 PANELS = ("output_shift", "offset_cost", "step_size", "angular_change", "effective_rank", "gate_mean")
@@ -31,10 +33,14 @@ class Run:
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
         path = os.path.join(run_dir, "metrics.jsonl")
+        if not os.path.isdir(run_dir):
+            raise FileNotFoundError(f"{run_dir} is not a folder; pass a run folder (the run_dir a "
+                                    f"training command wrote, e.g. outputs/<run>)")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} does not exist; pass a run folder (its run_dir)")
-        with open(path) as stream:
-            rows = [json.loads(line) for line in stream if line.strip()]
+            raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run folder, or its "
+                                    f"run has not logged a step yet; pass a run folder (its run_dir)")
+        rows = read_rows(path, warn=_warn)  # a torn last line (a crash) is dropped, named
+        self.rows = rows
         self.train = [row for row in rows if "loss" in row]
         self.diagnostics = [row for row in rows if "loop" in row]
         self.config = _read_config(run_dir)
@@ -77,6 +83,10 @@ class Run:
     def final(self, key: str) -> Optional[float]:
         values = self.loss_curve(key)[1]
         return values[-1] if values else None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _read_config(run_dir: str) -> dict:
@@ -146,4 +156,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -16,8 +16,6 @@ below holds the same numbers.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from typing import List
 
 import matplotlib
@@ -40,9 +38,7 @@ CODE_PASS = "humaneval_pass@1"
 def code_rows(run: Run) -> List[dict]:
     """metrics.jsonl rows that carry the code metric, in step order (a row of their own or part
     of a train row)."""
-    with open(os.path.join(run.run_dir, "metrics.jsonl")) as stream:
-        rows = [json.loads(line) for line in stream if line.strip()]
-    return sorted((row for row in rows if isinstance(row.get(CODE_METRIC), (int, float))),
+    return sorted((row for row in run.rows if isinstance(row.get(CODE_METRIC), (int, float))),
                   key=lambda row: row["step"])
 
 
@@ -112,4 +108,8 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from pretrain.errors import run_tool
+
+    sys.exit(run_tool(main))

@@ -150,8 +150,10 @@ def run_torchrun(run_dir, nproc: int, *overrides, timeout=900) -> subprocess.Com
 
 
 def _rows(run_dir) -> list:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+    """metrics.jsonl as every reader reads it: a torn last line is dropped, null is a missing value."""
+    from pretrain.run_files import read_rows
+
+    return read_rows(os.path.join(run_dir, "metrics.jsonl"))
 
 
 def read_metrics(run_dir) -> list:

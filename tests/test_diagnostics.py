@@ -149,3 +149,32 @@ def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
         0, 128, (2, 24), generator=torch.Generator().manual_seed(3)), attention_queries=0)
     assert rows == expected  # the same weights, so the same numbers
     assert [json.loads(line)["step"] for line in out.read_text().splitlines()] == [10, 10]
+
+
+def test_a_nan_forward_gives_null_metrics_not_a_crash(tmp_path, caplog):
+    """A diverged model (NaN weights: every hidden state after loop 1's first layer is NaN) used to
+    crash the SVD of the effective rank (LinAlgError, exit 1) before the trainer's skip-and-diverge
+    path could stop the run (exit 5). Now its metrics are null, with a warning, and its rows are
+    strict JSON in metrics.jsonl."""
+    from omegaconf import OmegaConf
+
+    from pretrain.metrics import MetricsLogger
+
+    model = build_small(num_loops=2)
+    with torch.no_grad():
+        model.decoder.layers[0].mlp.linear_fc2.weight.fill_(float("nan"))
+    tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    rows = D.compute_loop_diagnostics(model, tokens, attention_queries=4)
+    assert [row["loop"] for row in rows] == [1, 2]
+    assert all(row["effective_rank"] is None and row["step_size"] is None for row in rows)
+    assert "not finite" in caplog.text
+
+    wandb_off = OmegaConf.create({"mode": "disabled"})
+    metrics = MetricsLogger(str(tmp_path), True, 10, wandb_off, {})
+    metrics.log_diagnostics(rows, step=3)
+    metrics.log({"step": 3, "consumed_samples": 12, "loss": float("nan"), "lr": 1e-3,
+                 "grad_norm": float("inf")})
+    strict = [json.loads(line, parse_constant=pytest.fail)
+              for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row.get("loop") for row in strict] == [1, 2, None]
+    assert strict[-1]["loss"] is None and strict[-1]["grad_norm"] is None

@@ -4,7 +4,6 @@
 Jobs are the tiny PLT on the stdlib corpus, CPU/gloo, submitted through `python -m launch.slurm`.
 Each job's log is printed when a test fails."""
 
-import json
 import re
 import subprocess
 import sys
@@ -100,8 +99,11 @@ def wait_for_rows(cluster, job_id, run_dir, rows: int, timeout_s=240) -> None:
 
 
 def losses(run_dir) -> dict[int, float]:
-    """step -> loss from metrics.jsonl (the last row of a step wins)."""
-    rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    """step -> loss from metrics.jsonl (the last row of a step wins; a torn last line of a killed
+    job is dropped, as every reader drops it: pretrain/run_files.py)."""
+    from pretrain.run_files import read_rows
+
+    rows = read_rows(str(Path(run_dir, "metrics.jsonl")))
     return {row["step"]: row["loss"] for row in rows if "loss" in row}
 
 
