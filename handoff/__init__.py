@@ -1,5 +1,5 @@
 """The Hugging Face hand-off: our checkpoints in the published LoopCoder layout and back
-(shared/PLT_SPEC.md "The published formats"; ARCHITECTURE "Hand-off").
+(docs/spec.md#published-formats; docs/architecture.md#contracts).
 
     read_hf(hf_dir) -> (ModelConfig, {our name: tensor})   the trainer's checkpoint.init_from
     export_checkpoint(checkpoint, out_dir, ...)              python -m scripts.export_hf

@@ -8,7 +8,7 @@ norm, head. It has no loop settings and no loop >= 2 gate, so both come from the
 
 - the loop fields (LOOP_FIELDS) are the run's, not ModelConfig's defaults, so that the imported
   checkpoint describes exactly the model that loads it;
-- each layer's gate starts where a fresh PLT's does (PLT_SPEC "Attention in loops r >= 2": W_g and
+- each layer's gate starts where a fresh PLT's does (docs/spec.md#gate: W_g and
   b_g start at zero, g = 0.5, an even mix of the two branches; model/attention.py builds them with
   zeros), and the hidden gate's own RMSNorm at ones, like every RMSNorm at initialisation. Loop 1
   of the result then computes exactly the Llama; later loops start from an untrained, even gate.

@@ -1,5 +1,5 @@
 """Which tools load an exported directory, and whether they compute what we trained: stated in the
-export's warning and in the README.md written into the directory (PLT_SPEC "The published formats").
+export's warning and in the README.md written into the directory (docs/spec.md#published-formats).
 
     statement = who_loads(model_cfg)      # .transformers, .published, .served_differently
 

@@ -1,5 +1,5 @@
-"""The published config.json of both LoopCoder families <-> our ModelConfig (PLT_SPEC "The published
-formats"; the keys are the authors', never ours: ARCHITECTURE "Hand-off").
+"""The published config.json of both LoopCoder families <-> our ModelConfig (docs/spec.md#published-formats;
+the keys are the authors', never ours: docs/architecture.md#contracts).
 
     published_config(model_cfg, dtype="bfloat16", bos_id=1, eos_id=2) -> dict   (config.json)
     model_config_from_published(config, source) -> ModelConfig

@@ -1,4 +1,4 @@
-"""Our weight names and layouts <-> the published tensor names (PLT_SPEC "The published formats").
+"""Our weight names and layouts <-> the published tensor names (docs/spec.md#published-formats).
 
 Ours are a PLTModel's at TP=PP=1 (pretrain.checkpoint.read_weights gives them whatever layout wrote
 the checkpoint); two of them are fused:

@@ -1,4 +1,4 @@
-"""PLT self-attention (shared/PLT_SPEC.md "Attention in loops r >= 2").
+"""PLT self-attention (docs/spec.md#attention).
 
 One module per layer serves every loop with the same q/k/v/o projections:
 
@@ -160,7 +160,7 @@ class PLTSelfAttention(SelfAttention):
 
     def _decode(self, hidden_states, residual, rotary_pos_emb, step):
         """One new token per sequence for the consecutive loops in ``step.loops``, whose rows are
-        stacked loop-major along the batch dimension (PLT_SPEC "Decoding"). Loop 1's K/V of the new
+        stacked loop-major along the batch dimension (docs/spec.md#decoding). Loop 1's K/V of the new
         token go into the cache before any loop >= 2 reads it.
 
         With shared KV the attention takes two kernel calls whatever R is: every loop's query

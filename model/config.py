@@ -8,7 +8,7 @@ Two dataclasses with one set of field names:
   ``ModelConfig`` and the run's parallel layout and precision by ``ModelConfig.build``; this is what
   the model modules receive.
 
-The architecture is the LoopCoder-v2 one (shared/PLT_SPEC.md, "Notation"): Llama-style pre-norm
+The architecture is the LoopCoder-v2 one (docs/spec.md#notation): Llama-style pre-norm
 blocks with RMSNorm, SwiGLU, RoPE, GQA and no biases. Those choices are fixed here, not options.
 """
 
@@ -42,8 +42,8 @@ def require(condition: bool, message: str, error: type = ConfigError) -> None:
 
 @dataclass
 class PLTFields:
-    """What PLT adds to megatron's TransformerConfig (PLT_SPEC "Forward pass", "Attention in loops
-    r >= 2"), and the model-shape arguments megatron passes to GPTModel instead. One declaration
+    """What PLT adds to megatron's TransformerConfig (docs/spec.md#forward-pass,
+    docs/spec.md#attention), and the model-shape arguments megatron passes to GPTModel instead. One declaration
     for both dataclasses below."""
 
     num_loops: int = 2
@@ -54,7 +54,7 @@ class PLTFields:
     shared_kv: bool = True
     swa_window: int = 64
     # What the loop >= 2 gate reads (model/attention.py): "hidden" = RMSNorm_g of the layer's
-    # input residual (LoopCoder-V2, PLT_SPEC), "query" = each head's rotated query (the published
+    # input residual (LoopCoder-V2, docs/spec.md#gate), "query" = each head's rotated query (the published
     # IQuest-Coder-V1 Loop models; LoopCoder-V2's plt_gate_use_hidden_states=false).
     gate_input: str = "hidden"
     # One of model/kernels.py ATTENTION_BACKENDS. In PLTConfig it replaces megatron's AttnBackend
@@ -169,7 +169,7 @@ class ModelConfig(PLTFields):
 class PLTConfig(PLTFields, TransformerConfig):
     """megatron-core TransformerConfig plus the Parallel Loop Transformer fields."""
 
-    # The fixed LoopCoder-v2 architecture (PLT_SPEC "Notation").
+    # The fixed LoopCoder-v2 architecture (docs/spec.md#notation).
     normalization: str = "RMSNorm"
     gated_linear_unit: bool = True
     activation_func: callable = F.silu

@@ -1,4 +1,4 @@
-"""Cached decoding with cross-loop parallelism (shared/PLT_SPEC.md "Decoding").
+"""Cached decoding with cross-loop parallelism (docs/spec.md#decoding).
 
 At step t, once token x_t is known, all R loops of position t run in ONE forward of the block: R
 rows per sequence, loop r's input built from E(x_t) and the output of loop r-1 at position t-1
@@ -125,7 +125,7 @@ class DecodeStep:
         c.window_v[self.layer, rings][:, self._rows(), slots] = v[:, 0].view(shape)
         c.window_pos[self.layer, rings][:, self._rows(), slots] = t
         # The ring holds only positions <= t; a slot is visible when it is filled and at most
-        # swa_window positions back (PLT_SPEC: 65 keys including the query).
+        # swa_window positions back (docs/spec.md#window: 65 keys including the query).
         pos = c.window_pos[self.layer, rings]  # [W, b, slots]
         mask = (pos >= 0) & (pos >= (t - (c.window_slots - 1))[None, :, None])
         return (c.window_k[self.layer, rings].flatten(0, 1),

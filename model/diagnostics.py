@@ -1,4 +1,4 @@
-"""Per-loop diagnostics of a PLT model (shared/PLT_SPEC.md "Loop diagnostics", LoopCoder-v2 3.2).
+"""Per-loop diagnostics of a PLT model (docs/spec.md#loop-diagnostics, LoopCoder-v2 3.2).
 
 Convention: loops are numbered r = 1..R and h_0 = E(x) (the embeddings), so h_1 is loop 1's output.
 Each metric is defined where its inputs exist; elsewhere the row holds None:

@@ -2,8 +2,8 @@
 
 A sliding-window kernel wherever torch runs, flash-attn or not. The rule is model/kernels.py's
 (flash-attn's convention): query i of q_len sits at position ``k_len - q_len + i`` and sees keys
-``j <= position``; with ``window=w`` also only ``j >= position - w`` (w + 1 keys: PLT_SPEC's
-swa_window=64 -> 65 keys). The block mask tells the kernel which 128 x 128 tiles hold any allowed
+``j <= position``; with ``window=w`` also only ``j >= position - w`` (w + 1 keys:
+docs/spec.md#window, swa_window=64 -> 65 keys). The block mask tells the kernel which 128 x 128 tiles hold any allowed
 key, so the local branch at sequence S computes about S (w + 128) scores, not S^2.
 
 On CUDA the kernel is ``torch.compile(flex_attention)`` (one compile per shape; a fused Triton

@@ -1,7 +1,7 @@
 """Model FLOPs of a PLT and the MFU they imply.
 
-Training a PLT runs the shared block R times per token (shared/PLT_SPEC.md "Training cost is R full
-passes"), forward and backward, while the embedding lookup and the output head run once. So per token
+Training a PLT runs the shared block R times per token (docs/spec.md#training-cost),
+forward and backward, while the embedding lookup and the output head run once. So per token
 
     forward = R * L * block(loop) + head,     training = 3 * forward   (backward = 2 x forward)
 

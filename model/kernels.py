@@ -5,7 +5,7 @@ head_dim]`` (GQA: heads a multiple of kv_heads). Attention is causal with the la
 the last key (flash-attn's convention; it matters when q_len < k_len, as in decoding): query i sits
 at absolute position ``k_len - q_len + i`` and sees keys ``j <= that position``. With ``window=w``
 it also sees only keys ``j >= position - w``: w keys back plus itself, w + 1 in all, which is
-flash-attn's ``window_size=(w, 0)`` (PLT_SPEC "Attention in loops r >= 2": swa_window=64 -> 65 keys).
+flash-attn's ``window_size=(w, 0)`` (docs/spec.md#window: swa_window=64 -> 65 keys).
 
 Backends (model.attention_backend): ``torch`` (``scaled_dot_product_attention``; any device),
 ``flash`` (flash-attn 2, CUDA, fp16/bf16) and ``flex`` (torch's flex_attention with block masks,

@@ -1,6 +1,6 @@
 """One PLT decoder layer and its megatron-core module spec.
 
-Llama-style pre-norm (PLT_SPEC "Notation"): x + attn(RMSNorm(x)), then + SwiGLU(RMSNorm(.)).
+Llama-style pre-norm (docs/spec.md#notation): x + attn(RMSNorm(x)), then + SwiGLU(RMSNorm(.)).
 It reuses megatron's ``TransformerLayer`` for building its submodules from the spec, its pipeline
 layer numbering and its sharded checkpoint keys; the forward is ours because PLT's attention takes
 two things megatron's layer does not pass: the un-normed residual (the gate's input) and loop 1's

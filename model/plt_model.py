@@ -1,4 +1,4 @@
-"""The Parallel Loop Transformer (shared/PLT_SPEC.md "Forward pass (training and prefill)").
+"""The Parallel Loop Transformer (docs/spec.md#forward-pass).
 
     h0 = E(x);  h1 = f(h0)                               loop 1: causal attention, K/V kept
     for r = 2..R:  B = a * E(x) + b * shift(RMSNorm_final(h_{r-1}));  h_r = f(B)
@@ -52,7 +52,7 @@ class PLTBlock(MegatronModule):
             with seeded_init(init_seed, 1 + first_layer + i):
                 layers.append(build_module(spec, config=config, layer_number=i + 1))
         self.layers = torch.nn.ModuleList(layers)
-        # The final norm is also the per-loop norm between loops (PLT_SPEC: "the same weights as
+        # The final norm is also the per-loop norm between loops (docs/spec.md#forward-pass: "the same weights as
         # the final norm"); under pipeline parallelism the last stage applies both.
         self.final_layernorm = RMSNorm(config, config.hidden_size, eps=config.layernorm_epsilon
                                        ) if final_norm else None
@@ -123,7 +123,7 @@ class PLTModel(LanguageModule):
 
     ``forward(input_ids, position_ids=None, attention_mask=None, labels=None)`` returns logits
     ``[batch, seq, vocab]`` without labels and the per-token loss ``[batch, seq]`` with labels
-    (megatron's convention). The loss is on the last loop only (PLT_SPEC DECISION).
+    (megatron's convention). The loss is on the last loop only (docs/spec.md#loss, a DECISION).
 
     With pipeline parallelism this module is one stage (its L/P layers; the embedding on the first
     stage, final norm and head on the last) and its forward runs loop 1 only: the later loops are
@@ -219,14 +219,14 @@ class PLTModel(LanguageModule):
         return self.decoder.final_layernorm(hidden) if self.config.normalize_per_loop else hidden
 
     def clp_combine(self, embeddings: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
-        """a * E(x_i) + b * t_i, where t_i = RMSNorm_final(h_{r-1, i-1}) (PLT_SPEC)."""
+        """a * E(x_i) + b * t_i, where t_i = RMSNorm_final(h_{r-1, i-1}) (docs/spec.md#forward-pass)."""
         cfg = self.config
         return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * transition
 
     def loop_transition(self, hidden: torch.Tensor) -> torch.Tensor:
         """What loop r hands to loop r+1 besides E(x): shift(RMSNorm_final(h_r)), or h_r itself
-        in the clp=false ablation (the vanilla sequential looped transformer: PLT_SPEC
-        "Ablation flag": B = h_{r-1}, no shift, no embedding term, no per-loop norm)."""
+        in the clp=false ablation (the vanilla sequential looped transformer:
+        docs/spec.md#ablations: B = h_{r-1}, no shift, no embedding term, no per-loop norm)."""
         if not self.config.clp:
             return hidden
         return shift_one_position(self.per_loop_norm(hidden), self.config.sequence_parallel)
@@ -235,7 +235,7 @@ class PLTModel(LanguageModule):
         return self.clp_combine(embeddings, transition) if self.config.clp else transition
 
     def loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """B_r for loop r >= 2 from E(x) and h_{r-1} over the sequence (PLT_SPEC "Forward pass")."""
+        """B_r for loop r >= 2 from E(x) and h_{r-1} over the sequence (docs/spec.md#forward-pass)."""
         return self.next_loop_input(embeddings, self.loop_transition(previous))
 
     def run_loops(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,

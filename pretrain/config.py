@@ -9,7 +9,7 @@ message names the keys and the fix.
 Each default is stated here and only here; the YAML files in `conf/` state what a preset changes.
 Nodes: `model` (model/config.py: ModelConfig), `data` (data/config.py: DataConfig), `train`,
 `parallel`, `checkpoint`, `eval`, `diagnostics`, `logging`, `sample`, `deepspeed`, `launch`,
-`debug`, plus `run_dir` and `engine`. Key names are a contract (shared/ARCHITECTURE.md): renaming
+`debug`, plus `run_dir` and `engine`. Key names are a contract (docs/architecture.md#contracts): renaming
 one breaks tools and tests.
 """
 
@@ -49,7 +49,7 @@ class TrainConfig:
     micro_batch_size: Optional[int] = None
     seq_length: int = 128
     seed: int = 1234
-    # Adam (PLT_SPEC "The LoopCoder-v2 7B family": betas 0.9/0.95, wd 0.1, clip 1.0).
+    # Adam (docs/spec.md#the-loopcoder-v2-7b: betas 0.9/0.95, wd 0.1, clip 1.0).
     lr: float = 3.0e-3                  # peak LR after warm-up
     min_lr: float = 3.0e-4              # floor of the cosine decay
     warmup_steps: int = 20              # linear warm-up from 0 to lr

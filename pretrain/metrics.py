@@ -1,7 +1,7 @@
 """What is logged where: one console line, one row of `<run_dir>/metrics.jsonl`, and wandb.
 
 Rows carry at least step, consumed_samples, loss, lr, grad_norm and tokens_per_s (the contract in
-shared/ARCHITECTURE.md), plus mfu, step_time_s, memory_gb and, on eval steps, val_loss. Only rank 0
+docs/run_folder.md#metricsjsonl), plus mfu, step_time_s, memory_gb and, on eval steps, val_loss. Only rank 0
 writes; the values are already global (reduced over data-parallel ranks by the engine). A value
 that is not finite (a skipped step's NaN loss) is written as null (pretrain/run_files.py); a crash
 mid-write leaves at most a torn last line, which the next start cuts off.

@@ -1,4 +1,4 @@
-"""Loop diagnostics of a saved checkpoint (shared/PLT_SPEC.md "Loop diagnostics").
+"""Loop diagnostics of a saved checkpoint (docs/spec.md#loop-diagnostics).
 
     python scripts/diagnose.py CHECKPOINT [--batch 4] [--seq-length 512] [--random-tokens] [--out rows.jsonl]
 

@@ -1,5 +1,5 @@
 """Export a checkpoint as a Hugging Face directory in the published LoopCoder layout (what
-transformers, vLLM and SGLang load; shared/PLT_SPEC.md "The published formats").
+transformers, vLLM and SGLang load; docs/spec.md#published-formats).
 
     python -m scripts.export_hf --checkpoint CKPT_DIR [--iteration N] --out HF_DIR
         [--dtype bf16|fp32] [--max-shard-size 5GB] [--allow-served-differently]

@@ -2,7 +2,7 @@
 
     python scripts/plot_run.py RUN_DIR [--out FILE.png]      # default: RUN_DIR/run.png
 
-Reads the run's files only (shared/ARCHITECTURE.md "Contracts"): `metrics.jsonl` rows with `loss`
+Reads the run's files only (docs/run_folder.md#metricsjsonl): `metrics.jsonl` rows with `loss`
 are train rows (step, consumed_samples, loss, ...; eval steps add `val_loss`), rows with `loop` are
 the loop diagnostics (model/diagnostics.py); `config.yaml` gives train.seq_length for the token axis.
 Prints the numbers behind the figure as a short table.

@@ -4,7 +4,7 @@ code metric per run.
     python scripts/plot_sweep.py RUN_DIR... [--out FILE.png]     # default: sweep.png
 
 Each run is labelled from its config.yaml (`model.num_loops`, `model.clp`). The right panel is
-LoopCoder-v2's gain-cost view (shared/PLT_SPEC.md "Loop diagnostics"): per loop r >= 2, the output
+LoopCoder-v2's gain-cost view (docs/spec.md#loop-diagnostics): per loop r >= 2, the output
 shift KL(p_r || p_{r-1}) (what the loop still changes) against the offset cost (what the CLP shift
 costs it), at each run's last diagnostics step. A loop whose shift has collapsed while its cost stays
 flat is not worth its compute: that is how to pick R. The third panel, when the runs evaluated code

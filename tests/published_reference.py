@@ -1,9 +1,9 @@
-"""The published serving math, written from shared/PLT_SPEC.md alone, in float64 numpy.
+"""The published serving math, written from docs/spec.md alone, in float64 numpy.
 
     logits = reference_logits(hf_dir, tokens)      # tokens: 1-D int array, logits [S, vocab]
 
 Reads an exported directory the way a published loader does: config.json's published keys and
-the safetensors tensors by their published names (PLT_SPEC "The published formats"). Nothing here
+the safetensors tensors by their published names (docs/spec.md#published-formats). Nothing here
 comes from loopcoder's model code or handoff/hf_files: it is the independent check that an
 export computes what the families' loaders compute. One sequence, no cache, no padding.
 """

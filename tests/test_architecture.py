@@ -1,4 +1,4 @@
-"""The shape of the house (shared/ARCHITECTURE.md), checked on the source: the import graph of the
+"""The shape of the house (docs/architecture.md#floors), checked on the source: the import graph of the
 project's packages has no circle, the trainer never imports launch/, library code never imports
 scripts/ or bench/, and files and functions stay small.
 

@@ -1,4 +1,4 @@
-"""Cached cross-loop-parallel decoding equals the full forward (PLT_SPEC "Correctness contract").
+"""Cached cross-loop-parallel decoding equals the full forward (docs/spec.md#decoding).
 
 Tolerance: the cached path computes the same float32 operations as the full forward on fewer
 rows and in another order; logits agree to ~1e-6, checked at 1e-4 absolute on O(1) logits.

@@ -1,4 +1,4 @@
-"""Loop diagnostics (shared/PLT_SPEC.md "Loop diagnostics"): each metric on hand-built tensors with a
+"""Loop diagnostics (docs/spec.md#loop-diagnostics): each metric on hand-built tensors with a
 known answer, then the whole pass on a small real model.
 
 Tolerance: 1e-5 absolute on O(1) float32 results (one reduction each; room for summation order).

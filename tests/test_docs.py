@@ -1,6 +1,7 @@
 """docs/ stays true to the tree: every repository path the documents name in backticks exists,
-and every link and `docs/<name>.md#<section>` citation (in the documents and in the code)
-resolves to a file and a heading. (The first architecture document named a
+every link and `docs/<name>.md#<section>` citation (in the documents and in the code) resolves to
+a file and a heading, and no file cites the design notes kept outside the repository
+(../shared/), which a user's clone does not have. (The first architecture document named a
 `pretrain/checkpoint.py` long after it had become a package.)"""
 
 import glob
@@ -17,6 +18,8 @@ TOP_LEVEL = set(os.listdir(REPO))
 BACKTICKED = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 CITATION = re.compile(r"\bdocs/([\w-]+\.md)(#[\w-]+)?")
+# Citations of the outside notes whose content moved into docs/ (the spec and the architecture).
+OUTSIDE_NOTES = re.compile(r"\bPLT_SPEC\b|\bARCHITECTURE(\.md)?\b")
 
 
 def _text(path: str) -> str:
@@ -143,3 +146,12 @@ def test_citations_of_docs_resolve():
                     broken.append(f"{name}:{line_number}: docs/{document}{anchor}")
     assert not broken, "citations of docs/ that do not resolve:\n" + "\n".join(broken)
 
+
+def test_no_file_cites_the_notes_outside_the_repository():
+    this_file = os.path.relpath(os.path.abspath(__file__), REPO)
+    found = [f"{name}:{number}: {line.strip()}"
+             for name in tracked_files() if name != this_file
+             for number, line in enumerate(_text(os.path.join(REPO, name)).splitlines(), 1)
+             if OUTSIDE_NOTES.search(line)]
+    assert not found, ("cite docs/spec.md or docs/architecture.md instead (the repository a user "
+                       "clones has no ../shared/):\n" + "\n".join(found))

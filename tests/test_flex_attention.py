@@ -24,7 +24,7 @@ def _qkv(batch, q_len, k_len, heads, kv_heads, dim, dtype, seed=0):
             for n_len, n in ((q_len, heads), (k_len, kv_heads), (k_len, kv_heads))]
 
 
-# Windows of PLT_SPEC's rule: 1 key back, just under / at / over one 64-block, and longer than the
+# Windows of docs/spec.md#window's rule: 1 key back, just under / at / over one 64-block, and longer than the
 # sequence (every earlier key: the plain causal result).
 @pytest.mark.parametrize("window", [None, 1, 63, 64, 65, 500])
 @pytest.mark.parametrize("q_len, k_len", [(200, 200), (1, 200), (3, 130)])

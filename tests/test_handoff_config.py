@@ -1,7 +1,7 @@
-"""config.json <-> ModelConfig for both published families (PLT_SPEC "The published formats").
+"""config.json <-> ModelConfig for both published families (docs/spec.md#published-formats).
 
 The 7B preset is the published LoopCoder-V2: `export_hf --config-only model=plt_7b` writes every
-value the published config.json states (the values below are PLT_SPEC's list of that file). The
+value the published config.json states (the values below are docs/spec.md#loopcoder-v2's list of that file). The
 window conventions are checked on both sides of the boundary by what the local branch sees.
 """
 

@@ -85,7 +85,7 @@ def test_llama_to_ours_to_llama_is_bitwise(tmp_path, dtype, tie):
 @pytest.mark.parametrize("gate_input", ["hidden", "query"])
 def test_a_llama_imports_as_the_block_of_a_looped_model(tmp_path, gate_input):
     """`import_hf ... model.num_loops=2`: the Llama's tensors as the shared block, each layer's
-    gate where a fresh PLT's starts (PLT_SPEC: W_g = 0, b_g = 0, g = 0.5; gate_norm = 1), the
+    gate where a fresh PLT's starts (docs/spec.md#gate: W_g = 0, b_g = 0, g = 0.5; gate_norm = 1), the
     loop settings given and the rest at their defaults."""
     from handoff import read_hf
     from pretrain.checkpoint import load_model, resolve_checkpoint

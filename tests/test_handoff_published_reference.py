@@ -1,5 +1,5 @@
 """Our exports compute what the published loaders compute: tests/published_reference.py, a float64
-numpy forward written from PLT_SPEC alone (not from our model or handoff/hf_files), over each
+numpy forward written from docs/spec.md alone (not from our model or handoff/hf_files), over each
 export's safetensors + config.json, against our model in float64 and the export's transformers
 code in float64, at 1e-10 of the largest logit. Sequences longer than the local window, so the
 window's edge, the CLP shift, the shared K/V and the gates all reach the logits.

@@ -1,4 +1,4 @@
-"""The PLT model against shared/PLT_SPEC.md: causality, the CLP shift, the window, the gate,
+"""The PLT model against docs/spec.md: causality, the CLP shift, the window, the gate,
 equivalence with megatron's GPTModel, the 7B parameter count and config errors.
 
 Tolerances: fp32 models compared with fp32 references of the same operations in another order

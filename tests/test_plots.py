@@ -1,4 +1,4 @@
-"""The run and sweep plots read runs through their files (shared/ARCHITECTURE.md "Contracts") and
+"""The run and sweep plots read runs through their files (docs/run_folder.md) and
 write PNGs with the numbers printed beside them; the loop-sweep experiment lists its six runs."""
 
 import json

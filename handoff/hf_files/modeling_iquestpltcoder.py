@@ -210,7 +210,7 @@ class PLTPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, PLTRMSNorm):
             nn.init.ones_(module.weight)
-        elif isinstance(module, PLTGate):  # g = 0.5 at initialisation (PLT_SPEC)
+        elif isinstance(module, PLTGate):  # g = 0.5 at initialisation (loopcoder's docs/spec.md#gate)
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
