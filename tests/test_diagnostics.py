@@ -139,7 +139,7 @@ def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
                             sharded_strategy=("torch_dist", 1))
     config = {"model": asdict(small_model_config(num_loops=2)), "train": {"seq_length": 24, "seed": 1}}
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
-    (folder / "loopcoder.json").write_text(json.dumps({"step": 10}))
+    (folder / "loopcoder.json").write_text(json.dumps({"step": 10, "model": config["model"]}))
     (folder.parent / "latest").write_text("iter_0000010\n")
 
     out = tmp_path / "rows.jsonl"
