@@ -19,18 +19,42 @@ from typing import Dict, List, Optional, Sequence
 from evaluation.nll import SolutionScore, summarize
 from evaluation.pass_at_k import pass_at_k_table
 from evaluation.sandbox import Outcome
+from pretrain.checkpoint.files import fsync_dir, write_durably
+from pretrain.run_files import finite_or_none
 
 SAMPLES_FILE, SUMMARY_FILE = "samples.jsonl", "summary.json"
 
 
-def _dump_jsonl(stream, rows: Sequence[dict]) -> None:
-    for row in rows:
-        stream.write(json.dumps(row) + "\n")  # ASCII: any string, lone surrogates too
+def _strict(value):
+    """JSON's own values only: a float that is NaN or infinite becomes null (strict JSON readers
+    refuse a bare NaN), in nested summaries too."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return finite_or_none(value)
 
 
-def _dump_json(stream, data: dict) -> None:
-    json.dump(data, stream, indent=2)
-    stream.write("\n")
+def _jsonl_text(rows: Sequence[dict]) -> str:
+    # ASCII (json.dumps' default): any string, lone surrogates too.
+    return "".join(json.dumps(_strict(row), allow_nan=False) + "\n" for row in rows)
+
+
+def _json_text(data: dict) -> str:
+    return json.dumps(_strict(data), indent=2, allow_nan=False) + "\n"
+
+
+def _create_whole(path: str, text: str) -> None:
+    """`path` with `text`, all of it or nothing: written durably into a temp file beside it, then
+    linked into place (a link never replaces a file: FileExistsError leaves an existing one as it
+    is). A kill or a full disk at any moment leaves no torn file under the name."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    try:
+        write_durably(tmp, lambda stream: stream.write(text))
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def sample_rows(samples: Sequence[dict], outcomes: Sequence[Outcome]) -> List[dict]:
@@ -118,18 +142,18 @@ def check_out_dir(out_dir: str) -> None:
 
 
 def write_outputs(out_dir: str, rows: Sequence[dict], summary: dict) -> Dict[str, str]:
-    """The two files, each created, never overwriting (FileExistsError: an existing file is left
-    as it is); a failed write removes the files it created, and the folder if it made it."""
+    """The two files, each created whole (`_create_whole`), never overwriting (FileExistsError: an
+    existing file is left as it is); a failed write removes the files it created, and the folder
+    if it made it. Strict JSON: a non-finite number is null."""
     made = not os.path.lexists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     written: List[str] = []
     try:
-        for name, dump, data in ((SAMPLES_FILE, _dump_jsonl, rows),
-                                 (SUMMARY_FILE, _dump_json, summary)):
+        for name, text in ((SAMPLES_FILE, _jsonl_text(rows)), (SUMMARY_FILE, _json_text(summary))):
             path = os.path.join(out_dir, name)
-            with open(path, "x") as stream:
-                written.append(path)
-                dump(stream, data)
+            _create_whole(path, text)
+            written.append(path)
+        fsync_dir(out_dir)
     except BaseException:
         for path in written:
             with contextlib.suppress(OSError):

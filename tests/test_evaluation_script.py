@@ -203,3 +203,35 @@ def test_both_tasks_on_a_trained_checkpoint(tmp_path):
     assert done.returncode == 0, output_of(done)
     _, from_hf = _read(tmp_path / "hf_nll")
     assert from_hf["humaneval_nll"] == pytest.approx(summary["humaneval_nll"], rel=1e-6)
+
+
+def test_outputs_are_whole_strict_json_or_absent(tmp_path, monkeypatch):
+    """samples.jsonl and summary.json appear whole or not at all (a full disk in the middle of
+    writing leaves neither, nor a temp file, nor the folder it made), and a non-finite number is
+    written null (strict JSON readers refuse NaN)."""
+    import errno
+
+    from pretrain.checkpoint import files
+
+    rows = [{"task_id": "HumanEval/0", "time_s": float("nan"), "passed": True}]
+    summary = {"metrics": {"nll": float("inf"), "pass@1": 1.0}}
+    written = report.write_outputs(str(tmp_path / "ok"), rows, summary)
+    assert json.loads(open(written["samples"]).read()) == {**rows[0], "time_s": None}
+    assert json.load(open(written["summary"])) == {"metrics": {"nll": None, "pass@1": 1.0}}
+    assert sorted(os.listdir(tmp_path / "ok")) == ["samples.jsonl", "summary.json"]
+
+    real = files.write_durably
+    calls = []
+
+    def full_on_second(path, write, binary=False):
+        calls.append(path)
+        if len(calls) == 2:  # summary.json's write: samples.jsonl is already in place
+            with open(path, "w") as stream:
+                stream.write('{"metr')
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(path, write, binary)
+
+    monkeypatch.setattr(report, "write_durably", full_on_second)
+    with pytest.raises(OSError):
+        report.write_outputs(str(tmp_path / "full"), rows, summary)
+    assert not (tmp_path / "full").exists()
