@@ -301,3 +301,30 @@ def test_a_stray_iter_folder_is_named_and_left_alone(checkpoint, tmp_path, caplo
     assert f"{root / 'iter_backup'} is not a checkpoint name" in caplog.text
     assert set_aside_later_branch(str(root), 0, None) == ["iter_0000003"]
     assert sorted(os.listdir(root)) == ["abandoned", "iter_backup", "iter_old"]
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "without_checksums"])
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_a_symbolic_link_inside_a_checkpoint_is_refused(checkpoint, tmp_path, capsys, sealed, link):
+    """loopcoder writes no link into a checkpoint; one there (a folder `rng -> elsewhere`, which a
+    walk of the folder does not enter, or a file) would be read from outside what was sealed."""
+    from pretrain.checkpoint.integrity import CHECKSUMS_FILE
+
+    copy = copy_of(checkpoint, tmp_path)
+    folder = copy / open(copy / "latest").read().strip()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if not sealed:
+        os.remove(folder / CHECKSUMS_FILE)
+    if link == "folder":
+        (elsewhere / "rank_00000.pt").write_bytes(b"not read")
+        os.symlink(elsewhere, folder / "rng")
+        name = "rng"
+    else:
+        os.replace(folder / "config.yaml", elsewhere / "config.yaml")
+        os.symlink(elsewhere / "config.yaml", folder / "config.yaml")
+        name = "config.yaml"
+    assert tool("export_hf", "--checkpoint", copy, "--out", tmp_path / "hf") == EXIT_CHECKPOINT
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and name in err and "Traceback" not in err, err
+    assert not (tmp_path / "hf").exists()

@@ -38,13 +38,27 @@ _HEX = re.compile("[0-9a-f]{64}")
 
 
 def _listing(folder: str) -> List[str]:
+    """Every file of the checkpoint but checksums.json, and every symbolic link to a folder (which
+    os.walk does not enter: such a link is listed, so it is never passed over unchecked)."""
     found = []
-    for directory, _, names in os.walk(folder):
-        for name in names:
+    for directory, folders, names in os.walk(folder):
+        links = [name for name in folders if os.path.islink(os.path.join(directory, name))]
+        for name in names + links:
             relative = os.path.relpath(os.path.join(directory, name), folder)
             if relative != CHECKSUMS_FILE:
                 found.append(relative)
     return sorted(found)
+
+
+def refuse_links(folder: str) -> None:
+    """loopcoder writes no symbolic link into a checkpoint: one there (to a file or a folder,
+    `rng -> /elsewhere`) would be read, or copied by convert, from outside what was sealed."""
+    links = [name for name in _listing(folder) + [CHECKSUMS_FILE]
+             if os.path.islink(os.path.join(folder, name))]
+    if links:
+        raise CheckpointError(f"{folder} holds symbolic links ({', '.join(links)}); a checkpoint "
+                              "holds its own files only: replace each link by the file or folder "
+                              "it points to, or resume from another checkpoint")
 
 
 def _share(paths: List[str], sizes: Dict[str, int]) -> List[str]:
@@ -163,6 +177,7 @@ def verify(folder: str, mode: str = "full", collective: bool = True) -> bool:
     bytes: call it before any file of the checkpoint is parsed."""
     if mode not in VERIFY_MODES:
         raise CheckpointError(f"checkpoint.verify={mode!r}; use one of {VERIFY_MODES}")
+    refuse_links(folder)
     manifest = read_manifest(folder)
     if manifest is None:
         logger.warning("%s has no %s (written by an older loopcoder): only its completeness is "
