@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from data.cli_args import add_corpus_args, load_corpus
+from data.cli_args import add_corpus_args, check_output_prefix, load_corpus
 from data.errors import disk_full
 from data.indexed import preprocess
 
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (datasets num_proc)")
     args = parser.parse_args(argv)
+    check_output_prefix(args.output, args.corpus)
     corpus = load_corpus(args)
     start = time.time()
     try:

@@ -21,6 +21,7 @@ from data.curation.pipeline import render_pipeline, run_pipeline
 from data.curation.plan import (
     DEFAULT_EXTENSIONS, CorpusPlan, FilterSettings, MinhashSettings, classify_input,
 )
+from data.cli_args import check_output_prefix
 from data.errors import disk_full
 from data.tokenizer import CodeTokenizer
 
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     settings; 3 a data error (an input with nothing to read, every document removed, the output
     held by another run, a full disk); 1 unfinished tasks (their logs say why; re-run to resume)."""
     args = build_parser().parse_args(argv)
+    check_output_prefix(args.output, args.input)
     settings = ExecutorSettings(
         kind=args.executor, workers=args.workers, partition=args.partition, account=args.account,
         qos=args.qos, time=args.time, cpus_per_task=args.cpus_per_task,

@@ -92,6 +92,13 @@ ROWS = [
     Row("preprocess-missing-corpus", "scripts.preprocess",
         ("--corpus", "{fresh}/none.jsonl", "--tokenizer", "{tokenizer}", "--output", "{fresh}/pre"),
         2, "none.jsonl"),
+    Row("preprocess-empty-output", "scripts.preprocess",
+        ("--corpus", "{corpus_json}", "--tokenizer", "{tokenizer}", "--output", ""), 2, "--output"),
+    Row("preprocess-output-over-input", "scripts.preprocess",
+        ("--corpus", "{corpus_json}", "--tokenizer", "{tokenizer}", "--output", "{corpus_prefix}"),
+        2, "which is an input"),
+    Row("process-empty-output", "scripts.process_corpus",
+        ("--input", "{corpus_json}", "--tokenizer", "{tokenizer}", "--output", " "), 2, "--output"),
     Row("tokenizer-missing-corpus", "scripts.train_tokenizer",
         ("--corpus", "{fresh}/none.jsonl", "--output", "{fresh}/tok.model"), 2, "none.jsonl"),
     Row("make-corpus-unknown-kind", "scripts.make_corpus",
@@ -234,6 +241,12 @@ def _make_bad_inputs(root: str) -> dict:
     os.symlink(os.path.join(loop, "b"), os.path.join(loop, "a"))
     os.symlink(os.path.join(loop, "a"), os.path.join(loop, "b"))
     paths["loop_folder"] = loop
+
+    corpus = os.path.join(root, "corpus", "e.json")  # a JSON array corpus whose name is P.json
+    os.makedirs(os.path.dirname(corpus))
+    with open(corpus, "w") as stream:
+        json.dump([{"text": "def f():\n    return 1\n"}], stream)
+    paths["corpus_json"], paths["corpus_prefix"] = corpus, corpus[:-len(".json")]
 
     broken = os.path.join(root, "broken_resume")
     os.makedirs(broken)
