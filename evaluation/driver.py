@@ -100,7 +100,9 @@ def _decode(node, depth: int, left: list):
                 raise WireError(f"a {tag} of {len(payload)} members (at most {MAX_MEMBERS})")
         if tag in _SEQUENCES:
             items = [_decode(item, depth + 1, left) for item in payload]
-            return items if tag == "list" else _hashed(_SEQUENCES[tag], items, items)
+            if tag in ("list", "tuple"):  # not hashed: a tuple may hold a list
+                return _SEQUENCES[tag](items)
+            return _hashed(_SEQUENCES[tag], items, items)
         if tag == "dict" and all(type(pair) is list and len(pair) == 2 for pair in payload):
             pairs = [(_decode(k, depth + 1, left), _decode(v, depth + 1, left))
                      for k, v in payload]

@@ -39,7 +39,7 @@ NAN_WITH_PAYLOAD = struct.unpack("<d", bytes.fromhex("0100000000f8ff7f"))[0]
 PLAIN = [None, True, False, 0, -1, 10 ** 5000, -(2 ** 200), 1.5, -0.0, math.inf, -math.inf,
          NAN_WITH_PAYLOAD, "", "\ud800 lone surrogate", "\x00 é ✓", b"", b"\x00\xff", [], (),
          (1,), [1, (2, [3.0])], {"a": 1, (1, "b"): [None], 2: {}}, {1, 2.5, "c"},
-         frozenset({(1, 2)}), {True: 1, frozenset(): b"x"}, set(), [[[[]]]]]
+         frozenset({(1, 2)}), {True: 1, frozenset(): b"x"}, set(), [[[[]]]], ([1], {"a": (2, [])})]
 
 
 def _shape(value):
