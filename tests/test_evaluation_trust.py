@@ -39,7 +39,7 @@ NAN_WITH_PAYLOAD = struct.unpack("<d", bytes.fromhex("0100000000f8ff7f"))[0]
 PLAIN = [None, True, False, 0, -1, 10 ** 5000, -(2 ** 200), 1.5, -0.0, math.inf, -math.inf,
          NAN_WITH_PAYLOAD, "", "\ud800 lone surrogate", "\x00 é ✓", b"", b"\x00\xff", [], (),
          (1,), [1, (2, [3.0])], {"a": 1, (1, "b"): [None], 2: {}}, {1, 2.5, "c"},
-         frozenset({(1, 2)}), {True: 1, frozenset(): b"x"}, set(), [[[[]]]]]
+         frozenset({(1, 2)}), {True: 1, frozenset(): b"x"}, set(), [[[[]]]], ([1], {"a": (2, [])})]
 
 
 def _shape(value):
@@ -109,6 +109,41 @@ def test_a_malformed_answer_is_a_protocol_error(line):
         raise AssertionError(f"{line[:60]!r} was accepted")  # not a WireError: the test fails
 
 
+P61 = (1 << 61) - 1  # ints i * P61 all hash to 0, and so do tuples and frozensets of them alike
+
+
+def _answer_line(value) -> bytes:
+    return __import__("json").dumps(["return", value]).encode()
+
+
+FLOODS = {  # each would cost the harness n**2 comparisons to build, outside the deadline
+    "ints": ["set", [["int", hex(i * P61)] for i in range(20_000)]],
+    "few ints": ["set", [["int", hex(i * P61)] for i in range(100)]],
+    "tuples": ["frozenset", [["tuple", [["int", hex(i * P61)]]] for i in range(100)]],
+    "frozensets": ["set", [["frozenset", [["int", hex(i * P61)]]] for i in range(100)]],
+    "dict keys": ["dict", [[["int", hex(i * P61)], None] for i in range(100)]],
+    "floats": ["set", [["float", struct.pack("<d", 2.0 ** (61 * k)).hex()]
+                       for k in range(-16, 17)]],
+    "nested": ["list", [["set", [["int", hex(i * P61)] for i in range(9)]]]],
+    "many members": ["set", [["int", hex(i)] for i in range(5000)]],
+    "many values": ["list", [["list", []]] * 70_000],
+    "many empty lists": ["list", [[]] * 200_000],
+}
+
+
+@pytest.mark.parametrize("name", list(FLOODS))
+def test_an_answer_that_would_flood_the_harness_is_refused(name):
+    with pytest.raises(WireError, match="collide|members|more than"):
+        decode(parse_line(_answer_line(FLOODS[name]))[1])
+
+
+def test_sets_within_the_bounds_decode():
+    near = [["int", hex(i * P61 + j)] for i in range(8) for j in range(500)]  # 8 per hash
+    assert len(decode(parse_line(_answer_line(["set", near]))[1])) == 4000
+    assert decode(parse_line(_answer_line(["set", [["int", "-0x1"], ["int", "-0x2"]]]))[1]) == {
+        -1, -2}  # the one pair of small ints that share a hash
+
+
 # -- attacks on the verdict ------------------------------------------------------------------------
 
 FRAMES = """    import os, sys
@@ -160,6 +195,25 @@ def test_a_completion_cannot_report_its_own_verdict(sandbox, problems, name):
     assert not outcome.passed and outcome.result.startswith("failed"), outcome
     if "equal to everything" in name:
         assert "NotPlainData" in outcome.result, outcome
+
+
+HASH_FLOOD = """    import os, sys
+    frame = sys._getframe()
+    while "replies" not in frame.f_locals:
+        frame = frame.f_back
+    items = ",".join('["int","%s"]' % hex(i * ((1 << 61) - 1)) for i in range(48000))
+    os.write(frame.f_locals["replies"], ('["return",["set",[' + items + ']]]\\n').encode())
+    import time
+    time.sleep(60)
+"""
+
+
+def test_a_hash_flood_written_onto_the_channel_fails_as_a_protocol_error(sandbox, problems):
+    """The completion writes its own answer line: a set of 48000 ints sharing one hash took the
+    harness 18 s to decode (minutes at the size limit), outside the deadline."""
+    outcome = sandbox.run(problems[53], HASH_FLOOD)
+    assert not outcome.passed and outcome.result.startswith("failed: ProtocolError"), outcome
+    assert "members" in outcome.result, outcome
 
 
 def test_the_prompts_helpers_are_the_benchmarks_not_the_completions(sandbox, problems):
