@@ -36,19 +36,22 @@ def check_sampling_flags(temperature: float, top_p: float, max_new_tokens: int, 
             raise ConfigError(f"{flag} {value}: it must be {rule}")
 
 
-def check_positions(prompt_lengths: List[int], max_new_tokens: int, max_positions: int) -> None:
+def check_positions(prompt_lengths: List[int], max_new_tokens: int, max_positions: int,
+                    names: Optional[List[str]] = None) -> None:
     """Every prompt and its new tokens must fit the model's positions (max_position_embeddings):
     past them the rotary angles were never trained, and a huge --max-new-tokens would run for
-    minutes on a continuation that means nothing. ConfigError naming the flag and the limit."""
+    minutes on a continuation that means nothing. ConfigError naming the flag and the limit;
+    `names`: what to call each prompt (default "prompt #N")."""
     longest = max(prompt_lengths)
     if longest + max_new_tokens > max_positions:
-        number = prompt_lengths.index(longest) + 1
+        index = prompt_lengths.index(longest)
+        name = names[index] if names else f"prompt #{index + 1}"
         room = max_positions - longest
         fix = (f"pass --max-new-tokens {room} or less" if room >= 1
                else "shorten the prompt")
         raise ConfigError(
-            f"--max-new-tokens {max_new_tokens}: prompt #{number} has {longest} tokens, and with "
-            f"the new ones it would reach position {longest + max_new_tokens}, past the model's "
+            f"--max-new-tokens {max_new_tokens}: {name} has {longest} tokens, and with the new "
+            f"ones it would reach position {longest + max_new_tokens}, past the model's "
             f"max_position_embeddings={max_positions} (the limit of prompt + new tokens); {fix}")
 
 
