@@ -8,6 +8,7 @@ Encoding goes through data/fast_encoder.py (the same ids as sentencepiece's, 2.5
 model and the install allow, else through sentencepiece; `.engine` says which.
 """
 
+import contextlib
 import hashlib
 import os
 from typing import Iterable, Iterator, List
@@ -60,13 +61,22 @@ def train_tokenizer(
         raise ValueError(f"tokenizer path {model_path!r} must end in .model")
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     tmp_path = f"{model_path}.tmp{os.getpid()}"
-    with open(tmp_path, "wb") as writer:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(texts), model_writer=writer, vocab_size=vocab_size,
-            num_threads=num_threads, input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True, **TRAINER_OPTIONS,
-        )
-    os.replace(tmp_path, model_path)
+    try:
+        with open(tmp_path, "wb") as writer:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_sentences(texts), model_writer=writer, vocab_size=vocab_size,
+                num_threads=num_threads, input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=True, **TRAINER_OPTIONS,
+            )
+            writer.flush()
+            os.fsync(writer.fileno())  # a full disk fails here, not after the rename
+        os.replace(tmp_path, model_path)
+    except BaseException:
+        # Whatever stopped it (a full disk, sentencepiece refusing the vocab size, Ctrl-C): no
+        # half-written temp file is left beside the output.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
     return model_path
 
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation.problems import Problem
-from model.generation import generate
+from model.generation import check_positions, generate
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 # Tokens of the newest text searched for a stop sequence at each step. A stop sequence is at most
@@ -81,16 +81,11 @@ def generate_completions(model, tokenizer, problems: Sequence[Problem], samples_
                          "temperature > 0 (e.g. 0.8 with --top-p 0.95 for pass@10 and pass@100)")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p={top_p}; it must be in (0, 1]")
-    limit = model.config.max_position_embeddings
-    prompts = {}
-    for problem in problems:
-        ids = tokenizer.encode(problem.prompt)
-        if len(ids) + max_new_tokens > limit:
-            raise ValueError(f"{problem.task_id}'s prompt has {len(ids)} tokens: with "
-                             f"max_new_tokens={max_new_tokens} it passes the model's "
-                             f"max_position_embeddings={limit}; lower --max-new-tokens to "
-                             f"{limit - len(ids)} or less")
-        prompts[problem.task_id] = ids
+    prompts = {problem.task_id: tokenizer.encode(problem.prompt) for problem in problems}
+    # A ConfigError (exit 2 naming --max-new-tokens and the limit), as scripts/generate.py's.
+    check_positions([len(ids) for ids in prompts.values()], max_new_tokens,
+                    model.config.max_position_embeddings,
+                    [f"{task_id}'s prompt" for task_id in prompts])
     # Rows of similar prompt lengths share a batch: every step attends over the longest row.
     rows = sorted(((p.task_id, s) for p in problems for s in range(samples_per_task)),
                   key=lambda row: len(prompts[row[0]]))

@@ -200,10 +200,25 @@ def submit(overrides: list[str], dry_run: bool = False) -> list[list[str]]:
     return chains
 
 
+JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")  # a SLURM job id; an array task's is JOBID_TASK
+
+
 def followups(job_id: str) -> list[str]:
     """Pending jobs that wait (directly or through each other) on `job_id`."""
-    out = subprocess.run(["squeue", "--noheader", "--states=PENDING", "--format=%i|%E"],
-                         capture_output=True, text=True, check=True).stdout
+    if not JOB_ID.fullmatch(job_id):
+        raise LaunchError(f"cancel-followups {job_id!r}: not a SLURM job id; give the number "
+                          "sbatch printed (digits, or JOBID_TASK for an array task), e.g. "
+                          "$SLURM_JOB_ID")
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--states=PENDING", "--format=%i|%E"],
+                             capture_output=True, text=True, check=True).stdout
+    except FileNotFoundError:
+        raise LaunchError("cancel-followups: squeue is not installed here; run it on a SLURM "
+                          "login or compute node") from None
+    except subprocess.CalledProcessError as failed:
+        raise LaunchError(f"cancel-followups {job_id}: squeue failed (exit {failed.returncode}: "
+                          f"{failed.stderr.strip() or 'no message'}); check the SLURM controller "
+                          "and retry") from None
     waits_on = {}
     for line in out.splitlines():
         jid, _, dependency = line.strip().partition("|")

@@ -3,17 +3,56 @@ loops over the cached decoder of model/decoding.py.
 
 - ``generate(model, prompts, ...)``: a list of 1-D prompts of any lengths -> list of sequences.
 - ``sample(model, prompt_ids, ...)``: a [b, s] tensor of equal-length prompts -> [b, s + new].
+- ``check_sampling_flags(...)``: the sampling flags' valid ranges, one check for every tool that
+  takes them (scripts/generate.py, scripts/evaluate.py).
 Both take a bare PLTModel or one wrapped by DDP (``.module``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Optional
 
 import torch
 
+from model.config import ConfigError
 from model.decoding import LoopDecoder
 from model.unwrap import unwrap
+
+MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed without wrapping
+
+
+def check_sampling_flags(temperature: float, top_p: float, max_new_tokens: int, seed: int) -> None:
+    """Refuse a sampling flag outside its valid range before any model is loaded (ConfigError:
+    exit 2 naming the flag and the range). NaN fails every comparison, so each test is written as
+    what is valid (`0 <= nan` is False), never as what is not."""
+    rules = [("--temperature", temperature, math.isfinite(temperature) and temperature >= 0,
+              "a finite number, 0 (greedy) or more"),
+             ("--top-p", top_p, 0 < top_p <= 1, "in (0, 1] (1: no nucleus cut)"),
+             ("--max-new-tokens", max_new_tokens, max_new_tokens >= 1, "at least 1"),
+             ("--seed", seed, 0 <= seed <= MAX_SEED, f"in 0..{MAX_SEED}")]
+    for flag, value, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{flag} {value}: it must be {rule}")
+
+
+def check_positions(prompt_lengths: List[int], max_new_tokens: int, max_positions: int,
+                    names: Optional[List[str]] = None) -> None:
+    """Every prompt and its new tokens must fit the model's positions (max_position_embeddings):
+    past them the rotary angles were never trained, and a huge --max-new-tokens would run for
+    minutes on a continuation that means nothing. ConfigError naming the flag and the limit;
+    `names`: what to call each prompt (default "prompt #N")."""
+    longest = max(prompt_lengths)
+    if longest + max_new_tokens > max_positions:
+        index = prompt_lengths.index(longest)
+        name = names[index] if names else f"prompt #{index + 1}"
+        room = max_positions - longest
+        fix = (f"pass --max-new-tokens {room} or less" if room >= 1
+               else "shorten the prompt")
+        raise ConfigError(
+            f"--max-new-tokens {max_new_tokens}: {name} has {longest} tokens, and with the new "
+            f"ones it would reach position {longest + max_new_tokens}, past the model's "
+            f"max_position_embeddings={max_positions} (the limit of prompt + new tokens); {fix}")
 
 
 def choose_next_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,

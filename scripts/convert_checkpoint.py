@@ -32,7 +32,10 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="let a DeepSpeed checkpoint you trust unpickle classes beyond its own")
     args = parser.parse_args(argv)
-    path = convert_checkpoint(args.src, args.dst, args.allow_pickle)
+    from pretrain.checkpoint.destination import nothing_left_on_failure
+
+    with nothing_left_on_failure(args.dst, "DST"):  # a full disk: exit 4 naming DST, no debris
+        path = convert_checkpoint(args.src, args.dst, args.allow_pickle)
     print(f"wrote {path} (engine={checkpoint_engine(path)}, weights only)")
     return 0
 

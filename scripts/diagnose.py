@@ -18,6 +18,7 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
+from model.config import ConfigError
 from model.diagnostics import METRICS, compute_loop_diagnostics, flatten_for_metrics
 from pretrain.checkpoint import load_model, resolve_checkpoint
 
@@ -44,6 +45,36 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+MAX_BATCH = 1024  # sequences: the loop metrics are means, more only costs minutes
+
+
+def _check_flags(args) -> None:
+    """Each numeric flag in its valid range before the checkpoint is read (exit 2 naming it)."""
+    from model.generation import MAX_SEED
+
+    rules = [("--batch", args.batch, 1 <= args.batch <= MAX_BATCH, f"in 1..{MAX_BATCH}"),
+             ("--seq-length", args.seq_length, args.seq_length is None or args.seq_length >= 2,
+              "at least 2 (or leave it out: the run's train.seq_length)"),
+             ("--attention-queries", args.attention_queries, args.attention_queries >= 0,
+              "0 (no attention metrics) or more"),
+             ("--seed", args.seed, 0 <= args.seed <= MAX_SEED, f"in 0..{MAX_SEED}")]
+    for flag, value, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{flag} {value}: it must be {rule}")
+
+
+def _check_fits_model(args, seq_length: int, max_positions: int) -> None:
+    """The sequence must fit the model's positions (past them nothing was trained, and a huge
+    --seq-length ran for minutes); the attention queries are positions of that sequence."""
+    flag = "--seq-length" if args.seq_length else "the run's train.seq_length (--seq-length)"
+    if seq_length > max_positions:
+        raise ConfigError(f"{flag} {seq_length}: it is past the model's max_position_embeddings="
+                          f"{max_positions}; pass --seq-length {max_positions} or less")
+    if args.attention_queries > seq_length:
+        raise ConfigError(f"--attention-queries {args.attention_queries}: it must be at most the "
+                          f"sequence length {seq_length} (they are positions of it), or 0")
+
+
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="an iter_XXXXXXX folder or a dir with a `latest` file")
@@ -54,6 +85,7 @@ def main(argv=None) -> list:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the rows here as JSON lines")
     args = parser.parse_args(argv)
+    _check_flags(args)
 
     folder = resolve_checkpoint(args.checkpoint)
     if args.out:  # a file written into a checkpoint folder breaks its checksums, or replaces `latest`
@@ -62,6 +94,7 @@ def main(argv=None) -> list:
         refuse_overlap({"CHECKPOINT": args.checkpoint, "its checkpoint": folder}, args.out, "--out")
     plt, config, step = load_model(folder)
     seq_length = args.seq_length or int(config.train.seq_length)
+    _check_fits_model(args, seq_length, plt.config.max_position_embeddings)
     if args.random_tokens:
         generator = torch.Generator().manual_seed(args.seed)
         tokens = torch.randint(0, plt.vocab_size, (args.batch, seq_length), generator=generator)

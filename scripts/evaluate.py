@@ -58,6 +58,7 @@ def _check_arguments(args) -> None:
     """Refuse flags that cannot work before anything runs (exit 2, naming the flag and the fix)."""
     from evaluation.sandbox import MIN_MEMORY_BYTES
     from model.config import ConfigError
+    from model.generation import check_sampling_flags
 
     for flag in ("--out", "--samples", "--checkpoint", "--hf"):
         if getattr(args, flag[2:]) == "":  # '' would pass the checks below as "a new folder here"
@@ -68,12 +69,7 @@ def _check_arguments(args) -> None:
         ("--limit", args.limit is None or 1 <= args.limit <= HUMANEVAL_PROBLEMS,
          f"a number of problems in 1..{HUMANEVAL_PROBLEMS} (or leave it out: all of them)"),
         ("--samples-per-task", 1 <= args.samples_per_task <= 100_000, "in 1..100000"),
-        ("--temperature", math.isfinite(args.temperature) and args.temperature >= 0,
-         "0 (greedy) or more"),
-        ("--top-p", 0 < args.top_p <= 1, "in (0, 1] (1: no nucleus cut)"),
-        ("--max-new-tokens", args.max_new_tokens >= 1, ">= 1"),
         ("--batch-size", args.batch_size >= 1, ">= 1"),
-        ("--seed", 0 <= args.seed < 2 ** 63, "in 0..2**63-1"),
         ("--workers", 1 <= args.workers <= MAX_WORKERS,
          f"in 1..{MAX_WORKERS} (sandboxes running at once)"),
         ("--timeout", math.isfinite(args.timeout) and 0 < args.timeout <= 86_400,
@@ -85,6 +81,7 @@ def _check_arguments(args) -> None:
         if not ok:
             value = getattr(args, flag[2:].replace("-", "_"))
             raise ConfigError(f"{flag} {value}: it must be {rule}")
+    check_sampling_flags(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     generating = args.task == "humaneval" and not args.samples
     if generating and args.samples_per_task > 1 and args.temperature == 0:
         raise ConfigError(f"--samples-per-task {args.samples_per_task} at --temperature 0: greedy "

@@ -28,10 +28,11 @@ import time
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="iter_ folder or checkpoint dir")
-    parser.add_argument("--iteration", type=int, help="export iter_<N> of CKPT_DIR, not latest")
+    parser.add_argument("--iteration", type=_step, help="export iter_<N> of CKPT_DIR, not latest")
     parser.add_argument("--out", required=True, help="the Hugging Face directory to create")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--max-shard-size", type=_shard_size, default="5GB",
+                        help="largest safetensors file, e.g. 5GB, 500MB or 2GiB")
     parser.add_argument("--config-only", action="store_true",
                         help="config.json and code of a preset (give Hydra overrides), no weights")
     parser.add_argument("overrides", nargs="*", help="with --config-only: e.g. model=plt_7b")
@@ -42,23 +43,43 @@ def main(argv=None) -> int:
                              "(clp=false with the hidden gate); its README.md says so")
     args = parser.parse_args(argv)
 
+    from pretrain.checkpoint.destination import nothing_left_on_failure
     from pretrain.checkpoint.lock import one_writer
-    from pretrain.errors import CheckpointError, disk_is_full
 
     started = time.perf_counter()
-    with one_writer(args.out, "--out"):  # one export per output at a time (lock.py)
-        _clear_stale_staging(args.out)
-        try:
+    # A full disk anywhere (the lock file's write first, on a 100%-full one): exit 4 naming --out,
+    # the staging folder already removed (handoff/export.py), the folders of --out made removed.
+    with nothing_left_on_failure(args.out, "--out"):
+        with one_writer(args.out, "--out"):  # one export per output at a time (lock.py)
+            _clear_stale_staging(args.out)
             out = _export(parser, args)
-        except BaseException as error:  # noqa: BLE001 the staging folder is already removed
-            if disk_is_full(error, args.out):
-                raise CheckpointError(
-                    f"cannot write the export into {os.path.abspath(args.out)}: no space left on "
-                    "the device (nothing was kept there); free space on that disk or pass an "
-                    "--out on another") from None
-            raise
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+# --max-shard-size and --iteration are parsed up front: a bad value is argparse's error (exit 2
+# naming the flag), not a ValueError once the checkpoint has been read.
+def _shard_size(text: str) -> str:
+    from handoff.safetensors_files import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size of at least 1 byte; write it "
+                                         "like 5GB, 500MB or 2GiB")
+    return text
+
+
+def _step(text: str) -> int:
+    try:
+        step = int(text)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step (a whole number >= 0)")
+    return step
 
 
 def _clear_stale_staging(out: str) -> None:

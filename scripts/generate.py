@@ -9,6 +9,8 @@ rebuilt in one process from the checkpoint's config (pretrain/checkpoint/weights
 is the run's own (the checkpoint's copy). Several --prompt arguments decode as one batch of any lengths. `parallel`
 runs all loops of a token in one forward (PLT); `sequential` runs them one after another (the
 vanilla looped transformer's schedule; the only one for a clp=false model). Greedy at temperature 0.
+Each prompt plus --max-new-tokens must fit the model's max_position_embeddings (refused otherwise:
+positions past it were never trained).
 
 In a prompt, the escapes \\n \\t \\r \\\\ \\' \\" \\xHH \\uHHHH \\UHHHHHHHH and \\N{name} stand for their
 characters (a shell passes a newline badly); everything else, non-ASCII text included, is kept as is.
@@ -23,7 +25,6 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
 
 from pretrain.checkpoint import checkpoint_tokenizer, load_model, resolve_checkpoint
 
@@ -48,26 +49,25 @@ def main(argv=None) -> list:
                         help="loops decoded in one forward (PLT) or one after another; default: "
                         "parallel, or sequential for a clp=false model")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens {args.max_new_tokens}: generate at least 1 token")
+    from model.generation import check_positions, check_sampling_flags, generate
+
+    check_sampling_flags(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     prompts = [unescape(p) for p in (args.prompt or ["def fibonacci(n):\\n"])]
     for number, prompt in enumerate(prompts, 1):
         if not prompt:
             parser.error(f"--prompt #{number} is empty; give the code to continue")
 
     from model.decoding import decode_mode
-    from model.generation import generate
 
     folder = resolve_checkpoint(args.checkpoint)
-    plt, run_config, step = load_model(folder)
+    plt, _, step = load_model(folder)
     try:
         mode = decode_mode(plt.config, args.mode)
     except ValueError as err:
         parser.error(f"--mode {args.mode}: {err}")
     tokenizer = checkpoint_tokenizer(folder)
     ids = [torch.tensor(tokenizer.encode(p)) for p in prompts]  # documents carry no BOS
-    _warn_beyond_trained_positions(ids, args.max_new_tokens, plt.config.max_position_embeddings,
-                                   OmegaConf.select(run_config, "train.seq_length"))
+    check_positions([len(i) for i in ids], args.max_new_tokens, plt.config.max_position_embeddings)
     started = time.perf_counter()
     outputs = generate(plt, ids, args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, mode=mode, eos_id=tokenizer.eod_id,
@@ -82,21 +82,6 @@ def main(argv=None) -> list:
     print("-" * 60 + f"\n{folder} (step {step}, R={plt.config.num_loops}): {new} tokens in "
           f"{seconds:.2f} s, {mode} decoding")
     return texts
-
-
-def _warn_beyond_trained_positions(ids, max_new_tokens: int, max_positions: int,
-                                   seq_length: int) -> None:
-    """Positions past max_position_embeddings (or past the trained sequence length) were never
-    seen in training: the continuation there is extrapolation, not the model's skill."""
-    for number, prompt_ids in enumerate(ids, 1):
-        end = len(prompt_ids) + max_new_tokens
-        if end > max_positions:
-            print(f"warning: --prompt #{number} has {len(prompt_ids)} tokens; with --max-new-tokens "
-                  f"{max_new_tokens} it reaches position {end}, past the model's "
-                  f"max_position_embeddings={max_positions}"
-                  + (f" (trained on sequences of {seq_length})" if seq_length else "")
-                  + f": what comes after position {max_positions} is extrapolation. "
-                  f"Shorten the prompt or lower --max-new-tokens", file=sys.stderr)
 
 
 if __name__ == "__main__":

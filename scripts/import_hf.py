@@ -19,32 +19,18 @@ nothing is written on a refusal (the library code is handoff/read.py).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
+
 
 def _import(hf_dir: str, out: str, loops: dict) -> str:
     """import_hf, leaving nothing behind when it fails: the temp folder is removed by import_hf,
-    the folders of --out this call created are removed here; a full disk is a checkpoint error naming --out."""
+    the folders of --out this call created by nothing_left_on_failure, which also names --out on
+    a full disk (exit 4)."""
+    from pretrain.checkpoint.destination import nothing_left_on_failure
     from pretrain.checkpoint.init import import_hf
-    from pretrain.errors import CheckpointError, disk_is_full
 
-    created = None  # the topmost folder of --out's path that does not exist yet
-    path = os.path.abspath(out)
-    while not os.path.lexists(path):
-        created, path = path, os.path.dirname(path)
-    try:
+    with nothing_left_on_failure(out, "--out"):
         return import_hf(hf_dir, out, loops)
-    except BaseException as error:  # noqa: BLE001 torch's CheckpointException is a BaseException
-        full = disk_is_full(error, out)
-        if created:
-            shutil.rmtree(created, ignore_errors=True)
-        if full:
-            raise CheckpointError(
-                f"cannot write the checkpoint into {os.path.abspath(out)}: no space left on the "
-                "device (nothing was kept there); free space on that disk or pass an --out on "
-                "another") from None
-        raise
 
 
 def loop_settings(overrides) -> dict:

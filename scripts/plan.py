@@ -9,12 +9,13 @@ The positional arguments are the training run's Hydra overrides (conf/, composed
   --gpus N            world size (default: launch.nodes x launch.gpus_per_node when launch=... is
                       given, else parallel.tp x parallel.pp, i.e. one data-parallel replica)
   --loops 1,2,3,4     one column per model.num_loops, side by side
-  --utilization U     assumed share of peak FLOP/s for the time estimate (default 0.45)
-  --gpu-memory 80,141 GPU sizes in GB to warn against
+  --utilization U     assumed share of peak FLOP/s for the time estimate, in (0, 1] (default 0.45)
+  --gpu-memory 80,141 GPU sizes in GB (> 0) to warn against
   --terms             also print the activation bytes term by term
 The numbers come from planning/planner.py (formulas and sources in its docstring); FLOPs from
-model/flops.py, the function the trainer's logged MFU uses. Exit status 1 when the layout is
-invalid (the message names the key), 0 otherwise; a layout that does not fit prints WARNING lines.
+model/flops.py, the function the trainer's logged MFU uses. Exit status 2 when a flag or the layout
+is invalid (the message names the flag or key), 0 otherwise; a layout that does not fit prints
+WARNING lines.
 """
 
 from __future__ import annotations
@@ -41,15 +42,57 @@ def default_world_size(cfg) -> int:
     return cfg.parallel.tp * cfg.parallel.pp
 
 
+# Each flag parsed up front: a bad value is argparse's error (exit 2, "argument --FLAG: ..."),
+# never a ValueError or a ZeroDivisionError from deep in the planner.
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # NaN fails it too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share of peak FLOP/s in (0, 1], "
+                                         "e.g. 0.45")
+    return value
+
+
+def _gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e6:  # NaN and inf fail it too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU size in GB (a number > 0, "
+                                         "e.g. 80 or 141)")
+    return text
+
+
+def _list_of(item):
+    def parse(text: str) -> list:
+        return [item(part.strip()) for part in text.split(",")]
+    parse.__name__ = item.__name__  # argparse names the type in its message
+    return parse
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[-1])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for pretrain.train")
-    parser.add_argument("--gpus", type=int, default=None)
-    parser.add_argument("--loops", default=None, help="comma-separated num_loops, e.g. 1,2,3,4")
-    parser.add_argument("--utilization", type=float, default=None)
-    parser.add_argument("--gpu-memory", default="80,141")
+    parser.add_argument("--gpus", type=_positive_int, default=None)
+    parser.add_argument("--loops", type=_list_of(_positive_int), default=None,
+                        help="comma-separated num_loops, e.g. 1,2,3,4")
+    parser.add_argument("--utilization", type=_share, default=None)
+    parser.add_argument("--gpu-memory", type=_list_of(_gigabytes), default="80,141")
     parser.add_argument("--terms", action="store_true")
     return parser.parse_args(argv)
 
@@ -62,10 +105,9 @@ def main(argv=None) -> int:
 
     cfg = compose_config(args.overrides)
     world_size = args.gpus or default_world_size(cfg)
-    loop_counts = ([int(r) for r in args.loops.split(",")] if args.loops
-                   else [cfg.model.num_loops])
+    loop_counts = args.loops or [cfg.model.num_loops]
     gpu_memory = {f"{gb}GB": planner.GPU_MEMORY_GIB.get(f"{gb}GB", float(gb) * 1e9 / 2**30)
-                  for gb in args.gpu_memory.split(",")}
+                  for gb in args.gpu_memory}
     plans = []
     for loops in loop_counts:
         config = OmegaConf.to_object(OmegaConf.merge(cfg, {"model": {"num_loops": loops}}))

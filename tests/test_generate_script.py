@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from pretrain.errors import run_tool
 from scripts.generate import main, unescape
 from tests.fixtures import REPO, SMALL, output_of, run_trainer, small_data, trainer_env
 
@@ -44,24 +45,44 @@ def test_generate_from_a_trained_checkpoint(checkpoint):
 
 
 @pytest.mark.slow
-def test_a_prompt_past_the_trained_positions_warns_and_the_summary_names_the_mode(checkpoint):
+def test_a_prompt_past_the_model_positions_is_refused_naming_the_flag_and_the_limit(checkpoint):
+    """Prompt + new tokens past max_position_embeddings: exit 2 before any decoding (a huge
+    --max-new-tokens ran for minutes); one that fits decodes and names its mode."""
     long_prompt = "x = 1\\n" * 60  # > MAX_POSITIONS tokens with the new ones
-    done = generate("--checkpoint", checkpoint, "--prompt", long_prompt, "--max-new-tokens", "8")
+    for max_new in ("8", "100000"):
+        done = generate("--checkpoint", checkpoint, "--prompt", long_prompt, "--max-new-tokens",
+                        max_new)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, output_of(done)
+        assert f"--max-new-tokens {max_new}" in done.stderr, done.stderr
+        assert f"max_position_embeddings={MAX_POSITIONS}" in done.stderr, done.stderr
+    done = generate("--checkpoint", checkpoint, "--prompt", "x = 1\\n", "--max-new-tokens", "8")
     assert done.returncode == 0, output_of(done)
-    assert f"past the model's max_position_embeddings={MAX_POSITIONS}" in done.stderr
-    assert "--prompt #1 has" in done.stderr
     assert "parallel decoding" in done.stdout  # the default for this (clp) model, not "None"
 
 
 @pytest.mark.parametrize("args, named", [
-    (["--max-new-tokens", "0"], "--max-new-tokens 0: generate at least 1 token"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: it must be at least 1"),
     (["--max-new-tokens", "-3"], "--max-new-tokens -3"),
-    (["--prompt", "x", "--prompt", ""], "--prompt #2 is empty"),
+    (["--temperature", "nan"], "--temperature nan"),
+    (["--temperature", "-1"], "--temperature -1.0"),
+    (["--temperature", "inf"], "--temperature inf"),
+    (["--top-p", "0"], "--top-p 0.0"),
+    (["--top-p", "2"], "--top-p 2.0"),
+    (["--top-p", "nan"], "--top-p nan"),
+    (["--seed", "-1"], "--seed -1"),
+    (["--seed", str(2 ** 64)], "--seed"),
 ])
-def test_bad_arguments_are_refused_naming_the_argument(args, named, capsys):
+def test_bad_sampling_flags_are_refused_before_loading_naming_the_flag(args, named, capsys):
+    """The checkpoint does not exist: the flag is refused before it is looked at (exit 2)."""
+    assert run_tool(main, ["--checkpoint", "/nowhere", *args]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+
+
+def test_an_empty_prompt_is_refused_naming_it(capsys):
     with pytest.raises(SystemExit) as stopped:
-        main(["--checkpoint", "/nowhere", *args])
-    assert stopped.value.code == 2 and named in capsys.readouterr().err
+        main(["--checkpoint", "/nowhere", "--prompt", "x", "--prompt", ""])
+    assert stopped.value.code == 2 and "--prompt #2 is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("typed, meant", [

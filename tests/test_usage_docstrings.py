@@ -12,7 +12,8 @@ print its usage), then with each usage line's arguments, stopped right after the
 parser accepted them (nothing after the parse runs). Placeholders in a usage line: an optional
 `[...]` group is parsed too when it holds an option or an override and no `...`; a group of plain
 words (`[hydra overrides]`) stands for free arguments and is left out; `a|b` is a; `X...` is X; an
-ALLCAPS value of a typed option (`--limit K`) gets a value of that type (1, 1.0, its first choice).
+ALLCAPS value of a typed option (`--limit K`) gets a value of that type (1, 1.0, its first choice,
+or the first of those its own type function accepts).
 launch.slurm reads its arguments without argparse: a `submit` line is checked by its dry run (the
 config composed and validated, the sbatch script rendered, nothing submitted).
 """
@@ -194,5 +195,16 @@ def _typed(parser, args: list) -> list:
         action = options.get(args[i - 1])
         if action and action.nargs != 0 and re.fullmatch(r"[A-Z][A-Z0-9_]*", args[i]):
             args[i] = (str(next(iter(action.choices))) if action.choices else
-                       {int: "1", float: "1.0"}.get(action.type, args[i]))
+                       {int: "1", float: "1.0"}.get(action.type) or _accepted(action.type, args[i]))
     return args
+
+
+def _accepted(kind, placeholder: str) -> str:
+    """A tool's own type function (a checked range): the first of "1", "1.0" it accepts."""
+    for value in ("1", "1.0"):
+        try:
+            kind(value)
+            return value
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            continue
+    return placeholder

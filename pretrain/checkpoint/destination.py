@@ -3,6 +3,7 @@ may write, checked before anything is written.
 
     refuse_overlap({"SRC": src}, dst, "DST")         # the same folder, or one inside the other
     with new_checkpoint_dir(dst, "DST"): ...         # empty or absent, one writer, no debris
+    with nothing_left_on_failure(dst, "DST"): ...    # a failed write (a full disk) leaves nothing
 
 Paths are compared as the file system resolves them (symlinks, `..`, relative paths): two spellings
 of one folder are one folder. A checkpoint tool's output must not hold checkpoints or anything
@@ -90,3 +91,30 @@ def new_checkpoint_dir(destination: str, flag: str):
                 shutil.rmtree(destination, ignore_errors=True)
             raise
         run_lock.release()
+
+
+@contextlib.contextmanager
+def nothing_left_on_failure(out: str, flag: str):
+    """A tool's write of the output folder `out` (named by `flag`) leaves nothing behind when it
+    fails: the folders of `out`'s path this call created are removed (the block removes its own
+    temp folders); a full disk (pretrain.errors.disk_is_full, asked before the cleanup frees
+    space) becomes a CheckpointError naming `out`, whatever the writer raised (megatron's says only
+    "unexpected pos")."""
+    from pretrain.errors import CheckpointError, disk_is_full
+
+    created = None  # the topmost folder of out's path that does not exist yet
+    path = os.path.abspath(out)
+    while not os.path.lexists(path):
+        created, path = path, os.path.dirname(path)
+    try:
+        yield
+    except BaseException as error:  # noqa: BLE001 torch's CheckpointException is a BaseException
+        full = not isinstance(error, (SystemExit, KeyboardInterrupt)) and disk_is_full(error, out)
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        if full:
+            raise CheckpointError(
+                f"cannot write {flag} {os.path.abspath(out)}: no space left on the device "
+                f"(nothing was kept there); free space on that disk or pass a {flag} on "
+                "another") from None
+        raise

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 
-from pretrain.errors import CheckpointError
+from pretrain.errors import CheckpointError, disk_is_full
 
 LOCK_FILE = ".lock"
 
@@ -52,9 +52,13 @@ def take_lock(path: str, holder: dict, refusal) -> int:
     holder = dict(holder, host=socket.gethostname(), pid=os.getpid(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                   since=datetime.datetime.now().isoformat(timespec="seconds"))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder).encode(), 0)
-    os.fsync(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.fsync(fd)
+    except BaseException:
+        release_lock(path, fd)  # a full disk: no empty lock file is left behind
+        raise
     return fd
 
 
@@ -105,14 +109,21 @@ def one_writer(out_dir: str, flag: str, error=CheckpointError):
     it writes anything. A flock on output_lock_path(out_dir), released however the process ends
     (pretrain/checkpoint/lock.py docstring). `flag`: how the user named the output (`--out`)."""
     path = output_lock_path(out_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
 
     def refusal(holder: str):
         return error(f"{flag} {os.path.abspath(out_dir)} is being written by another live process "
                      f"({holder}); two writers of one output destroy each other's files. Wait for "
                      f"it to end, stop it, or pass another {flag}")
 
-    fd = take_lock(path, {"command": " ".join(sys.argv)[:500], "output": out_dir}, refusal)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = take_lock(path, {"command": " ".join(sys.argv)[:500], "output": out_dir}, refusal)
+    except OSError as failure:
+        if not disk_is_full(failure, path):
+            raise
+        raise error(f"cannot write {flag} {os.path.abspath(out_dir)}: no space left on the device "
+                    f"for its lock file {path} (nothing was kept there); free space on that disk "
+                    f"or pass a {flag} on another") from None
     try:
         yield
     finally:
