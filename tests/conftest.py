@@ -3,6 +3,8 @@
 - Every test process runs torch with one thread, and applies megatron-core's CPU compatibility
   layer at start (the same explicit call the entry points make; a no-op with CUDA).
 - `megatron_world`: torch.distributed (gloo, a world of one) and megatron's parallel state at TP=PP=1.
+- `good_dir`, `hf_copy`: a small R=2 export (several shards), once per module, and a copy of it per
+  test to damage.
 - `cluster`: a real two-node SLURM cluster (tests/local_cluster.py), one per test module.
 - `data_cfg`, `prepared`, `tokenizer`: the small stdlib corpus and its tokenizer (tests/fixtures.py),
   built once per process.
@@ -91,3 +93,22 @@ def tokenizer():
     from data.tokenizer import CodeTokenizer
 
     return CodeTokenizer(small_prepared().tokenizer_model)
+
+
+@pytest.fixture(scope="module")
+def good_dir(megatron_world, tmp_path_factory):
+    """A small R=2 PLT exported to a Hugging Face directory in shards of 2 MB (once per module)."""
+    from tests.fixtures import exported, model_and_config
+
+    model, cfg = model_and_config(num_loops=2)
+    return exported(model, cfg, tmp_path_factory.mktemp("good"), max_shard_size="2MB")
+
+
+@pytest.fixture
+def hf_copy(good_dir, tmp_path):
+    """A copy of `good_dir` for one test to damage."""
+    import shutil
+
+    copy = tmp_path / "hf"
+    shutil.copytree(good_dir, copy)
+    return copy

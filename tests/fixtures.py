@@ -11,6 +11,7 @@ the same arithmetic, which the bitwise resume tests rely on.
 """
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import json
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -260,3 +262,26 @@ def assert_bitwise_equal(got: dict, expected: dict):
     for name, tensor in expected.items():
         assert got[name].dtype == tensor.dtype, name
         assert torch.equal(got[name], tensor), name
+
+
+# -- a real full disk ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def tiny_tmpfs(folder, size: str):
+    """`folder` mounted as a tmpfs of `size` ("64k"): a real disk to fill, where mounting works
+    (root); the test is skipped elsewhere (injected ENOSPC tests cover the logic there)."""
+    import pytest
+
+    os.makedirs(folder, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True)
+    if made.returncode:
+        pytest.skip("mounting a tmpfs needs root; the injected ENOSPC tests cover the logic")
+    try:
+        yield folder
+    finally:
+        for _ in range(20):  # a writer process megatron started may still be closing its files
+            if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.25)
+        else:
+            subprocess.run(["umount", "--lazy", str(folder)], check=True)

@@ -16,25 +16,10 @@ import pytest
 import torch
 
 from pretrain.errors import EXIT_CHECKPOINT, run_tool
-from tests.fixtures import REPO, exported, model_and_config, subprocess_env
+from tests.fixtures import REPO, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 INDEX = "model.safetensors.index.json"
-
-
-@pytest.fixture(scope="module")
-def good_dir(tmp_path_factory):
-    model, cfg = model_and_config(num_loops=2)
-    return exported(model, cfg, tmp_path_factory.mktemp("good"), max_shard_size="2MB")
-
-
-@pytest.fixture
-def hf_copy(good_dir, tmp_path):
-    import shutil
-
-    copy = tmp_path / "hf"
-    shutil.copytree(good_dir, copy)
-    return copy
 
 
 # -- ways to damage a directory: each returns the file the message must name ---------------------

@@ -5,29 +5,14 @@ tokenizer with more ids than the model, pickles where safetensors are expected (
 import json
 import os
 import pickle
-import shutil
 
 import pytest
 from safetensors.torch import load_file, save_file
 
 from handoff import PublishedFormatError, read_hf
 from pretrain.checkpoint.init import import_hf
-from tests.fixtures import exported, model_and_config
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
-
-
-@pytest.fixture(scope="module")
-def good_dir(tmp_path_factory):
-    model, cfg = model_and_config(num_loops=2)
-    return exported(model, cfg, tmp_path_factory.mktemp("good"), max_shard_size="2MB")
-
-
-@pytest.fixture
-def hf_copy(good_dir, tmp_path):
-    copy = tmp_path / "hf"
-    shutil.copytree(good_dir, copy)
-    return copy
 
 
 def _shard(hf_dir):

@@ -4,21 +4,13 @@ as it was). Injected ENOSPC where megatron's writer raises it, and a real full t
 mounting one is allowed."""
 
 import os
-import subprocess
-import time
 
 import pytest
 
 from pretrain.errors import EXIT_CHECKPOINT, run_tool
-from tests.fixtures import exported, model_and_config
+from tests.fixtures import model_and_config, tiny_tmpfs
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
-
-
-@pytest.fixture(scope="module")
-def good_dir(tmp_path_factory):
-    model, cfg = model_and_config(num_loops=2)
-    return exported(model, cfg, tmp_path_factory.mktemp("good"), max_shard_size="2MB")
 
 
 def test_a_full_disk_leaves_no_out_and_names_it(good_dir, tmp_path, monkeypatch, capsys):
@@ -52,19 +44,8 @@ def test_a_full_disk_leaves_no_out_and_names_it(good_dir, tmp_path, monkeypatch,
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 300 KB tmpfs (the import needs about 700 KB): a real full disk, where mounting works."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip("mounting a tmpfs needs root; the injected ENOSPC test covers the logic")
-    yield mount
-    # A writer process megatron started may still be closing its files: wait, then detach lazily.
-    for _ in range(20):
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.25)
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    with tiny_tmpfs(tmp_path / "disk", "300k") as mount:
+        yield mount
 
 
 def test_a_real_full_disk_leaves_nothing_and_names_out(good_dir, tiny_disk, capsys):

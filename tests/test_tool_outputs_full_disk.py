@@ -5,13 +5,11 @@ is allowed (root). scripts.import_hf and export_hf's shard writer: tests/test_im
 
 import errno
 import os
-import subprocess
-import time
 
 import pytest
 
 from pretrain.errors import EXIT_CHECKPOINT, EXIT_DATA, run_tool
-from tests.fixtures import model_and_config, write_checkpoint
+from tests.fixtures import model_and_config, tiny_tmpfs, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 
@@ -98,18 +96,8 @@ def test_the_tokenizer_on_a_full_disk_names_output_and_leaves_no_temp_file(tmp_p
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 64 KB tmpfs: a real full disk, where mounting works."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip("mounting a tmpfs needs root; the injected ENOSPC tests cover the logic")
-    yield mount
-    for _ in range(20):  # a writer process megatron started may still be closing its files
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.25)
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    with tiny_tmpfs(tmp_path / "disk", "64k") as mount:
+        yield mount
 
 
 def _fill(disk) -> None:
