@@ -1,0 +1,112 @@
+"""model.fused_elementwise (model/fused_elementwise.py) against the unfused path, fp32 on CPU,
+values and gradients. torch.compile runs here through inductor's C++ backend, so these are the
+compiled kernels themselves, not their Python formulas (each function compiles once per process).
+
+Tolerances, relative to each tensor's largest entry: one function, 1e-6 (the compiled kernel
+reorders the norm's sum of squares and the fused SwiGLU's backward is megatron's hand-written
+derivative: a few float32 roundings apart); the whole two-layer, two-loop model's loss and every
+parameter's gradient, 2e-5 (those roundings carried through attention, loops and the head).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from megatron.core.fusions.fused_bias_swiglu import bias_swiglu_impl
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+from model.fused_elementwise import compiled, fused_rms_norm, fused_rotary, rms_norm
+from tests.fixtures import build_small, small_model_config
+
+pytestmark = pytest.mark.slow  # ~20 s on one core, nearly all of it inductor compiling
+
+
+def _assert_close(got, want, rel):
+    scale = want.abs().max().item()
+    assert (got - want).abs().max().item() <= rel * scale, (got - want).abs().max().item() / scale
+
+
+def _grads(fn, *inputs, seed=1):
+    """fn's output and the gradients of a random weighting of it w.r.t. every input."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return (out, *torch.autograd.grad((out * upstream).sum(), leaves))
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_rms_norm_fused_equals_unfused():
+    x, weight = _randn(24, 2, 64) * 3, 1 + _randn(64, seed=1) / 4
+    got = _grads(lambda a, w: fused_rms_norm(a, w, 1e-5), x, weight)
+    want = _grads(lambda a, w: rms_norm(a, w, 1e-5), x, weight)
+    for g, w in zip(got, want):
+        _assert_close(g, w, 1e-6)
+
+
+@pytest.mark.usefixtures("megatron_world")  # megatron's RoPE asks for the context-parallel group
+@pytest.mark.parametrize("per_sequence_positions", [False, True])
+def test_rotary_fused_equals_megatrons(per_sequence_positions):
+    """Against megatron's own unfused RoPE, with the model's frequencies: [s, 1, 1, d], or
+    [s, b, 1, d] when each sequence has its own positions (model/plt_model.py ``_rotary``)."""
+    rope = RotaryEmbedding(kv_channels=32, rotary_percent=1.0, rotary_base=10000.0,
+                           use_cpu_initialization=True)
+    seq, batch = 40, 3
+    freqs = rope(seq)
+    if per_sequence_positions:
+        positions = torch.randint(0, seq, (batch, seq), generator=torch.Generator().manual_seed(2))
+        freqs = freqs[positions.t()].squeeze(2)
+    config = small_model_config(num_loops=1).build()
+    t = _randn(seq, batch, 4, 32)
+    got = _grads(fused_rotary, t, freqs)
+    want = _grads(lambda a, f: apply_rotary_pos_emb(a, f, config=config), t, freqs)
+    for g, w in zip(got[:2], want[:2]):  # the angles are no parameter: no gradient wanted
+        _assert_close(g, w, 1e-6)
+
+
+def test_swiglu_fused_equals_unfused():
+    """megatron's fused SwiGLU (what the MLP runs with the flag on) against its unfused chain."""
+    y = _randn(16, 2, 2 * 48) * 2
+
+    def unfused(x):
+        x_glu, x_linear = torch.chunk(x, 2, dim=-1)
+        return F.silu(x_glu) * (x_linear + 0.0)
+
+    got = _grads(lambda x: bias_swiglu_impl(x, None), y)
+    want = _grads(unfused, y)
+    for g, w in zip(got, want):
+        _assert_close(g, w, 1e-6)
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    loss = model(ids, labels=ids).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.usefixtures("megatron_world")
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_a_fused_model_trains_and_predicts_like_the_unfused_one(recompute):
+    """A two-loop model (gated loops: the gate norm, both branches, the per-loop norm) with its
+    fused twin of the same weights: training loss, every gradient, and eval logits (no grad, as
+    decoding runs them). With recomputation the compiled kernels rerun inside the checkpoint."""
+    unfused = build_small(num_loops=2, recompute=recompute).train()
+    fused = build_small(num_loops=2, recompute=recompute, fused_elementwise=True).train()
+    fused.load_state_dict(unfused.state_dict())
+    assert fused.config.bias_activation_fusion and not unfused.config.bias_activation_fusion
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(3))
+    before = compiled.cache_info()
+    want_loss, want_grads = _loss_and_grads(unfused, ids)
+    assert compiled.cache_info() == before  # the unfused model never asks for a compiled kernel
+    got_loss, got_grads = _loss_and_grads(fused, ids)
+    after = compiled.cache_info()
+    assert after.currsize == 2 and after.hits + after.misses > before.hits + before.misses
+    _assert_close(got_loss, want_loss, 2e-5)
+    for name, want in want_grads.items():
+        _assert_close(got_grads[name], want, 2e-5)
+    with torch.no_grad():
+        _assert_close(fused.eval()(ids), unfused.eval()(ids), 2e-5)
+
