@@ -29,6 +29,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from model.config import ConfigError
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in fp32 at least (float64 stays float64), returned in the input's dtype: the one
@@ -54,9 +56,31 @@ def compiled(fn):
     return torch.compile(fn, fullgraph=True)
 
 
+def run_compiled(fn, *args):
+    """``fn(*args)`` compiled. A compiler that cannot build kernels here (no C compiler on a CPU,
+    no working Triton on a GPU) is the machine's setup, not a bug: a ConfigError (exit status 2)
+    naming the key. The norm runs first in every layer, so it meets such a failure before
+    megatron's SwiGLU would."""
+    try:
+        return compiled(fn)(*args)
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"model.fused_elementwise=true but torch.compile cannot build its kernels on "
+            f"{args[0].device.type} here ({reason}); install what it names (a C++ compiler for a "
+            f"CPU, Triton for a GPU) or set model.fused_elementwise=false") from None
+
+
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return compiled(rms_norm)(x, weight, eps)
+    return run_compiled(rms_norm, x, weight, eps)
 
 
 def fused_rotary(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    return compiled(rotary)(t, freqs)
+    return run_compiled(rotary, t, freqs)
+
+
+def check_fused_elementwise(device: torch.device, dtype: torch.dtype) -> None:
+    """Compile one norm on ``device`` now: a machine that cannot (ConfigError) is refused before a
+    run writes anything, not at its first step. Seconds, once per process."""
+    x = torch.ones(2, 8, device=device, dtype=dtype, requires_grad=True)
+    fused_rms_norm(x, torch.ones(8, device=device, dtype=dtype), 1e-5)

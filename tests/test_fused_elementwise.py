@@ -15,6 +15,7 @@ from megatron.core.fusions.fused_bias_swiglu import bias_swiglu_impl
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
+from model.config import ConfigError
 from model.fused_elementwise import compiled, fused_rms_norm, fused_rotary, rms_norm
 from tests.fixtures import build_small, small_model_config
 
@@ -135,3 +136,31 @@ def test_the_fused_model_saves_less_for_backward():
     fused = build_small(num_loops=2, fused_elementwise=True).train()
     ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(3))
     assert _saved_bytes(fused, ids) < _saved_bytes(unfused, ids)
+
+
+def test_a_machine_that_cannot_compile_is_a_config_error_naming_the_key(monkeypatch):
+    """No C++ compiler on a CPU (what inductor needs there): exit status 2 naming the key, not a
+    traceback. A norm epsilon of its own makes this a new kernel that must be compiled."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    eps = 1e-5 * (1 + torch.rand(()).item())
+    with pytest.raises(ConfigError, match=r"model.fused_elementwise=true .* cpu .*C\+\+ compiler"
+                       r".*model.fused_elementwise=false"):
+        fused_rms_norm(_randn(4, 8), torch.ones(8), eps)
+
+
+def test_the_trainer_without_a_compiler_exits_2_before_writing_its_run_files(tmp_path):
+    """The same, as a user meets it: the trainer checks before it writes the run's files."""
+    from tests.fixtures import SMALL, output_of, run_trainer, small_data
+
+    run_dir = tmp_path / "run"
+    env = dict(CXX="/nonexistent/c++", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    result = run_trainer(run_dir, "model.fused_elementwise=true", "train.max_steps=3", *SMALL,
+                         *small_data(), env=env)
+    out = output_of(result)
+    assert result.returncode == 2 and "Traceback" not in out, out
+    assert "config error" in out and "model.fused_elementwise=false" in out, out
+    # hydra's own .hydra/ and train.log are there for any config error; the run's files are not
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "resume.yaml").exists()
