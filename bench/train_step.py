@@ -72,7 +72,8 @@ def seven_b_width(loops: int, recompute: str, chunked: bool, seq: int, backend: 
                   capacity_bytes: float, tiny: bool, fused: bool = False) -> ModelConfig:
     """plt_7b's width (the tiny stand-in with --tiny) with as many of its 14 layers as the planner
     says fit ``capacity_bytes`` (None if not even one does). The planner counts the unfused
-    elementwise chains, so ``fused`` (model.fused_elementwise) gets the same layers: like for like."""
+    elementwise chains, so ``fused`` (model.fused_elementwise) gets the same layers: like for
+    like."""
     base = load_preset("plt_tiny" if tiny else "plt_7b", name="plt_7b_width", num_loops=loops,
                        recompute=recompute, chunked_cross_entropy=chunked,
                        fused_elementwise=fused, attention_backend=backend,

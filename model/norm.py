@@ -21,7 +21,7 @@ class RMSNorm(MegatronModule):
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
-        # model.fused_elementwise: the same formula as one compiled kernel (model/fused_elementwise.py)
+        # model.fused_elementwise: the same formula as compiled kernels (model/fused_elementwise.py)
         self.fused = getattr(config, "fused_elementwise", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

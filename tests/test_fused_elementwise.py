@@ -23,7 +23,7 @@ from model.generation import generate
 from model.fused_elementwise import compiled, fused_rms_norm, fused_rotary, rms_norm
 from tests.fixtures import build_small, small_model_config
 
-pytestmark = pytest.mark.slow  # ~30 s with inductor's cache empty, nearly all of it compiling
+pytestmark = pytest.mark.slow  # 15-40 s with inductor's cache empty, nearly all of it compiling
 
 
 def _assert_close(got, want, rel):

@@ -106,7 +106,8 @@ def test_the_markdown_report_has_every_section():
     text = gpu_report.markdown(result)
     for expected in ("FAIL flex q_len 1 window 64", "| chunked | 120.0 |", "triton",
                      "| plt_7b_width | 14 | 1 | flex | True | True | none |", "46.0%",
-                     "Fastest attention backend", "Fused elementwise kernels", "the later cases use",
+                     "Fastest attention backend", "Fused elementwise kernels",
+                     "the later cases use",
                      "plt_7b_width R=1 flex 2.0e-03",
                      "| plt_1b | 1 | 2 | parallel | 5.00 | 1.05 |", "aten::mm",
                      "7B width R=4: time budget"):
