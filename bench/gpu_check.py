@@ -11,8 +11,12 @@ asks first):
    and peak memory (and liger-kernel's when it imports).
 2. plt_1b at R=1, 2: torch backend without and with the chunked cross-entropy, flex with it.
    The faster of torch and flex at R=2 is the backend ``auto`` should take without flash-attn.
+   Then that backend with the chunked cross-entropy and ``model.fused_elementwise`` (RMSNorm, RoPE
+   and SwiGLU fused, model/fused_elementwise.py), and its loss against the unfused run's.
 3. plt_7b's width (hidden 5120, 40 heads, 8 KV heads, intermediate 27648) with as many of its 14
-   layers as the planner says fit the device with AdamW (bench/train_step.py), R=1, 2.
+   layers as the planner says fit the device with AdamW (bench/train_step.py), R=1, 2, each
+   without and with the fused elementwise kernels. The later cases take the fused kernels if
+   they were faster at the 7B width (``fused_faster``).
 4. Decode latency (bench/decode.py): plt_1b, batch 1 and 8, R=1, R=2 parallel, R=2 sequential;
    a profiler table of one plt_1b R=2 step.
 5. As time allows: 7B width R=2 with recomputation, its decode latency, R=3, 4 of both models,
@@ -106,15 +110,16 @@ class Check:
         print("model: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                     for k, v in row.items()), flush=True)
 
-    def small(self, loops, backend="torch", chunked=True, recompute="none"):
+    def small(self, loops, backend="torch", chunked=True, recompute="none", fused=False):
         return load_preset("plt_tiny" if self.args.tiny else "plt_1b", num_loops=loops,
                            attention_backend=backend, chunked_cross_entropy=chunked,
-                           recompute=recompute)
+                           recompute=recompute, fused_elementwise=fused)
 
-    def wide(self, loops, backend, recompute="none"):
+    def wide(self, loops, backend, recompute="none", fused=False):
         capacity = TINY_CAPACITY if self.args.tiny else (
             torch.cuda.mem_get_info()[1] * (1 - RESERVE_FRACTION))
-        cfg = seven_b_width(loops, recompute, True, self.seq, backend, capacity, self.args.tiny)
+        cfg = seven_b_width(loops, recompute, True, self.seq, backend, capacity, self.args.tiny,
+                            fused)
         if cfg is None:
             raise RuntimeError(f"not even one 7B-width layer fits at R={loops}")
         return cfg
@@ -131,12 +136,42 @@ class Check:
     def fastest_backend(self) -> str:
         """torch or flex, by tokens/s at the largest R both ran with the chunked cross-entropy."""
         ran = {(r["attention"], r["loops"]): r["tokens_per_s"] for r in self.result["training"]
-               if r["model"] != "plt_7b_width" and r["chunked_ce"] and r["recompute"] == "none"}
+               if r["model"] != "plt_7b_width" and r["chunked_ce"] and r["recompute"] == "none"
+               and not r.get("fused")}
         both = [loops for (backend, loops) in ran if backend == "flex" and ("torch", loops) in ran]
         if not both:
             return "torch"
         loops = max(both)
         return "flex" if ran[("flex", loops)] > ran[("torch", loops)] else "torch"
+
+    def fused_faster(self) -> bool:
+        """Whether model.fused_elementwise gave more tokens/s than the same case without it: the
+        7B width's rows if both ran there (the later cases are of that width), else plt_1b's, at
+        the largest R both ran (without recomputation)."""
+        rows = [r for r in self.result["training"] if r["recompute"] == "none"]
+        for wide in (True, False):
+            ran = {(bool(r.get("fused")), r["attention"], r["loops"]): r["tokens_per_s"]
+                   for r in rows if (r["model"] == "plt_7b_width") == wide and r["chunked_ce"]}
+            both = [key[1:] for key in ran if key[0] and (False, *key[1:]) in ran]
+            if both:
+                key = max(both, key=lambda k: k[1])
+                return ran[(True, *key)] > ran[(False, *key)]
+        return False
+
+    def fused_loss_gap(self) -> dict:
+        """Each fused run's last loss relative to its unfused twin's (the same seed, so the same
+        weights and tokens, and the same steps): fusion changes rounding only, so they agree to
+        about bf16's precision after a few steps."""
+        rows = self.result["training"]
+        gaps = {}
+        for r in rows:
+            twin = [u for u in rows if not u.get("fused") and all(
+                u[k] == r[k] for k in ("model", "layers", "loops", "attention", "chunked_ce",
+                                       "recompute"))]
+            if r.get("fused") and twin:
+                gaps[f"{r['model']} R={r['loops']} {r['attention']}"] = abs(
+                    r["loss"] - twin[0]["loss"]) / max(abs(twin[0]["loss"]), 1e-12)
+        return gaps
 
 
 def plan(check: Check) -> None:
@@ -155,22 +190,33 @@ def plan(check: Check) -> None:
     best = check.result["fastest_backend"] = check.fastest_backend()
     print(f"fastest backend without flash-attn: {best}", flush=True)
     for r in first:
+        check.run(f"1B R={r} {best} chunked CE fused elementwise",
+                  lambda r=r: check.train(check.small(r, best, fused=True)))
+    for r in first:
         check.run(f"7B width R={r} {best}", lambda r=r: check.train(check.wide(r, best)))
+        check.run(f"7B width R={r} {best} fused elementwise",
+                  lambda r=r: check.train(check.wide(r, best, fused=True)))
+    fused = check.result["fused_elementwise_faster"] = check.fused_faster()
+    check.result["fused_loss_gap"] = check.fused_loss_gap()
+    print(f"fused elementwise kernels faster: {fused}; relative loss gap to the unfused runs: "
+          f"{check.result['fused_loss_gap']}", flush=True)
     check.run("decode 1B", lambda: check.decode(
         "plt_tiny" if tiny else "plt_1b",
         lambda n: build_for_decoding("plt_tiny" if tiny else "plt_1b", args.device, num_loops=n)))
     check.run("profile 1B R=2", lambda: check.train(check.small(2, best), profile_name="1b_R2"))
-    check.run(f"7B width R=2 {best} recompute", lambda: check.train(check.wide(2, best, "full")))
+    check.run(f"7B width R=2 {best} recompute", lambda: check.train(check.wide(2, best, "full",
+                                                                              fused)))
     width = TINY_WIDTH if tiny else SEVEN_B_WIDTH
     check.run("decode 7B width", lambda: check.decode("plt_7b_width", lambda n: build_for_decoding(
         "plt_tiny" if tiny else "plt_7b", args.device, num_loops=n, **width)))
     for r in rest:
-        check.run(f"1B R={r} {best}", lambda r=r: check.train(check.small(r, best)))
-        check.run(f"7B width R={r} {best}", lambda r=r: check.train(check.wide(r, best)))
+        check.run(f"1B R={r} {best}", lambda r=r: check.train(check.small(r, best, fused=fused)))
+        check.run(f"7B width R={r} {best}",
+                  lambda r=r: check.train(check.wide(r, best, fused=fused)))
     for r in [*first[:1], *rest]:
         check.run(f"7B width R={r} {best} recompute",
-                  lambda r=r: check.train(check.wide(r, best, "full")))
-    check.run("profile 7B width R=1", lambda: check.train(check.wide(1, best),
+                  lambda r=r: check.train(check.wide(r, best, "full", fused)))
+    check.run("profile 7B width R=1", lambda: check.train(check.wide(1, best, fused=fused),
                                                           profile_name="7b_width_R1"))
 
 

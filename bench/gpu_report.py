@@ -43,10 +43,11 @@ def markdown(result: dict) -> str:
             for name, e in result["cross_entropy"].items()])
     if result.get("training"):
         out += ["Training steps (forward + backward + AdamW):", ""]
-        out += _table(["model", "layers", "R", "attention", "chunked CE", "recompute", "ms/step",
-                       "tokens/s", "MFU", "MFU of matmul", "peak GiB", "planner GiB",
+        out += _table(["model", "layers", "R", "attention", "chunked CE", "fused", "recompute",
+                       "ms/step", "tokens/s", "MFU", "MFU of matmul", "peak GiB", "planner GiB",
                        "planner/peak"], [
-            [r["model"], r["layers"], r["loops"], r["attention"], r["chunked_ce"], r["recompute"],
+            [r["model"], r["layers"], r["loops"], r["attention"], r["chunked_ce"],
+             r.get("fused", False), r["recompute"],
              _num(r["ms_per_step"]), _num(r["tokens_per_s"], "{:,.0f}"), _pct(r["mfu"]),
              _pct(r["mfu_of_measured_matmul"]), _num(r.get("peak_gib"), "{:.1f}"),
              _num(r["planned_gib"], "{:.1f}"), _num(r.get("planned_over_peak"), "{:.2f}")]
@@ -54,6 +55,12 @@ def markdown(result: dict) -> str:
     if result.get("fastest_backend"):
         out += [f"Fastest attention backend without flash-attn (training, R=2): "
                 f"{result['fastest_backend']} (model/kernels.py AUTO_CUDA_WITHOUT_FLASH).", ""]
+    if "fused_elementwise_faster" in result:
+        gaps = ", ".join(f"{k} {v:.1e}" for k, v in result.get("fused_loss_gap", {}).items())
+        out += [f"Fused elementwise kernels (model.fused_elementwise) faster: "
+                f"{result['fused_elementwise_faster']}; the later cases "
+                f"{'use' if result['fused_elementwise_faster'] else 'do not use'} them. "
+                f"Loss relative to the unfused twin: {gaps or '-'}.", ""]
     if result.get("decode"):
         out += ["Decode latency per token (prefill not timed):", ""]
         out += _table(["model", "batch", "R", "mode", "ms/token", "vs R=1"], [

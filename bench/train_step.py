@@ -69,12 +69,15 @@ def planned_bytes(cfg: ModelConfig, lay: planner.Layout, state_bytes: int) -> fl
 
 
 def seven_b_width(loops: int, recompute: str, chunked: bool, seq: int, backend: str,
-                  capacity_bytes: float, tiny: bool) -> ModelConfig:
+                  capacity_bytes: float, tiny: bool, fused: bool = False) -> ModelConfig:
     """plt_7b's width (the tiny stand-in with --tiny) with as many of its 14 layers as the planner
-    says fit ``capacity_bytes`` (None if not even one does)."""
+    says fit ``capacity_bytes`` (None if not even one does). The planner counts the unfused
+    elementwise chains, so ``fused`` (model.fused_elementwise) gets the same layers: like for
+    like."""
     base = load_preset("plt_tiny" if tiny else "plt_7b", name="plt_7b_width", num_loops=loops,
                        recompute=recompute, chunked_cross_entropy=chunked,
-                       attention_backend=backend, **(TINY_WIDTH if tiny else SEVEN_B_WIDTH))
+                       fused_elementwise=fused, attention_backend=backend,
+                       **(TINY_WIDTH if tiny else SEVEN_B_WIDTH))
     state = STATE_BYTES_PER_PARAMETER * (1 if not tiny else 2)
     lay = layout(base, seq, 1, backend, bf16=not tiny)
     for layers in range(14, 0, -1):
@@ -127,7 +130,7 @@ def time_model(cfg: ModelConfig, device, dtype, seq, batch, steps, peak_tflops, 
         return loss
 
     try:
-        for _ in range(2):  # warm-up: allocator, compilation, autotuning, optimizer state
+        for _ in range(2):  # warm-up: allocator, compilation (fused_elementwise), autotuning, AdamW
             step()
         sync(device)
         if on_gpu:
@@ -140,6 +143,7 @@ def time_model(cfg: ModelConfig, device, dtype, seq, batch, steps, peak_tflops, 
         model_flops = flops_per_token(cfg, seq) * batch * seq / elapsed
         row = dict(model=cfg.name, layers=cfg.num_layers, loops=cfg.num_loops,
                    recompute=cfg.recompute, chunked_ce=cfg.chunked_cross_entropy,
+                   fused=cfg.fused_elementwise,
                    attention=chosen, params_b=params / 1e9, batch=batch, seq=seq,
                    ms_per_step=elapsed * 1e3, tokens_per_s=batch * seq / elapsed,
                    mfu=model_flops / (peak_tflops * 1e12),

@@ -214,7 +214,7 @@ def _scale(value) -> float:
 
 def same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
     """Equal on every field but the run-only ones (name, attention backend, recompute, chunked
-    cross-entropy)."""
-    skip = {"name", "attention_backend", "recompute", "chunked_cross_entropy"}
+    cross-entropy, fused elementwise kernels)."""
+    skip = {"name", "attention_backend", "recompute", "chunked_cross_entropy", "fused_elementwise"}
     return all(getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(a)
                if f.name not in skip)

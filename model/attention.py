@@ -40,6 +40,7 @@ from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubm
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
+from model.fused_elementwise import fused_rotary
 from model.kernels import AttentionBackend, backend_for, masked_attend
 
 KV = Tuple[torch.Tensor, torch.Tensor]  # (keys, values), each [batch, seq, kv_heads, head_dim]
@@ -112,7 +113,9 @@ class PLTSelfAttention(SelfAttention):
         # V is a view of the fused QKV output; a copy of its own lets that output (h + 2 kv wide)
         # be freed: autograd, recomputation and loop 1's kept K/V then hold only V itself.
         v = v.contiguous()
-        if rotary_pos_emb is not None:
+        if rotary_pos_emb is not None and self.config.fused_elementwise:
+            q, k = fused_rotary(q, rotary_pos_emb), fused_rotary(k, rotary_pos_emb)
+        elif rotary_pos_emb is not None:
             q = apply_rotary_pos_emb(q, rotary_pos_emb, config=self.config)
             k = apply_rotary_pos_emb(k, rotary_pos_emb, config=self.config)
         return (t.transpose(0, 1) for t in (q, k, v))

@@ -65,6 +65,10 @@ class PLTFields:
     # (model/chunked_cross_entropy.py): the same loss and gradients, ~2.5 GB less at vocab 76,800
     # x 8192 tokens, one more head matmul. parallel.tp=1 only.
     chunked_cross_entropy: bool = False
+    # RMSNorm and RoPE as torch.compile'd kernels and megatron's fused SwiGLU
+    # (model/fused_elementwise.py): the same math, fewer kernels and saved activations; compiles
+    # on the first step (inductor: Triton on CUDA, a C compiler on CPU).
+    fused_elementwise: bool = False
     vocab_size: int = 4096
     max_position_embeddings: int = 2048
     rotary_base: float = 10000.0
@@ -80,7 +84,8 @@ class PLTFields:
 # checkpoint). STRUCTURAL ones also decide which weights exist and their shapes: they must match.
 # CHANGEABLE ones may be changed on purpose (checkpoint.allow_model_change). The rest do not change
 # the function: name, attention_backend (the kernel, same math), recompute (memory),
-# chunked_cross_entropy (the head's loss in chunks, same math),
+# chunked_cross_entropy (the head's loss in chunks, same math), fused_elementwise (the norm, RoPE
+# and SwiGLU as fused kernels, same math),
 # init_method_std (only a fresh start uses it), max_position_embeddings (RoPE is computed for the
 # positions used).
 STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
@@ -186,6 +191,8 @@ class PLTConfig(PLTFields, TransformerConfig):
     def __post_init__(self):
         validate_architecture(self, self.tensor_model_parallel_size,
                               self.pipeline_model_parallel_size)
+        # megatron's MLP takes its fused SwiGLU from this field (model/fused_elementwise.py)
+        self.bias_activation_fusion = self.fused_elementwise
         super().__post_init__()
 
 

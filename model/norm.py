@@ -9,9 +9,10 @@ the tensor-parallel group, as megatron does for its own fused norms. The paramet
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from model.fused_elementwise import fused_rms_norm, rms_norm
 
 
 class RMSNorm(MegatronModule):
@@ -20,10 +21,10 @@ class RMSNorm(MegatronModule):
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+        # model.fused_elementwise: the same formula as compiled kernels (model/fused_elementwise.py)
+        self.fused = getattr(config, "fused_elementwise", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 at least (bf16 sums of squares lose precision; a float64 model keeps
         # float64, what exactness checks against references run in), return in the input dtype.
-        wide = torch.promote_types(x.dtype, torch.float32)
-        out = F.rms_norm(x.to(wide), (x.shape[-1],), self.weight.to(wide), self.eps)
-        return out.to(x.dtype)
+        return (fused_rms_norm if self.fused else rms_norm)(x, self.weight, self.eps)

@@ -116,6 +116,9 @@ def _train(config, config_yaml: str, world) -> int:
     # key (AttentionBackendUnsupported: exit 2).
     resolve_backend(config.model.attention_backend, world.device, params_dtype(config.train),
                     backward=True)
+    if config.model.fused_elementwise:  # no compiler for its kernels here: exit 2, likewise
+        from model.fused_elementwise import check_fused_elementwise
+        check_fused_elementwise(world.device, params_dtype(config.train))
     run_dir, ckpt = config.run_dir, config.checkpoint
     os.makedirs(run_dir, exist_ok=True)
     # Rank 0 writes them, every rank learns whether it could (a full disk: exit 4 on all ranks,

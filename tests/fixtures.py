@@ -132,9 +132,12 @@ def trainer_command(run_dir, *overrides, multirun=False) -> list:
             f"run_dir={run_dir}", *overrides]
 
 
-def run_trainer(run_dir, *overrides, multirun=False, timeout=300) -> subprocess.CompletedProcess:
+def run_trainer(run_dir, *overrides, multirun=False, timeout=300,
+                env=None) -> subprocess.CompletedProcess:
+    """The trainer as a user runs it; ``env``: variables to add to trainer_env()'s."""
     return subprocess.run(trainer_command(run_dir, *overrides, multirun=multirun), cwd=REPO,
-                          env=trainer_env(), capture_output=True, text=True, timeout=timeout)
+                          env={**trainer_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def torchrun_command(nproc: int, *args) -> list:
