@@ -46,6 +46,7 @@ def format_table(rows: list) -> str:
 
 
 MAX_BATCH = 1024  # sequences: the loop metrics are means, more only costs minutes
+DEFAULT_ATTENTION_QUERIES = 64
 
 
 def _check_flags(args) -> None:
@@ -55,7 +56,8 @@ def _check_flags(args) -> None:
     rules = [("--batch", args.batch, 1 <= args.batch <= MAX_BATCH, f"in 1..{MAX_BATCH}"),
              ("--seq-length", args.seq_length, args.seq_length is None or args.seq_length >= 2,
               "at least 2 (or leave it out: the run's train.seq_length)"),
-             ("--attention-queries", args.attention_queries, args.attention_queries >= 0,
+             ("--attention-queries", args.attention_queries,
+              args.attention_queries is None or args.attention_queries >= 0,
               "0 (no attention metrics) or more"),
              ("--seed", args.seed, 0 <= args.seed <= MAX_SEED, f"in 0..{MAX_SEED}")]
     for flag, value, ok, rule in rules:
@@ -70,6 +72,8 @@ def _check_fits_model(args, seq_length: int, max_positions: int) -> None:
     if seq_length > max_positions:
         raise ConfigError(f"{flag} {seq_length}: it is past the model's max_position_embeddings="
                           f"{max_positions}; pass --seq-length {max_positions} or less")
+    if args.attention_queries is None:  # the default: as many of 64 as the sequence has
+        args.attention_queries = min(DEFAULT_ATTENTION_QUERIES, seq_length)
     if args.attention_queries > seq_length:
         raise ConfigError(f"--attention-queries {args.attention_queries}: it must be at most the "
                           f"sequence length {seq_length} (they are positions of it), or 0")
@@ -80,7 +84,9 @@ def main(argv=None) -> list:
     parser.add_argument("checkpoint", help="an iter_XXXXXXX folder or a dir with a `latest` file")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-length", type=int, default=None, help="default: train.seq_length")
-    parser.add_argument("--attention-queries", type=int, default=64, help="0 skips attention metrics")
+    parser.add_argument("--attention-queries", type=int, default=None,
+                        help="query positions for the attention metrics (default: 64, or the "
+                             "sequence length when shorter); 0 skips them")
     parser.add_argument("--random-tokens", action="store_true", help="uniform random ids, no data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the rows here as JSON lines")

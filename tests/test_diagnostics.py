@@ -149,6 +149,9 @@ def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
         0, 128, (2, 24), generator=torch.Generator().manual_seed(3)), attention_queries=0)
     assert rows == expected  # the same weights, so the same numbers
     assert [json.loads(line)["step"] for line in out.read_text().splitlines()] == [10, 10]
+    # The default attention queries (64) on a shorter sequence (24): as many as it has.
+    rows = diagnose.main([str(folder.parent), "--batch", "2", "--random-tokens", "--seed", "3"])
+    assert any("attention_entropy_global" in row for row in rows)
 
 
 def test_a_nan_forward_gives_null_metrics_not_a_crash(tmp_path, caplog):
