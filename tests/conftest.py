@@ -3,6 +3,8 @@
 - Every test process runs torch with one thread, and applies megatron-core's CPU compatibility
   layer at start (the same explicit call the entry points make; a no-op with CUDA).
 - `megatron_world`: torch.distributed (gloo, a world of one) and megatron's parallel state at TP=PP=1.
+- `problems`, `sandbox`: HumanEval's problems, and a sandbox of each backend (skipped where that
+  backend cannot run), once per module.
 - `good_dir`, `hf_copy`: a small R=2 export (several shards), once per module, and a copy of it per
   test to damage.
 - `cluster`: a real two-node SLURM cluster (tests/local_cluster.py), one per test module.
@@ -112,3 +114,21 @@ def hf_copy(good_dir, tmp_path):
     copy = tmp_path / "hf"
     shutil.copytree(good_dir, copy)
     return copy
+
+
+@pytest.fixture(scope="module")
+def problems():
+    from evaluation.problems import load_problems
+
+    return load_problems()
+
+
+@pytest.fixture(scope="module", params=["bwrap", "unshare"])
+def sandbox(request):
+    from evaluation.sandbox import Sandbox, SandboxUnavailable
+    from tests.fixtures import sandbox_limits
+
+    try:
+        return Sandbox(sandbox_limits(), backend=request.param)
+    except SandboxUnavailable as error:
+        pytest.skip(f"{request.param} is not usable here: {error}")

@@ -288,3 +288,11 @@ def tiny_tmpfs(folder, size: str):
             time.sleep(0.25)
         else:
             subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+# -- the code evaluation's sandbox ------------------------------------------------------------------
+def sandbox_limits():
+    """What the sandbox tests give each sample: 30 s and 1 GiB."""
+    from evaluation.sandbox import Limits
+
+    return Limits(timeout_s=30.0, memory_bytes=1 << 30)

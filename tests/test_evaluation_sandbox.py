@@ -15,15 +15,14 @@ import time
 import pytest
 
 from evaluation.executor import execute
-from evaluation.problems import Problem, load_problems
-from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
+from evaluation.problems import Problem
+from evaluation.sandbox import Limits, Sandbox
 from evaluation.sandbox_users import leftover_processes, lease_user
 from evaluation.sandbox_view import base_interpreter
-from tests.fixtures import REPO
+from tests.fixtures import REPO, sandbox_limits
 
 # Where time is not what a test checks, a timeout no loaded 2-core machine reaches; where it is,
 # a short one (the bounds are stated against it).
-LIMITS = Limits(timeout_s=30.0, memory_bytes=1 << 30)
 SHORT = Limits(timeout_s=3.0, memory_bytes=1 << 30)
 # A timed-out run ends within the timeout plus this: the kill, and the kernel tearing down the
 # sandbox's namespaces (measured 0.01-0.06 s; the rest is room for a loaded 2-core machine).
@@ -54,21 +53,8 @@ def _planted_bug(value):
 '''
 
 
-@pytest.fixture(scope="module")
-def problems():
-    return load_problems()
-
-
-@pytest.fixture(scope="module", params=["bwrap", "unshare"])
-def sandbox(request):
-    try:
-        return Sandbox(LIMITS, backend=request.param)
-    except SandboxUnavailable as error:
-        pytest.skip(f"{request.param} is not usable here: {error}")
-
-
 def test_a_sandbox_is_available_on_this_machine():
-    assert Sandbox(LIMITS).backend in ("bwrap", "unshare")
+    assert Sandbox(sandbox_limits()).backend in ("bwrap", "unshare")
 
 
 @pytest.mark.slow
@@ -319,4 +305,4 @@ def test_bad_limits_and_backends_are_refused():
     with pytest.raises(ValueError, match="needs at least 64 MiB"):
         Limits(memory_bytes=1 << 20)  # the interpreter would not start: every sample would fail
     with pytest.raises(ValueError, match="use auto, bwrap or unshare"):
-        Sandbox(LIMITS, backend="docker")
+        Sandbox(sandbox_limits(), backend="docker")

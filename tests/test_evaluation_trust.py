@@ -13,24 +13,10 @@ import pytest
 
 from evaluation.driver import WireError, decode, encode, parse_line
 from evaluation.executor import execute
-from evaluation.problems import Problem, load_problems
-from evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
+from evaluation.problems import Problem
+from evaluation.sandbox import Limits, Sandbox
 from tests.fixtures import REPO
 
-LIMITS = Limits(timeout_s=30.0, memory_bytes=1 << 30)
-
-
-@pytest.fixture(scope="module")
-def problems():
-    return load_problems()
-
-
-@pytest.fixture(scope="module", params=["bwrap", "unshare"])
-def sandbox(request):
-    try:
-        return Sandbox(LIMITS, backend=request.param)
-    except SandboxUnavailable as error:
-        pytest.skip(f"{request.param} is not usable here: {error}")
 
 
 # -- the codec ------------------------------------------------------------------------------------
