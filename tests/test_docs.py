@@ -1,8 +1,7 @@
 """docs/ stays true to the tree: every repository path the documents name in backticks exists,
 every link and `docs/<name>.md#<section>` citation (in the documents and in the code) resolves to
 a file and a heading, and no file cites the design notes kept outside the repository
-(../shared/), which a user's clone does not have. (The first architecture document named a
-`pretrain/checkpoint.py` long after it had become a package.)"""
+(../shared/), which a user's clone does not have."""
 
 import glob
 import os
