@@ -1,6 +1,7 @@
 """docs/ stays true to the tree: every repository path the documents name in backticks exists,
-every link and `docs/<name>.md#<section>` citation (in the documents and in the code) resolves to
-a file and a heading, and no file cites the design notes kept outside the repository
+docs/architecture.md names every top-level folder, every package and every module of the trainer
+(pretrain/), every link and `docs/<name>.md#<section>` citation (in the documents and in the code)
+resolves to a file and a heading, and no file cites the design notes kept outside the repository
 (../shared/), which a user's clone does not have."""
 
 import glob
@@ -132,6 +133,31 @@ def tracked_files() -> list:
     return [name for name in listed.stdout.splitlines()
             if os.path.isfile(os.path.join(REPO, name))
             and os.path.getsize(os.path.join(REPO, name)) < 2 << 20]
+
+
+def _architecture_names() -> set:
+    text = _text(os.path.join(REPO, "docs", "architecture.md"))
+    return {path.rstrip("/") for path in named_paths(text)}
+
+
+def test_architecture_names_every_folder_and_package():
+    """A new top-level folder or package (a folder with an __init__.py, at any depth) gets its line
+    in docs/architecture.md."""
+    files = tracked_files()
+    folders = {name.split("/")[0] for name in files if "/" in name and not name.startswith(".")}
+    folders |= {os.path.dirname(name) for name in files if name.endswith("/__init__.py")}
+    missing = sorted(folders - _architecture_names())
+    assert not missing, f"docs/architecture.md does not describe these folders: {missing}"
+
+
+def test_architecture_names_every_module_of_the_trainer():
+    """pretrain/ is what a newcomer follows from the entry point: the document names each of its
+    modules, so a module added, moved or renamed there changes the document too."""
+    modules = {name for name in tracked_files()
+               if name.startswith("pretrain/") and name.endswith(".py")
+               and not name.endswith("__init__.py")}
+    missing = sorted(modules - _architecture_names())
+    assert not missing, f"docs/architecture.md does not name these modules of pretrain/: {missing}"
 
 
 def test_citations_of_docs_resolve():
