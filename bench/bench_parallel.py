@@ -87,13 +87,13 @@ def worker(args):
     from pretrain.distributed import init_distributed
     from pretrain.engines.megatron import MegatronEngine
 
-    train = cfg.train
-    world = init_distributed(cfg.parallel, train.seed, cfg.model.num_loops)
-    loader = build_loader(cfg.data, prepare_data(cfg.data, train.seq_length), "train",
-                          train.seq_length, train.global_batch_size, train.micro_batch_size,
+    t = cfg.train
+    world = init_distributed(cfg.parallel, t.seed, cfg.model.num_loops)
+    loader = build_loader(cfg.data, prepare_data(cfg.data, t.seq_length), "train", t.seq_length,
+                          t.global_batch_size, t.micro_batch_size,
                           parallel_state.get_data_parallel_rank(),
-                          parallel_state.get_data_parallel_world_size(), train.seed)
-    torch.manual_seed(train.seed)
+                          parallel_state.get_data_parallel_world_size(), t.seed)
+    torch.manual_seed(t.seed)
     engine = MegatronEngine(cfg, world.device)
     timer = CommTimer()
     step_times, comm_times = [], []
