@@ -1,13 +1,15 @@
 """docs/ stays true to the tree: every repository path the documents name in backticks exists,
-docs/architecture.md names every top-level folder, every package and every module of the trainer
-(pretrain/), every link and `docs/<name>.md#<section>` citation (in the documents and in the code)
+and so does every file the code's comments and docstrings name; docs/architecture.md names every
+top-level folder, every package and every module of the trainer (pretrain/), every link and `docs/<name>.md#<section>` citation (in the documents and in the code)
 resolves to a file and a heading, and no file cites the design notes kept outside the repository
 (../shared/), which a user's clone does not have."""
 
 import glob
+import io
 import os
 import re
 import subprocess
+import tokenize
 
 import pytest
 
@@ -170,6 +172,41 @@ def test_citations_of_docs_resolve():
                 if not os.path.isfile(path) or (anchor and anchor[1:] not in heading_anchors(path)):
                     broken.append(f"{name}:{line_number}: docs/{document}{anchor}")
     assert not broken, "citations of docs/ that do not resolve:\n" + "\n".join(broken)
+
+
+def _prose(name: str):
+    """(line, text) of what a file says in words: a Markdown file whole; of a Python file its
+    comments and triple-quoted strings (docstrings, usage and message templates)."""
+    text = _text(os.path.join(REPO, name))
+    if name.endswith(".md"):
+        yield 1, text
+        return
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        triple_quoted = token.string.lstrip("rbufRBUF")[:3] in ('"""', "'''")
+        if token.type == tokenize.COMMENT or (token.type == tokenize.STRING and triple_quoted):
+            yield token.start[0], token.string
+
+
+def test_files_named_in_comments_and_docstrings_exist():
+    """A comment or docstring that still names a file after it moved or was renamed sends its
+    reader to nothing. Placeholders (`scripts/X.py`) are capitals."""
+    folders = "|".join(sorted(name for name in TOP_LEVEL if not name.startswith(".")
+                              and os.path.isdir(os.path.join(REPO, name))))
+    named_file = re.compile(
+        r"(?<![\w./-])((?:%s)/[\w/.-]*\w\.(?:py|md|yaml|sh|json))(?![\w*/-])" % folders)
+    missing = []
+    for name in tracked_files():
+        if not name.endswith((".py", ".md")) or all(
+                os.path.exists(os.path.join(REPO, path))
+                for path in named_file.findall(_text(os.path.join(REPO, name)))):
+            continue  # nothing to look for in its comments (tokenizing every file takes seconds)
+        for line, text in _prose(name):
+            for found in named_file.finditer(text):
+                path = found.group(1)
+                stem = os.path.splitext(os.path.basename(path))[0]
+                if not stem.isupper() and not os.path.exists(os.path.join(REPO, path)):
+                    missing.append(f"{name}:{line + text[:found.start()].count(chr(10))}: {path}")
+    assert not missing, "comments and docstrings name files that do not exist:\n" + "\n".join(missing)
 
 
 def test_no_file_cites_the_notes_outside_the_repository():
