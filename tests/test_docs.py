@@ -1,8 +1,9 @@
 """docs/ stays true to the tree: every repository path the documents name in backticks exists,
 and so does every file the code's comments and docstrings name; docs/architecture.md names every
-top-level folder, every package and every module of the trainer (pretrain/), every link and `docs/<name>.md#<section>` citation (in the documents and in the code)
-resolves to a file and a heading, and no file cites the design notes kept outside the repository
-(../shared/), which a user's clone does not have."""
+top-level folder, every package and every module of the trainer (pretrain/); every link and
+`docs/<name>.md#<section>` citation (in the documents and in the code) resolves to a file and a
+heading; and no file cites the design notes kept outside the repository (../shared/), which a
+user's clone does not have."""
 
 import glob
 import io
