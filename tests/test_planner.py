@@ -1,4 +1,4 @@
-"""The planner (pretrain/planner.py) against the built model and torch's own memory accounting.
+"""The planner (planning/planner.py) against the built model and torch's own memory accounting.
 
 Memory is measured with torch.distributed._tools.mem_tracker.MemTracker: a TorchDispatchMode that
 follows every tensor storage the step creates and frees (weak references) and files it as
