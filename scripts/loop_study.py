@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from scripts.study.report import write
 
-    written = write(args.runs_dir, args.out or args.runs_dir)
+    written = write(args.runs_dir, args.runs_dir if args.out is None else args.out)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pretrain.errors import run_tool
 from scripts import loop_study
@@ -153,6 +154,10 @@ def test_missing_diverged_stopped_and_unreadable_cells_are_listed_not_averaged(t
     os.rmdir(tmp_path / "m_R2_clp_s2")
     data = build(str(tmp_path))
     assert data["missing"] == [("m", 2, "clp", 2)]
+    # an R with no finished cell is named in the answer, never dropped in silence
+    write_cell(tmp_path, "m_R4_clp_s1", loops=4, arm="clp", seed=1, diverge=True)
+    best = _record(build(str(tmp_path)), "m", "clp")["best_r"]["val_loss"]
+    assert best["absent"] == [4] and "no value for R=4" in best["verdict"]
 
 
 def _run(argv):
@@ -189,6 +194,10 @@ def test_the_cli_refuses_what_it_cannot_read_or_must_not_write(tmp_path, capsys)
     assert _run(["report", str(tmp_path / "runs"), "--out", os.path.join(cell, "rep")]) == 2
     assert "lies in the run folder" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(cell, "rep"))
+    assert _run(["report", cell]) == 2  # one run is not a study
+    assert "is itself a run folder" in capsys.readouterr().err
+    assert _run(["report", str(tmp_path / "runs"), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert _run(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "file")]) == 2
     out = tmp_path / "elsewhere"
@@ -197,3 +206,19 @@ def test_the_cli_refuses_what_it_cannot_read_or_must_not_write(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         _run(["nosuchcommand"])
     assert exit_.value.code == 2
+
+
+def test_sizes_are_read_from_the_config_smallest_first_and_split_by_shape(tmp_path):
+    # two shapes under one preset name (sizes set by overrides), and a folder name that lies
+    for i, (hidden, final) in enumerate(((128, 2.0), (64, 2.5))):
+        folder = write_cell(tmp_path, f"plt_7b_R3_noclp_s9_{i}", size="plt_tiny", loops=2,
+                            final=final)
+        config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
+        config["model"].update(hidden_size=hidden, num_attention_heads=4, num_query_groups=2)
+        yaml.safe_dump(config, open(os.path.join(folder, "config.yaml"), "w"))
+    cells = read_cells(str(tmp_path))
+    assert {(c.loops, c.arm, c.seed, c.status) for c in cells} == {(2, "clp", 1, "ok")}
+    assert tables.sizes(cells) == ["plt_tiny-L4-h64-ffn640-heads4-kv2-V4096",
+                                   "plt_tiny-L4-h128-ffn640-heads4-kv2-V4096"]
+    small = min(cells, key=lambda c: c.parameters["total"])
+    assert small.model["hidden_size"] == 64 and small.parameters["non_embedding"] > 0

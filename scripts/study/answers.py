@@ -27,6 +27,7 @@ def best_r(series: Dict[int, Dict], metric: str) -> Dict:
         return {"metric": metric, "best": None, "tied": [], "comparisons": {},
                 "verdict": "no finished cell"}
     best = ranked[0][1]
+    absent = sorted(r for r, g in series.items() if not g[metric]["n"])
     comparisons = {r: compare(series[r][metric], series[best][metric]) for _, r in ranked[1:]}
     tied = sorted([best] + [r for r, c in comparisons.items() if not c["resolved"]])
     if len(ranked) == 1:
@@ -37,7 +38,11 @@ def best_r(series: Dict[int, Dict], metric: str) -> Dict:
         others = ", ".join(f"R={r}" for r in tied if r != best)
         verdict = (f"not resolved at this scale: R={best} has the lowest mean, but {others} "
                    f"cannot be told from it within the seed spread")
-    return {"metric": metric, "best": best, "tied": tied, "resolved": tied == [best]
+    if absent:  # never dropped in silence: a missing R could have been the best
+        verdict += (f" (no value for {_rs(absent)}: no finished cell, or its curve does not reach "
+                    f"the budget; the best is among the others only)")
+    return {"metric": metric, "best": best, "tied": tied, "absent": absent,
+            "resolved": tied == [best]
             and len(ranked) > 1, "ranking": [r for _, r in ranked], "comparisons": comparisons,
             "verdict": verdict}
 

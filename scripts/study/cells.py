@@ -47,6 +47,7 @@ class Cell:
     final_diagnostics: Dict[int, dict] = field(default_factory=dict)
     early_diagnostics: Dict[int, dict] = field(default_factory=dict)  # the row nearest T/10
     early_step: Optional[int] = None
+    parameters: Dict = field(default_factory=dict)  # total, non_embedding (compute.parameters)
 
     @property
     def key(self) -> Tuple:
@@ -104,6 +105,7 @@ def _identity(cell: Cell) -> Optional[str]:
     cell.size, cell.loops, cell.seed = model["name"], model["num_loops"], train["seed"]
     cell.arm = arm_of(cell.loops, model.get("clp", True), model.get("clp_offset", 1))
     cell.max_steps, cell.model = train["max_steps"], dict(model, seq_length=train["seq_length"])
+    cell.parameters = compute.parameters(model)
     return None
 
 
@@ -162,7 +164,11 @@ def read_cell(folder: str) -> Cell:
     if not os.path.isfile(os.path.join(folder, METRICS)):
         cell.status, cell.detail = "no metrics", "no metrics.jsonl: the run never logged a step"
         return cell
-    run = Run(folder)
+    try:
+        run = Run(folder)
+    except OSError as error:  # unreadable (permissions, a folder in its place): listed, not fatal
+        cell.status, cell.detail = "unreadable metrics", f"metrics.jsonl: {error}"
+        return cell
     if not any(isinstance(row.get("step"), int) for row in run.train):
         cell.status, cell.detail = "no metrics", "metrics.jsonl holds no train row"
         return cell
@@ -173,10 +179,31 @@ def read_cell(folder: str) -> Cell:
     return cell
 
 
+# The fields that make a size: a study may vary them by override under one preset name.
+SHAPE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+         "vocab_size")
+
+
+def _name_sizes(cells: List[Cell]) -> None:
+    """A preset name that covers several shapes (sizes set by overrides) gets each shape named."""
+    shapes: Dict[str, set] = {}
+    shape_of = {}
+    for cell in (c for c in cells if c.size is not None):
+        config = compute.model_config(cell.model)  # keys absent from an old config: defaults
+        shape_of[cell.folder] = tuple(getattr(config, k, None) if config is not None
+                                      else cell.model.get(k) for k in SHAPE)
+        shapes.setdefault(cell.size, set()).add(shape_of[cell.folder])
+    for cell in (c for c in cells if c.size is not None):
+        if len(shapes[cell.size]) > 1:
+            named = zip(("L", "h", "ffn", "heads", "kv", "V"), shape_of[cell.folder])
+            cell.size += "-" + "-".join(f"{label}{value}" for label, value in named)
+
+
 def read_cells(runs_dir: str) -> List[Cell]:
     """Every run folder's cell. Two folders with one identity: the first finished one counts, the
     other is listed as a duplicate (never averaged twice)."""
     cells = [read_cell(folder) for folder in find_run_folders(runs_dir)]
+    _name_sizes(cells)
     counted = {}
     for cell in sorted((c for c in cells if c.size is not None), key=lambda c: not c.ok):
         if cell.key in counted:

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from scripts.study.cells import BASELINE, Cell  # noqa: E402
 from scripts.study.stats import interpolate, summarize  # noqa: E402
@@ -20,6 +21,10 @@ from scripts.study.stats import interpolate, summarize  # noqa: E402
 
 def _label(loops: int, arm: str) -> str:
     return "R=1" if arm == BASELINE else f"R={loops} {arm}"
+
+
+# One line style per arm, so that an arm reads across R at a glance.
+STYLE = {BASELINE: "o-", "clp": "o-", "noclp": "s--", "neutral": "^:"}
 
 
 def _band(cells: List[Cell], axis: int):
@@ -61,12 +66,13 @@ def validation(cells: List[Cell], size: str, out_dir: str) -> str:
     for (loops, arm), group in _by_line([c for c in cells if c.size == size]):
         for ax, axis in zip(axes, (0, 1)):
             x, mean, low, high = _band(group, axis)
-            line, = ax.plot(x, mean, "o-", markersize=3, label=f"{_label(loops, arm)} "
-                                                            f"(n={len(group)})")
+            line, = ax.plot(x, mean, STYLE.get(arm, "o-"), markersize=3,
+                            label=f"{_label(loops, arm)} (n={len(group)})")
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
     for ax, what in zip(axes, ("tokens", "training FLOPs")):
         ax.set(xscale="log", xlabel=what, ylabel="validation loss",
                title=f"{size}: at equal {what} (mean, band: min-max over seeds)")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a log axis overlap
         if ax.lines:
             ax.legend(fontsize="small")
     fig.tight_layout()
@@ -82,8 +88,9 @@ def effective_rank(groups: List[dict], size: str, out_dir: str) -> str:
         ranks = [g["diagnostics"][loop]["effective_rank"] for loop in loops]
         mean = [s["mean"] for s in ranks]
         errors = [[m - s["min"] for m, s in zip(mean, ranks)], [s["max"] - m for m, s in zip(mean, ranks)]]
-        ax.errorbar(loops, mean, yerr=errors, marker="o", capsize=3,
+        ax.errorbar(loops, mean, yerr=errors, fmt=STYLE.get(g["arm"], "o-"), capsize=3,
                     label=f"{_label(g['loops'], g['arm'])} (n={g['n_ok']})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="loop r", ylabel="effective rank (final)",
            title=f"{size}: effective rank per loop (bars: min-max over seeds)")
     if ax.lines:

@@ -32,6 +32,9 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
 
 def scope(context: Dict) -> List[str]:
     sizes = ", ".join(f"{name}: {_params(p)}" for name, p in context["parameters"].items())
+    counts = [p["non_embedding"] for p in context["parameters"].values() if p["non_embedding"]]
+    if len(counts) > 1:
+        sizes += f" (a span of {max(counts) / min(counts):.1f}x in non-embedding parameters)"
     return [
         "# Loop-count study: the CLP ablation", "",
         f"Written by `python -m scripts.loop_study report` from the run folders under "
@@ -145,8 +148,8 @@ def _diff(c: Dict) -> str:
     if c["difference"] is None:
         return c["why"]
     t = "" if c["welch_t"] is None else f", Welch t {c['welch_t']:.2f}"
-    word = "exceeds" if c["resolved"] else "within"
-    return f"+{c['difference']:.4g} ({word} the seed spread: {c['why']}{t})"
+    word = "exceeds the seed spread" if c["resolved"] else "not beyond the seed spread"
+    return f"+{c['difference']:.4g} ({word}: {c['why']}{t})"
 
 
 def problems(cells, missing) -> List[str]:

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 from model.config import ConfigError
 from pretrain.run_files import write_file_atomically
-from scripts.study import answers, compute, plots, render, tables
+from scripts.study import answers, plots, render, tables
 from scripts.study.cells import Cell, find_run_folders, read_cells
 from scripts.study.stats import RULE
 
@@ -26,7 +26,13 @@ def check_paths(runs_dir: str, out_dir: str) -> List[str]:
     if not os.path.isdir(runs_dir):
         raise FileNotFoundError(f"RUNS_DIR {runs_dir} is not a folder; pass the folder the grid "
                                 f"wrote its run folders into (e.g. outputs/clp_ablation)")
+    if not out_dir:
+        raise ConfigError("--out is empty; pass the report's folder, or leave --out out to "
+                          "write into RUNS_DIR")
     folders = find_run_folders(runs_dir)
+    if folders == [runs_dir]:
+        raise ConfigError(f"RUNS_DIR {runs_dir} is itself a run folder (one run); pass the folder "
+                          f"that holds the grid's run folders (e.g. outputs/clp_ablation)")
     if not folders:
         raise ConfigError(f"RUNS_DIR {runs_dir} holds no run folder (no config.yaml or "
                           f"metrics.jsonl in it or below it); pass the folder the grid wrote its "
@@ -70,9 +76,9 @@ def build(runs_dir: str) -> Dict:
     first = {}
     for cell in cells:
         if cell.size is not None:
-            first.setdefault(cell.size, cell.model)
+            first.setdefault(cell.size, cell.parameters)
     computed = [c.folder for c in cells if c.ok and not c.flops_logged]
-    context = {"runs_dir": runs_dir, "parameters": {s: compute.parameters(m) for s, m in first.items()},
+    context = {"runs_dir": runs_dir, "parameters": {s: first[s] for s in sizes},
                "flops_logged": not computed, "flops_computed": computed}
     return {"context": context, "cells": cells, "groups": groups, "budgets": tables.budgets(cells),
             "answers": records, "missing": tables.missing(cells)}

@@ -16,7 +16,9 @@ FINALS = ("val_loss", "humaneval_nll", "humaneval_pass@1")
 
 
 def sizes(cells: List[Cell]) -> List[str]:
-    return sorted({c.size for c in cells if c.size is not None})
+    """The sizes found, smallest first (non-embedding parameters, then name)."""
+    params = {c.size: c.parameters.get("non_embedding") or 0 for c in cells if c.size is not None}
+    return sorted(params, key=lambda size: (params[size], size))
 
 
 def arms(cells: List[Cell]) -> List[str]:
