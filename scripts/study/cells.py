@@ -164,10 +164,14 @@ def read_cell(folder: str) -> Cell:
     if not os.path.isfile(os.path.join(folder, METRICS)):
         cell.status, cell.detail = "no metrics", "no metrics.jsonl: the run never logged a step"
         return cell
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
-        run = Run(folder)
-    except OSError as error:  # unreadable (permissions, a folder in its place): listed, not fatal
-        cell.status, cell.detail = "unreadable metrics", f"metrics.jsonl: {error}"
+        run = Run(folder)  # reads config.yaml again, through OmegaConf
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        # unreadable (permissions, a folder in its place, a config OmegaConf refuses): listed
+        cell.status, cell.detail = "unreadable run", f"{folder}: {error}"
         return cell
     if not any(isinstance(row.get("step"), int) for row in run.train):
         cell.status, cell.detail = "no metrics", "metrics.jsonl holds no train row"

@@ -61,8 +61,12 @@ def _by_line(cells: List[Cell]):
     return sorted(lines.items())
 
 
-def validation(cells: List[Cell], size: str, out_dir: str) -> str:
+def validation(cells: List[Cell], size: str, budget: dict, out_dir: str) -> str:
+    """`budget`: the size's {tokens, flops} of the compute-fair tables (tables.budgets), marked."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, value in zip(axes, (budget.get("tokens"), budget.get("flops"))):
+        if value:
+            ax.axvline(value, color="grey", linewidth=0.8, linestyle="--")
     for (loops, arm), group in _by_line([c for c in cells if c.size == size]):
         for ax, axis in zip(axes, (0, 1)):
             x, mean, low, high = _band(group, axis)
@@ -71,7 +75,7 @@ def validation(cells: List[Cell], size: str, out_dir: str) -> str:
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
     for ax, what in zip(axes, ("tokens", "training FLOPs")):
         ax.set(xscale="log", xlabel=what, ylabel="validation loss",
-               title=f"{size}: at equal {what} (mean, band: min-max over seeds)")
+               title=f"{size}: vs {what} (mean, band: min-max over seeds; dashed: budget)")
         ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a log axis overlap
         if ax.lines:
             ax.legend(fontsize="small")

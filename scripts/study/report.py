@@ -93,7 +93,7 @@ def write(runs_dir: str, out_dir: str) -> List[str]:
         data = build(runs_dir)
         pngs = []
         for size in tables.sizes(data["cells"]):
-            pngs.append(plots.validation(data["cells"], size, out_dir))
+            pngs.append(plots.validation(data["cells"], size, data["budgets"][size], out_dir))
             pngs.append(plots.effective_rank(data["groups"], size, out_dir))
         text = render.markdown(data["context"], data["groups"], data["budgets"], data["answers"],
                                data["cells"], data["missing"], pngs)
