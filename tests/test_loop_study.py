@@ -14,7 +14,7 @@ import yaml
 
 from pretrain.errors import run_tool
 from scripts import loop_study
-from scripts.study import stats, tables
+from scripts.study import render, stats, tables
 from scripts.study.cells import read_cells
 from scripts.study.report import build
 from tests.fixtures import REPO, subprocess_env
@@ -39,6 +39,13 @@ def test_best_r_per_arm_and_the_optimum_moving_past_two_loops(tmp_path):
     assert group["n_ok"] == 3 and group["val_loss"]["mean"] == pytest.approx(2.5)
     assert group["val_loss"]["std"] == pytest.approx(0.01)
     assert (group["val_loss"]["min"], group["val_loss"]["max"]) == pytest.approx((2.49, 2.51))
+
+
+def test_an_optimum_that_stays_at_two_loops_without_clp(tmp_path):
+    write_grid(tmp_path, {(1, "R1"): 3.0, (2, "clp"): 2.5, (3, "clp"): 2.8, (2, "neutral"): 2.4,
+                          (3, "neutral"): 2.6, (4, "neutral"): 2.7})
+    moved = _record(build(str(tmp_path)), "m", "neutral")["optimum_moves"]["val_loss"]
+    assert moved["answer"] == "no", moved
 
 
 def test_a_spread_that_swamps_the_difference_is_not_resolved(tmp_path):
@@ -139,6 +146,7 @@ def test_missing_diverged_stopped_and_unreadable_cells_are_listed_not_averaged(t
     write_cell(tmp_path, "m_R3_clp_s1", loops=3, arm="clp", seed=1, final=2.4)
     write_cell(tmp_path, "m_R3_clp_s2", loops=3, arm="clp", seed=2, final=9.0, diverge=True)
     write_cell(tmp_path, "m_R3_clp_s3", loops=3, arm="clp", seed=3, final=9.0, stop_at=50)
+    write_cell(tmp_path, "m_R3_noclp_s1", loops=3, arm="noclp", seed=1, last_val_null=True)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.yaml").write_text("model: [unclosed\n")
@@ -146,14 +154,19 @@ def test_missing_diverged_stopped_and_unreadable_cells_are_listed_not_averaged(t
     statuses = {os.path.basename(c.folder): c.status for c in data["cells"]}
     assert statuses["m_R3_clp_s2"] == "diverged" and statuses["m_R3_clp_s3"] == "stopped early"
     assert statuses["broken"] == "unreadable config"
+    assert statuses["m_R3_noclp_s1"] == "diverged"
     r3 = next(g for g in data["groups"] if g["loops"] == 3)
     assert (r3["found"], r3["n_ok"], r3["val_loss"]["mean"]) == (3, 1, pytest.approx(2.4))
-    assert data["missing"] == []
+    # the noclp arm exists (one R=3 cell), so each of its R x seed cells is expected
+    assert set(data["missing"]) == {("m", 3, "noclp", 2), ("m", 3, "noclp", 3),
+                                    ("m", 2, "noclp", 1), ("m", 2, "noclp", 2), ("m", 2, "noclp", 3)}
+    text = render.problems(data["cells"], data["missing"])
+    assert len([line for line in text if "| m | 3 |" in line]) == 5  # 3 listed + 2 missing
     os.remove(tmp_path / "m_R2_clp_s2" / "metrics.jsonl")
     os.remove(tmp_path / "m_R2_clp_s2" / "config.yaml")
     os.rmdir(tmp_path / "m_R2_clp_s2")
     data = build(str(tmp_path))
-    assert data["missing"] == [("m", 2, "clp", 2)]
+    assert ("m", 2, "clp", 2) in data["missing"]
     # an R with no finished cell is named in the answer, never dropped in silence
     write_cell(tmp_path, "m_R4_clp_s1", loops=4, arm="clp", seed=1, diverge=True)
     best = _record(build(str(tmp_path)), "m", "clp")["best_r"]["val_loss"]
