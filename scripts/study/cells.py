@@ -32,7 +32,9 @@ ARMS = ("clp", "noclp", "neutral")
 @dataclass
 class Cell:
     folder: str
-    status: str = "ok"                  # ok | unreadable config | no metrics | stopped early | diverged | duplicate
+    # ok | unreadable config | unreadable run | no metrics | stopped early | diverged |
+    # no validation loss | duplicate
+    status: str = "ok"
     detail: str = ""                    # why, in words
     size: Optional[str] = None
     loops: Optional[int] = None
@@ -94,10 +96,12 @@ def _identity(cell: Cell) -> Optional[str]:
     train = config.get("train") if isinstance(config, dict) else None
     if not isinstance(model, dict) or not isinstance(train, dict):
         return f"{path} has no model and train sections"
-    wanted = {"model.name": (model.get("name"), str), "model.num_loops": (model.get("num_loops"), int),
+    wanted = {"model.name": (model.get("name"), str),
+              "model.num_loops": (model.get("num_loops"), int),
               "model.clp": (model.get("clp", True), bool),
               "model.clp_offset": (model.get("clp_offset", 1), int),
-              "train.seed": (train.get("seed"), int), "train.max_steps": (train.get("max_steps"), int),
+              "train.seed": (train.get("seed"), int),
+              "train.max_steps": (train.get("max_steps"), int),
               "train.seq_length": (train.get("seq_length"), int)}
     for key, (value, kind) in wanted.items():
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -123,7 +127,8 @@ def _curves(cell: Cell, run: Run) -> None:
     for row in run.train:
         if not ("val_loss" in row and finite(row.get("consumed_samples"))):
             continue
-        tokens = row["tokens"] if finite(row.get("tokens")) else row["consumed_samples"] * seq_length
+        tokens = (row["tokens"] if finite(row.get("tokens"))
+                  else row["consumed_samples"] * seq_length)
         flops = row.get("train_flops")
         if not finite(flops):
             cell.flops_logged = False

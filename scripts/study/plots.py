@@ -91,7 +91,8 @@ def effective_rank(groups: List[dict], size: str, out_dir: str) -> str:
             continue
         ranks = [g["diagnostics"][loop]["effective_rank"] for loop in loops]
         mean = [s["mean"] for s in ranks]
-        errors = [[m - s["min"] for m, s in zip(mean, ranks)], [s["max"] - m for m, s in zip(mean, ranks)]]
+        errors = [[m - s["min"] for m, s in zip(mean, ranks)],
+                  [s["max"] - m for m, s in zip(mean, ranks)]]
         ax.errorbar(loops, mean, yerr=errors, fmt=STYLE.get(g["arm"], "o-"), capsize=3,
                     label=f"{_label(g['loops'], g['arm'])} (n={g['n_ok']})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -131,7 +131,8 @@ def answers(records: List[Dict]) -> List[str]:
                 evidence = "; ".join(f"R={r} vs R={best['best']}: {_diff(c)}"
                                      for r, c in best["comparisons"].items())
                 out.append(f"- {rec['size']}, {rec['arm']}, {METRICS[metric]}: "
-                           f"**{best['verdict']}**" + (f". Evidence: {evidence}" if evidence else ""))
+                           f"**{best['verdict']}**"
+                           + (f". Evidence: {evidence}" if evidence else ""))
     out += ["", f"### {titles['b']}", ""]
     for rec in records:
         for metric, moved in rec.get("optimum_moves", {}).items():
