@@ -91,7 +91,9 @@ def _identity(cell: Cell) -> Optional[str]:
         with open(path, "rb") as stream:
             config = yaml.safe_load(stream)
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
-        return f"{path} is not readable YAML ({str(error).splitlines()[0]})"
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"{path} is not readable YAML ({str(error).splitlines()[0]}{where})"
     model = config.get("model") if isinstance(config, dict) else None
     train = config.get("train") if isinstance(config, dict) else None
     if not isinstance(model, dict) or not isinstance(train, dict):

@@ -27,7 +27,8 @@ def fmt(summary: Dict, digits: int = 4) -> str:
 
 def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""])
+            + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+            + [""])
 
 
 def scope(context: Dict) -> List[str]:
