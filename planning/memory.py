@@ -33,19 +33,21 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from model.kernels import ATTENTION_BACKENDS, sliding_window_block
-from model.pipeline import virtual_pipeline_size
+from pretrain.layout import ParallelLayout
 
 GIB = 2**30
 
 
 @dataclass
 class Layout:
-    """The parts of a run config that decide memory and time (see ``layout_of``)."""
+    """The parts of a run config that decide memory and time: the trainer's parallel layout
+    (pretrain/layout.py, through ``layout_of``) and what else the memory model reads. Built by hand
+    only for one rank's hypothetical batch (tests, bench/)."""
 
     world_size: int
     tp: int = 1
     pp: int = 1
-    vpp: Optional[int] = None
+    vpp: Optional[int] = None           # ParallelLayout.vpp: the loops as virtual chunks, or None
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
     micro_batch_size: int = 1
@@ -76,17 +78,18 @@ def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
     attention_backend: model.attention_backend, with auto meaning flash on a GPU (a planner
     cannot know whether the target has flash-attn; flash and flex cost the same here)."""
     t, p = cfg.train, cfg.parallel
+    # The trainer's own layout: its micro batch settled as validate() settles it (an impossible
+    # world size is its ConfigError, as it would be the trainer's).
+    parallel = ParallelLayout.from_config(cfg, world_size)
     if bf16 is None:
         bf16 = t.precision in ("auto", "bf16")
     if attention_backend is None:
         attention_backend = ("flash" if cfg.model.attention_backend == "auto"
                              else cfg.model.attention_backend)
-    # An unset micro batch is the whole per-rank share (pretrain/config.py validate settles it).
-    micro_batch_size = t.micro_batch_size or max(1, t.global_batch_size * p.tp * p.pp // world_size)
-    return Layout(world_size=world_size, tp=p.tp, pp=p.pp, vpp=p.vpp,
-                  sequence_parallel=p.sequence_parallel,
+    return Layout(world_size=world_size, tp=parallel.tp, pp=parallel.pp, vpp=parallel.vpp,
+                  sequence_parallel=parallel.sequence_parallel,
                   distributed_optimizer=p.distributed_optimizer,
-                  micro_batch_size=micro_batch_size, global_batch_size=t.global_batch_size,
+                  micro_batch_size=parallel.micro_batch_size, global_batch_size=t.global_batch_size,
                   seq_length=t.seq_length, bf16=bf16, attention_backend=attention_backend)
 
 
@@ -281,7 +284,7 @@ def microbatches_in_flight(m, layout: Layout) -> int:
     chunks of one loop, converted here to whole micro-batches of all loops."""
     if layout.pp == 1:
         return 1
-    vpp = virtual_pipeline_size(m.num_loops, layout.pp) or 1
+    vpp = layout.vpp or 1
     total_chunks = layout.num_microbatches * vpp
     chunks = min(total_chunks, 2 * (layout.pp - 1) + (vpp - 1) * layout.pp + 1) if vpp > 1 else (
         min(layout.num_microbatches, layout.pp))
