@@ -37,8 +37,9 @@ class ParallelLayout:
     def whole_model_on_each_rank(self) -> bool:
         """Whether a rank holds every layer of the model (pp = 1). What needs a whole forward on
         one rank runs only then: the loop diagnostics (every loop's hidden states), the code
-        evaluation (scoring and greedy decoding) and the end-of-run sample (decoding); a pipeline
-        stage holds only its own layers, and a checkpoint can be evaluated with pp = 1 instead."""
+        evaluation (scoring and greedy decoding) and the end-of-run sample (decoding): a pipeline
+        stage holds only its own layers (model/pipeline.py holds_whole_model: the built model's
+        side of the same rule). A checkpoint can be evaluated with pp = 1 instead."""
         return self.pp == 1
 
     def describe(self) -> str:
