@@ -119,3 +119,6 @@ def test_a_run_without_a_validation_blend_trains_when_nothing_reads_it(tmp_path)
                          "train.max_steps=3", "diagnostics.interval=0", "checkpoint.interval=0",
                          "checkpoint.save_final=false")
     assert result.returncode == 0, output_of(result)
+    # The start log's world line names the layout the run was split by.
+    assert "(world 1: tp=1 pp=1 vpp=1 dp=1, 2 micro-batch(es) of 2 per rank per step" in (
+        output_of(result))
