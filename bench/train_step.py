@@ -58,8 +58,7 @@ def matmul_tflops(device, dtype) -> float:
 
 
 def layout(cfg: ModelConfig, seq: int, batch: int, backend: str, bf16: bool) -> planner.Layout:
-    return planner.Layout(world_size=1, micro_batch_size=batch, global_batch_size=batch,
-                          seq_length=seq, bf16=bf16, attention_backend=backend)
+    return planner.Layout.one_rank(batch, seq_length=seq, bf16=bf16, attention_backend=backend)
 
 
 def planned_bytes(cfg: ModelConfig, lay: planner.Layout, state_bytes: int) -> float:

@@ -41,11 +41,10 @@ def validate_code_config(cfg: EvalCodeConfig) -> None:
             raise ConfigError(f"eval.code.{key}={getattr(cfg, key)}; it must be {rule}")
 
 
-def code_eval_due(cfg: EvalCodeConfig, step: int, max_steps: int, pipeline_parallel: int) -> bool:
-    """Like the loop diagnostics: every interval and at the last step, with the whole model on a
-    rank (parallel.pp=1)."""
-    return (cfg.interval > 0 and pipeline_parallel == 1
-            and (step % cfg.interval == 0 or step == max_steps))
+def code_eval_due(cfg: EvalCodeConfig, step: int, max_steps: int) -> bool:
+    """Like the loop diagnostics: every interval and at the last step. It runs only with the
+    whole model on a rank (the trainer asks its layout: ParallelLayout.whole_model_on_each_rank)."""
+    return cfg.interval > 0 and (step % cfg.interval == 0 or step == max_steps)
 
 
 def evaluate_code(model, tokenizer, cfg: EvalCodeConfig, step: Optional[int] = None,

@@ -58,8 +58,8 @@ def run(cfg: DictConfig) -> int:
     check_resumed_in_place(cfg)
     config: Config = OmegaConf.to_object(cfg)
     _, world_size, _ = env_world()
-    validate(config, world_size)
-    world = init_distributed(config.parallel, config.train.seed, config.model.num_loops)
+    layout = validate(config, world_size)
+    world = init_distributed(layout, config.train.seed, config.parallel.backend)
     try:
         # A time-stamped run_dir may still differ between ranks (multi-node torchrun, a user's own
         # ${now:}): rank 0's folder is the run's folder, and the paths derived from it
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> int:
         config = OmegaConf.to_object(cfg)
         validate(config, world_size)
         # config.yaml: what runs, as validate() settled it for this world (the micro batch).
-        return _train(config, OmegaConf.to_yaml(OmegaConf.structured(config)), world)
+        return _train(config, OmegaConf.to_yaml(OmegaConf.structured(config)), world, layout)
     finally:
         shutdown_distributed()
 
@@ -79,13 +79,15 @@ class RunData(NamedTuple):
     tokenizer: object         # data/tokenizer.py CodeTokenizer
 
 
-def _data(config) -> RunData:
-    """The tokenizer, this rank's train loader and the held-out batch."""
+def _data(config, layout) -> RunData:
+    """The tokenizer, this rank's train loader and the held-out batch (the validation split is
+    read only when something uses it: pretrain/config_rules.py reads_held_out_batch)."""
     from megatron.core import parallel_state
 
     from data.loader import build_loader
     from data.prepare import prepare_data
     from data.tokenizer import CodeTokenizer
+    from pretrain.config_rules import reads_held_out_batch
 
     t = config.train
     prepared = prepare_data(config.data, t.seq_length)
@@ -93,15 +95,14 @@ def _data(config) -> RunData:
     tokenizer.check_model_vocab(config.model.vocab_size)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
+    splits = ("train", "valid") if reads_held_out_batch(config, layout) else ("train",)
     loaders = [build_loader(config.data, prepared, split, t.seq_length, t.global_batch_size,
-                            t.micro_batch_size, dp_rank, dp_size, t.seed)
-               for split in ("train", "valid")]
-    held_out = loaders[1].held_out_batch() if (
-        config.eval.interval > 0 or config.diagnostics.interval > 0) else None
+                            t.micro_batch_size, dp_rank, dp_size, t.seed) for split in splits]
+    held_out = loaders[1].held_out_batch() if len(loaders) > 1 else None
     return RunData(loaders[0], held_out, tokenizer)
 
 
-def _train(config, config_yaml: str, world) -> int:
+def _train(config, config_yaml: str, world, layout) -> int:
     from model.kernels import resolve_backend
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
     from pretrain.checkpoint.init import init_from
@@ -128,8 +129,8 @@ def _train(config, config_yaml: str, world) -> int:
             lambda: write_run_config(run_dir, config_yaml))
     stop = StopRequest.install()
     try:
-        data = _data(config)
-        engine = build_engine(config, world.device)
+        data = _data(config, layout)
+        engine = build_engine(config, world.device, layout)
         checkpointer = Checkpointer(ckpt, engine, data.train_loader, config_yaml,
                                     model_fields_of(config.model), data.tokenizer.model_path,
                                     run_dir)
@@ -145,19 +146,19 @@ def _train(config, config_yaml: str, world) -> int:
             elif ckpt.init_from:
                 init_from(ckpt.init_from, engine, model_fields_of(config.model), ckpt.dir,
                           ckpt.verify, ckpt.allow_model_change)
-            _log_start(config, engine, world, resume_path, start_step, data.train_loader)
-            status = _train_from(config, config_yaml, world, engine, data, checkpointer, stop,
-                                 start_step)
+            _log_start(config, engine, world, layout, resume_path, start_step, data.train_loader)
+            status = _train_from(config, config_yaml, world, layout, engine, data, checkpointer,
+                                 stop, start_step)
         finally:
             checkpointer.close()
         if status == 0:
-            _print_sample(config, engine, data.tokenizer, world)
+            _print_sample(config, engine, data.tokenizer, world, layout)
         return status
     finally:
         stop.finish()
 
 
-def _train_from(config, config_yaml: str, world, engine, data, checkpointer, stop,
+def _train_from(config, config_yaml: str, world, layout, engine, data, checkpointer, stop,
                 start_step: int) -> int:
     """The loop, with its metrics: 0 at train.max_steps, EXIT_REQUEUE after a stop signal."""
     from pretrain.debug import nan_loss_at_steps
@@ -172,7 +173,7 @@ def _train_from(config, config_yaml: str, world, engine, data, checkpointer, sto
                               t.global_batch_size)
     try:
         status = train_loop(config, engine, data._replace(train_loader=steps), metrics,
-                            checkpointer, stop, start_step, world.world_size)
+                            checkpointer, stop, start_step, layout)
     finally:
         metrics.finish()
     if status != 0 and world.is_main:
@@ -183,16 +184,15 @@ def _train_from(config, config_yaml: str, world, engine, data, checkpointer, sto
     return status
 
 
-def _log_start(config, engine, world, resume_path, start_step: int, train_loader) -> None:
+def _log_start(config, engine, world, layout, resume_path, start_step: int,
+               train_loader) -> None:
     from model.kernels import describe_backend
-    from pretrain.config import data_parallel_size
     from pretrain.engines.base import params_dtype
 
     if not world.is_main:
         return
-    log.info("run folder %s (world %d: tp=%d pp=%d dp=%d, %s, engine=%s)", config.run_dir,
-             world.world_size, config.parallel.tp, config.parallel.pp,
-             data_parallel_size(config, world.world_size), world.device, engine.name)
+    log.info("run folder %s (world %d: %s, %s, engine=%s)", config.run_dir, world.world_size,
+             layout.describe(), world.device, engine.name)
     if resume_path is not None:
         log.info("resumed from %s: step %d, %d samples consumed", resume_path, start_step,
                  train_loader.consumed_samples)
@@ -201,17 +201,17 @@ def _log_start(config, engine, world, resume_path, start_step: int, train_loader
                  engine.num_parameters() / 1e6, config.model.num_loops)
     log.info(describe_backend(config.model.attention_backend, world.device,
                               params_dtype(config.train)))
-    if config.diagnostics.interval > 0 and config.parallel.pp > 1:
+    if config.diagnostics.interval > 0 and not layout.whole_model_on_each_rank:
         log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")
 
 
-def _print_sample(config, engine, tokenizer, world) -> None:
+def _print_sample(config, engine, tokenizer, world, layout) -> None:
     """The end-of-run code sample. It never fails a run that trained: a pipeline-split model is
     skipped (decoding needs every layer on a rank), and any error is logged, not raised."""
     s = config.sample
     if s.max_new_tokens <= 0:
         return
-    if config.parallel.pp > 1:
+    if not layout.whole_model_on_each_rank:
         if world.is_main:
             log.info("no end-of-run sample: decoding needs the whole model on a rank (parallel.pp=%d); "
                      "generate from the checkpoint with scripts/generate.py", config.parallel.pp)

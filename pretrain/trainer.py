@@ -1,6 +1,6 @@
 """The training loop, and nothing else: step, log, evaluate, checkpoint, stop on request.
 
-    status = train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step, world_size)
+    status = train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step, layout)
 
 `data` holds the train loader, the held-out batch and the tokenizer (pretrain/train.py). `status` is
 0 when train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived: then the step in
@@ -23,11 +23,11 @@ from pretrain.metrics import peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE
 
 
-def diagnostics_due(cfg, step: int) -> bool:
-    """Loop diagnostics need every loop's hidden states on one rank: pipeline stages don't have
-    them, so a pp > 1 run skips them (train.py says so at start)."""
+def diagnostics_due(cfg, step: int, layout) -> bool:
+    """Loop diagnostics need the whole model on a rank (ParallelLayout.whole_model_on_each_rank;
+    train.py says so at start when they are off)."""
     interval = cfg.diagnostics.interval
-    return (interval > 0 and cfg.parallel.pp == 1
+    return (interval > 0 and layout.whole_model_on_each_rank
             and (step % interval == 0 or step == cfg.train.max_steps))
 
 
@@ -53,9 +53,9 @@ class Throughput:
 
 
 def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
-               world_size: int) -> int:
+               layout) -> int:
     t = cfg.train
-    throughput = Throughput(cfg, world_size)
+    throughput = Throughput(cfg, layout.world_size)
     step, last_saved = start_step, start_step
     skipped_in_a_row = skipped_total = 0
 
@@ -76,7 +76,8 @@ def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
         log_due = (step % cfg.logging.interval == 0 or step in (start_step + 1, t.max_steps)
                    or stopping or result.skipped)
         eval_due = cfg.eval.interval > 0 and (step % cfg.eval.interval == 0 or step == t.max_steps)
-        code_due = code_eval_due(cfg.eval.code, step, t.max_steps, cfg.parallel.pp)
+        code_due = (layout.whole_model_on_each_rank
+                    and code_eval_due(cfg.eval.code, step, t.max_steps))
         if log_due or eval_due or code_due:
             row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
                    "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
@@ -90,7 +91,7 @@ def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
                                          rank=rank()))
             metrics.log(row)
 
-        if diagnostics_due(cfg, step):
+        if diagnostics_due(cfg, step, layout):
             rows = compute_loop_diagnostics(engine.inference_model, data.held_out[0]["tokens"],
                                             attention_queries=cfg.diagnostics.attention_queries)
             metrics.log_diagnostics(rows, step)

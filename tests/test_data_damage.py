@@ -209,7 +209,7 @@ def test_impossible_data_values_are_refused_naming_the_key(key, value):
 def test_a_training_blend_needs_a_validation_blend():
     with pytest.raises(DataConfigError, match="data.valid_blend"):
         DataConfig(blend=[[1.0, "data/x"]], tokenizer_model="tok.model").validate()
-    DataConfig(blend=[[1.0, "data/x"]], tokenizer_model="tok.model").validate(training=False)
+    DataConfig(blend=[[1.0, "data/x"]], tokenizer_model="tok.model").validate(reads_valid_blend=False)
 
 
 # ---- corpora: mixed encodings

@@ -1,6 +1,7 @@
 """Training engines behind one interface (pretrain/engines/base.py: Engine).
 
-    engine = build_engine(cfg, device)      # cfg.engine: megatron | deepspeed
+    engine = build_engine(cfg, device, layout)   # cfg.engine: megatron | deepspeed; layout:
+                                                 # pretrain/layout.py ParallelLayout
 
 `megatron` (pretrain/engines/megatron.py): megatron-core's DDP, distributed optimizer and pipeline
 schedules, TP/PP/DP. `deepspeed` (pretrain/engines/deepspeed.py): DeepSpeed ZeRO 0-3, data parallel
@@ -16,12 +17,12 @@ __all__ = ["Engine", "StepResult", "build_engine", "payload_format", "ENGINE_NAM
 ENGINE_NAMES = ("megatron", "deepspeed")
 
 
-def build_engine(cfg, device) -> Engine:
+def build_engine(cfg, device, layout) -> Engine:
     if cfg.engine == "deepspeed":
         from pretrain.engines.deepspeed import DeepSpeedEngine
-        return DeepSpeedEngine(cfg, device)
+        return DeepSpeedEngine(cfg, device, layout)
     from pretrain.engines.megatron import MegatronEngine
-    return MegatronEngine(cfg, device)
+    return MegatronEngine(cfg, device, layout)
 
 
 def payload_format(engine_name: str):

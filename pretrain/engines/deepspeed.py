@@ -83,10 +83,9 @@ def skip_shm_comm_build(deepspeed) -> None:
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg, device: torch.device, layout):
         super().__init__(cfg, device)
         deepspeed = import_deepspeed()
-        from megatron.core import parallel_state
         from megatron.core.optimizer import OptimizerConfig, _get_param_groups
 
         from model import PLTModel
@@ -96,7 +95,7 @@ class DeepSpeedEngine(Engine):
         bf16 = use_bf16(t)
         # Built as the megatron engine builds it (same dtype, same init device), so both start from
         # the same weights; under bf16 DeepSpeed keeps the fp32 master copies, as megatron does.
-        self.model_config = model_config_of(cfg, device)
+        self.model_config = model_config_of(cfg, device, layout)
         module = PLTModel(self.model_config)
         if device.type == "cuda":
             module.cuda(device)
@@ -113,8 +112,7 @@ class DeepSpeedEngine(Engine):
         # DeepSpeed asserts torchrun's LOCAL_RANK, which a single process or srun does not set;
         # torch.distributed is already up (pretrain/distributed.py), so it only describes it.
         os.environ.setdefault("LOCAL_RANK", str(env_world()[2]))
-        data_parallel = parallel_state.get_data_parallel_world_size()
-        self.ds_config = deepspeed_config(cfg, data_parallel, bf16)
+        self.ds_config = deepspeed_config(cfg, layout.dp, bf16)
         # Without ZeRO and bf16 DeepSpeed clips through torch but drops the norm it measured; then
         # we clip (after its gradient all-reduce, before its optimizer step) and keep the norm.
         self._clip_here = cfg.deepspeed.zero_stage == 0 and not bf16
