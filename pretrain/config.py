@@ -15,7 +15,6 @@ one breaks tools and tests.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,12 +31,6 @@ from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (l
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
            "register"]
-
-DEEPSPEED_PIN = "deepspeed==0.19.8"
-DEEPSPEED_INSTALL_HINT = (
-    f"engine=deepspeed needs the DeepSpeed package: pip install 'loopcoder[deepspeed]' "
-    f"(or pip install {DEEPSPEED_PIN} --no-build-isolation, torch already installed)")
-
 
 @dataclass
 class TrainConfig:
@@ -304,8 +297,9 @@ def validate(cfg: Config, world_size: int) -> None:
     require(decay > t.warmup_steps,
             f"{decay_key}={decay} must exceed train.warmup_steps={t.warmup_steps}; lower the warm-up")
     _validate_run_keys(cfg)
-    if cfg.engine == "deepspeed":
-        _validate_deepspeed(cfg)
+    from pretrain.engines import check_engine_config  # the engine table: its name, its refusals
+
+    check_engine_config(cfg)
 
 
 def _validate_train_values(t: TrainConfig) -> None:
@@ -366,33 +360,3 @@ def _validate_run_keys(cfg: Config) -> None:
             f"sample.top_p={sample.top_p}; it must be in (0, 1]")
     require(cfg.logging.wandb.mode in ("offline", "online", "disabled"),
             f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")
-    require(cfg.engine in ("megatron", "deepspeed"),
-            f"engine={cfg.engine!r}; use megatron or deepspeed")
-
-
-def _validate_deepspeed(cfg: Config) -> None:
-    """What the DeepSpeed engine cannot do (pretrain/engines/deepspeed.py), named with the fix."""
-    p, d = cfg.parallel, cfg.deepspeed
-    require(p.tp == 1 and p.pp == 1,
-            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={p.tp} "
-            f"parallel.pp={p.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for TP/PP")
-    require(p.vpp is None, f"parallel.vpp={p.vpp} needs pipeline parallelism; engine=deepspeed has "
-                           f"none: use parallel.vpp=null or engine=megatron")
-    require(not p.sequence_parallel, "parallel.sequence_parallel=true needs tensor parallelism; "
-                                     "engine=deepspeed has none: use engine=megatron")
-    require(not p.distributed_optimizer,
-            "parallel.distributed_optimizer=true is megatron's ZeRO-1; with engine=deepspeed use "
-            "deepspeed.zero_stage=1 (or 2, 3) and parallel.distributed_optimizer=false")
-    require(not p.overlap_grad_reduce,
-            "parallel.overlap_grad_reduce=true is a megatron DDP option; with engine=deepspeed leave "
-            "it false (DeepSpeed's deepspeed.overlap_comm does the same)")
-    require(d.zero_stage in (0, 1, 2, 3), f"deepspeed.zero_stage={d.zero_stage}; use 0, 1, 2 or 3")
-    require(d.offload_optimizer in ("none", "cpu"),
-            f"deepspeed.offload_optimizer={d.offload_optimizer!r}; use none or cpu")
-    require(d.offload_param in ("none", "cpu"),
-            f"deepspeed.offload_param={d.offload_param!r}; use none or cpu")
-    require(d.offload_optimizer == "none" or d.zero_stage >= 1,
-            f"deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1 (it is {d.zero_stage})")
-    require(d.offload_param == "none" or d.zero_stage == 3,
-            f"deepspeed.offload_param=cpu needs deepspeed.zero_stage=3 (it is {d.zero_stage})")
-    require(importlib.util.find_spec("deepspeed") is not None, DEEPSPEED_INSTALL_HINT)

@@ -83,7 +83,7 @@ def _step(text: str) -> int:
 
 
 def _clear_stale_staging(out: str) -> None:
-    """The staging folders (handoff/export.py: `.<name>.tmp<pid>`) a killed export left beside the
+    """The staging folders (pretrain/checkpoint/destination.py stage: `.<name>.tmp<pid>`) a killed export left beside the
     output: this process holds the output, so no export that writes them is alive."""
     parent, name = os.path.split(os.path.abspath(out))
     staging = re.compile(re.escape(f".{name}.tmp") + "[0-9]+")

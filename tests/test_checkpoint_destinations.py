@@ -217,16 +217,40 @@ def test_one_writer_is_one_process_at_a_time_and_leaves_no_file(tmp_path):
 
 
 def test_an_export_that_fails_at_publishing_leaves_no_staging_folder(tmp_path):
-    from handoff.export import _publish
+    from pretrain.checkpoint.destination import staged
 
-    staging, out = tmp_path / ".hf.tmp1", tmp_path / "hf"
-    staging.mkdir()
-    (staging / "config.json").write_text("{}")
-    out.mkdir()
-    (out / "theirs").write_text("x")  # filled by a writer that took no lock
+    out = tmp_path / "hf"
     with pytest.raises(FileExistsError, match="filled by another writer"):
-        _publish(str(staging), str(out))
+        with staged(str(out), "--out") as staging:
+            (tmp_path / "hf").mkdir()
+            (out / "theirs").write_text("x")  # filled by a writer that took no lock
+            with open(os.path.join(staging, "config.json"), "w") as stream:
+                stream.write("{}")
     assert sorted(os.listdir(tmp_path)) == ["hf"] and os.listdir(out) == ["theirs"]
+
+
+def test_a_staged_write_that_fails_leaves_nothing_and_one_that_succeeds_is_whole(tmp_path):
+    """The one stage-then-publish (pretrain/checkpoint/destination.py): a failure inside the block
+    removes the temp folder and never creates the destination; success renames the whole folder
+    into place, and a destination that holds something is refused before anything is written."""
+    from pretrain.checkpoint.destination import staged
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="half way"):
+        with staged(str(out), "--out") as staging:
+            with open(os.path.join(staging, "part"), "w") as stream:
+                stream.write("1")
+            raise RuntimeError("half way")
+    assert os.listdir(tmp_path) == []
+    with staged(str(out), "--out") as staging:
+        assert os.path.dirname(staging) == str(tmp_path) and not out.exists()
+        with open(os.path.join(staging, "part"), "w") as stream:
+            stream.write("1")
+    assert os.listdir(tmp_path) == ["out"] and (out / "part").read_text() == "1"
+    with pytest.raises(FileExistsError, match=f"{out} exists and is not empty; pass another --out"):
+        with staged(str(out), "--out"):
+            raise AssertionError("not reached: refused before the block")
+    assert os.listdir(tmp_path) == ["out"]
 
 
 # -- what a checkpoint folder resumes --------------------------------------------------------------

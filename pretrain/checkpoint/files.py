@@ -66,20 +66,6 @@ def fsync_tree(folder: str) -> None:
         fsync_dir(directory)
 
 
-def publish_folder(root: str, name: str, tmp: str) -> str:
-    """Make the written folder `tmp` durable, rename it to `root/name` (replacing a folder of that
-    name: a run resumed at this step saves it again) and point `latest` at it. One process: the
-    frame calls it on rank 0 once every rank's part is written and verified."""
-    final = os.path.join(root, name)
-    fsync_tree(tmp)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    write_latest(root, name)
-    return final
-
-
 def write_latest(root: str, name: str) -> None:
     """Point `latest` at `name` atomically (temp file, fsync, rename, fsync the folder)."""
     tmp = os.path.join(root, f".{LATEST}.tmp")

@@ -22,7 +22,7 @@ import pretrain.checkpoint.files as files
 from pretrain.checkpoint.destination import new_checkpoint_dir, refuse_overlap, refuse_used
 from pretrain.collective import collectively, on_main
 from pretrain.checkpoint.resume import check_model_fields, resolve_checkpoint, verify_complete
-from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
+from pretrain.checkpoint.weights import staged_checkpoint, write_weights_only
 from pretrain.distributed import barrier, is_main
 from pretrain.errors import CheckpointError
 
@@ -50,22 +50,16 @@ def import_hf(hf_dir: str, checkpoint_dir: str, loops=None) -> str:
     refuse_overlap({"--hf": hf_dir}, checkpoint_dir, "--out")
     refuse_used(checkpoint_dir, "--out")  # again under the lock below; first before the read
     model_cfg, weights = read_hf(hf_dir, loops)
-    with new_checkpoint_dir(checkpoint_dir, "--out"):
-        tmp = os.path.join(checkpoint_dir, files.tmp_name(0))
-        os.makedirs(tmp)
-        try:
-            fields = dataclasses.asdict(model_cfg)
-            state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
-                     "imported_from": os.path.abspath(hf_dir)}
-            write_weights_only(tmp, weights, model_cfg, state, "megatron",
-                               OmegaConf.to_yaml({"model": fields}))
-            tokenizer = os.path.join(hf_dir, "tokenizer.model")
-            if os.path.isfile(tokenizer):
-                shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
-            return publish_checkpoint(checkpoint_dir, files.iter_name(0), tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with new_checkpoint_dir(checkpoint_dir, "--out"), staged_checkpoint(checkpoint_dir, 0) as tmp:
+        fields = dataclasses.asdict(model_cfg)
+        state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
+                 "imported_from": os.path.abspath(hf_dir)}
+        write_weights_only(tmp, weights, model_cfg, state, "megatron",
+                           OmegaConf.to_yaml({"model": fields}))
+        tokenizer = os.path.join(hf_dir, "tokenizer.model")
+        if os.path.isfile(tokenizer):
+            shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
+    return os.path.join(checkpoint_dir, files.iter_name(0))
 
 
 def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> str:
@@ -73,6 +67,7 @@ def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> s
     A Llama directory becomes this run's model: its block under the run's loop settings."""
     from handoff.llama_block import LOOP_FIELDS
     from pretrain.checkpoint.convert import convert_checkpoint
+    from pretrain.engines import engine_of
 
     shutil.rmtree(staging, ignore_errors=True)
     if is_hf_dir(source):
@@ -83,9 +78,9 @@ def _stage(source: str, engine_name: str, staging: str, model_fields: dict) -> s
         source = folder
     folder = resolve_checkpoint(source)
     # Checksums before its loopcoder.json is parsed (rank 0 alone: not collective).
-    if verify_complete(folder, collective=False).get("engine", "megatron") == engine_name:
+    if engine_of(verify_complete(folder, collective=False)) == engine_name:
         return folder
-    return convert_checkpoint(folder, os.path.join(staging, engine_name))
+    return convert_checkpoint(folder, os.path.join(staging, engine_name), target=engine_name)
 
 
 def _check_loaded_weights(engine, folder: str) -> None:
