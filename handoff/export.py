@@ -36,7 +36,7 @@ from handoff.published_config import LLAMA_FAMILY, published_config
 from handoff.safetensors_files import ShardWriter, parse_size
 from handoff.tensor_names import to_published
 from handoff.tokenizer_files import write_tokenizer_files
-from handoff.weight_checks import check_finite_weights
+from pretrain.checkpoint.weight_checks import check_finite_weights
 
 logger = logging.getLogger(__name__)
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")

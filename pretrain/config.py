@@ -23,10 +23,10 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
-from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
 from model.pipeline import virtual_pipeline_size
+from pretrain.eval_code import EvalCodeConfig, validate_code_config
 from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",

@@ -144,6 +144,23 @@ def test_a_tool_never_writes_into_a_used_folder(checkpoint, tmp_path, capsys, co
     assert not os.path.exists(output_lock_path(str(used)))
 
 
+def test_convert_writes_the_engine_named_by_to_and_without_it_the_other(checkpoint, tmp_path,
+                                                                        capsys):
+    """--to names the target engine (the engine table, pretrain/engines/__init__.py); without it
+    the one engine that did not write SRC, as before; its own engine is refused, nothing written."""
+    from pretrain.checkpoint.convert import checkpoint_engine
+
+    assert tool("convert_checkpoint", checkpoint, tmp_path / "ds", "--to", "deepspeed") == 0
+    assert checkpoint_engine(str(tmp_path / "ds" / "iter_0000003")) == "deepspeed"
+    assert tool("convert_checkpoint", tmp_path / "ds", tmp_path / "back") == 0
+    assert checkpoint_engine(str(tmp_path / "back" / "iter_0000003")) == "megatron"
+    capsys.readouterr()
+    assert tool("convert_checkpoint", tmp_path / "ds", tmp_path / "same", "--to", "deepspeed") == \
+        EXIT_CONFIG
+    assert "written by engine=deepspeed already" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["back", "ds"]
+
+
 def test_convert_into_a_new_folder_works_and_a_failure_leaves_nothing(checkpoint, tmp_path):
     from pretrain.checkpoint.destination import new_checkpoint_dir
 

@@ -14,9 +14,9 @@ files, pretrain/engines/), each rank's RNG states, and on rank 0 the trainer's s
 raises while the others wait in a barrier) and removes the half-written folder. Publishing, after
 every rank's writer finished: rank 0 checks that the payload is whole (the engine format's own
 check), the ranks checksum and fsync every file (pretrain/checkpoint/integrity.py: checksums.json),
-the folder is renamed to `iter_XXXXXXX/`, then `latest` is replaced atomically, then retention
-keeps the newest `checkpoint.keep`. A crash or a second signal at any
-moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
+the folder is renamed to `iter_XXXXXXX/` (stage and publish: pretrain/checkpoint/destination.py),
+then `latest` is replaced atomically, then retention keeps the newest `checkpoint.keep`. A crash
+or a second signal at any moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
 writers run in the background (megatron-core's async dist_checkpointing); publishing happens in
 `finalize` once every rank's writer is done.
 """
