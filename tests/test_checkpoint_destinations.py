@@ -270,6 +270,18 @@ def test_a_staged_write_that_fails_leaves_nothing_and_one_that_succeeds_is_whole
     assert os.listdir(tmp_path) == ["out"]
 
 
+def test_a_killed_writers_staging_folders_are_cleared_and_nothing_else(tmp_path):
+    from pretrain.checkpoint.destination import clear_stale_staging, stage
+
+    out = tmp_path / "hf"
+    killed = stage(str(out))  # what a killed export left: `.hf.tmp<pid>`
+    for keep in (".hf.tmpx", ".hf2.tmp1", "hf.tmp1", ".other.tmp1"):
+        (tmp_path / keep).mkdir()
+    clear_stale_staging(str(out))
+    assert not os.path.exists(killed)
+    assert sorted(os.listdir(tmp_path)) == [".hf.tmpx", ".hf2.tmp1", ".other.tmp1", "hf.tmp1"]
+
+
 # -- what a checkpoint folder resumes --------------------------------------------------------------
 def test_a_weights_only_checkpoint_is_not_resumed_but_named_for_init_from(checkpoint, tmp_path):
     """An import's checkpoint (weights, no schedule, data position or optimizer), resumed by

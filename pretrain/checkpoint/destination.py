@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 
@@ -129,6 +130,20 @@ def nothing_left_on_failure(out: str, flag: str):
 
 
 # -- stage, then publish ---------------------------------------------------------------------------
+def _default_tmp_name(final: str, pid) -> str:
+    return f".{os.path.basename(os.path.abspath(final))}.tmp{pid}"
+
+
+def clear_stale_staging(final: str) -> None:
+    """Remove the temp folders of `final` (default names) a killed writer left beside it. Call it
+    only while holding `final` (lock.one_writer): no writer of those folders is alive then."""
+    parent = os.path.dirname(os.path.abspath(final))
+    stale = re.compile(re.escape(_default_tmp_name(final, "")) + "[0-9]+")
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        if stale.fullmatch(name):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def stage(final: str, flag: str = "--out", tmp_name: str = None, replace: bool = False) -> str:
     """A new, empty temp folder beside `final` to write it in: `tmp_name` (a checkpoint's
     `.tmp_iter_XXXXXXX`) or `.<name>.tmp<pid>`, a leftover of that name removed first. Unless
@@ -139,7 +154,7 @@ def stage(final: str, flag: str = "--out", tmp_name: str = None, replace: bool =
         raise FileExistsError(f"{final} exists and is not empty; pass another {flag} or remove it")
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, tmp_name or f".{os.path.basename(final)}.tmp{os.getpid()}")
+    tmp = os.path.join(parent, tmp_name or _default_tmp_name(final, os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     return tmp
