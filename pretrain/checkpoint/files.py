@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from typing import List
 
 from pretrain.errors import CheckpointError
