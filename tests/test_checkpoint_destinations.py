@@ -161,6 +161,21 @@ def test_convert_writes_the_engine_named_by_to_and_without_it_the_other(checkpoi
     assert sorted(os.listdir(tmp_path)) == ["back", "ds"]
 
 
+def test_init_from_stages_another_engines_checkpoint_in_the_runs_engine(checkpoint, tmp_path):
+    """checkpoint.init_from of a megatron checkpoint into an engine=deepspeed run: converted into
+    the run's engine (named, not "the other one"); of the run's own engine: used as it is."""
+    from pretrain.checkpoint.convert import checkpoint_engine
+    from pretrain.checkpoint.init import _stage
+
+    def no_hf(*args):
+        raise AssertionError("not an HF directory")
+
+    staged = _stage(str(checkpoint), "deepspeed", str(tmp_path / "staging"), {}, no_hf)
+    assert checkpoint_engine(staged) == "deepspeed" and staged.startswith(str(tmp_path))
+    own = _stage(str(checkpoint), "megatron", str(tmp_path / "staging"), {}, no_hf)
+    assert own == os.path.join(str(checkpoint), "iter_0000003")
+
+
 def test_convert_into_a_new_folder_works_and_a_failure_leaves_nothing(checkpoint, tmp_path):
     from pretrain.checkpoint.destination import new_checkpoint_dir
 
