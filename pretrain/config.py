@@ -16,7 +16,6 @@ one breaks tools and tests.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -25,21 +24,15 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
-from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
 from pretrain.config_rules import check_between_nodes
 from pretrain.layout import ParallelLayout, settle_micro_batch
+from pretrain.eval_code import EvalCodeConfig, validate_code_config
 from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "ParallelLayout", "compose", "validate",
            "register"]
-
-DEEPSPEED_PIN = "deepspeed==0.19.8"
-DEEPSPEED_INSTALL_HINT = (
-    f"engine=deepspeed needs the DeepSpeed package: pip install 'loopcoder[deepspeed]' "
-    f"(or pip install {DEEPSPEED_PIN} --no-build-isolation, torch already installed)")
-
 
 @dataclass
 class TrainConfig:
@@ -338,11 +331,6 @@ class Config:
         for node in (self.train, self.parallel, self.checkpoint, self.eval, self.logging,
                      self.diagnostics, self.sample):
             node.validate()
-        require(self.engine in ("megatron", "deepspeed"),
-                f"engine={self.engine!r}; use megatron or deepspeed")
-        if self.engine == "deepspeed":
-            self.deepspeed.validate()
-            require(importlib.util.find_spec("deepspeed") is not None, DEEPSPEED_INSTALL_HINT)
 
 
 def register() -> None:

@@ -35,22 +35,8 @@ def check_between_nodes(cfg, layout) -> None:
             f"train.seq_length={cfg.train.seq_length} exceeds model.max_position_embeddings="
             f"{m.max_position_embeddings}")
     cfg.data.validate(reads_valid_blend=reads_held_out_batch(cfg, layout))
-    if cfg.engine == "deepspeed":
-        _check_deepspeed_layout(p)
+    # The engine's own refusals (the engine table, pretrain/engines/__init__.py): its node and
+    # what it cannot run of the parallel node. Imported here: the table loads the engines.
+    from pretrain.engines import check_engine_config
 
-
-def _check_deepspeed_layout(p) -> None:
-    """What the DeepSpeed engine cannot do (pretrain/engines/deepspeed.py), named with the fix."""
-    require(p.tp == 1 and p.pp == 1,
-            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={p.tp} "
-            f"parallel.pp={p.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for TP/PP")
-    require(p.vpp is None, f"parallel.vpp={p.vpp} needs pipeline parallelism; engine=deepspeed has "
-                           f"none: use parallel.vpp=null or engine=megatron")
-    require(not p.sequence_parallel, "parallel.sequence_parallel=true needs tensor parallelism; "
-                                     "engine=deepspeed has none: use engine=megatron")
-    require(not p.distributed_optimizer,
-            "parallel.distributed_optimizer=true is megatron's ZeRO-1; with engine=deepspeed use "
-            "deepspeed.zero_stage=1 (or 2, 3) and parallel.distributed_optimizer=false")
-    require(not p.overlap_grad_reduce,
-            "parallel.overlap_grad_reduce=true is a megatron DDP option; with engine=deepspeed leave "
-            "it false (DeepSpeed's deepspeed.overlap_comm does the same)")
+    check_engine_config(cfg)

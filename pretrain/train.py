@@ -105,6 +105,7 @@ def _data(config, layout) -> RunData:
 def _train(config, config_yaml: str, world, layout) -> int:
     from model.kernels import resolve_backend
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
+    from handoff.import_hf import import_for_run  # the entry wires in what pretrain/ may not import
     from pretrain.checkpoint.init import init_from
     from pretrain.collective import on_main
     from pretrain.engines import build_engine
@@ -145,7 +146,7 @@ def _train(config, config_yaml: str, world, layout) -> int:
                                              ckpt.allow_model_change)["step"]
             elif ckpt.init_from:
                 init_from(ckpt.init_from, engine, model_fields_of(config.model), ckpt.dir,
-                          ckpt.verify, ckpt.allow_model_change)
+                          ckpt.verify, ckpt.allow_model_change, hf_importer=import_for_run)
             _log_start(config, engine, world, layout, resume_path, start_step, data.train_loader)
             status = _train_from(config, config_yaml, world, layout, engine, data, checkpointer,
                                  stop, start_step)
@@ -163,6 +164,7 @@ def _train_from(config, config_yaml: str, world, layout, engine, data, checkpoin
     """The loop, with its metrics: 0 at train.max_steps, EXIT_REQUEUE after a stop signal."""
     from pretrain.debug import nan_loss_at_steps
     from pretrain.metrics import MetricsLogger
+    from evaluation.during_training import evaluate_code  # the entry hands it to the loop
     from pretrain.trainer import train_loop
 
     run_dir, t = config.run_dir, config.train
@@ -173,7 +175,8 @@ def _train_from(config, config_yaml: str, world, layout, engine, data, checkpoin
                               t.global_batch_size)
     try:
         status = train_loop(config, engine, data._replace(train_loader=steps), metrics,
-                            checkpointer, stop, start_step, layout)
+                            checkpointer, stop, start_step, layout,
+                            evaluate_code=evaluate_code)
     finally:
         metrics.finish()
     if status != 0 and world.is_main:

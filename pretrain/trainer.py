@@ -7,18 +7,18 @@
 flight finished and a checkpoint was saved. Ranks agree on stopping through an all-reduce of the
 flag every step (the scheduler may signal only some of them). Evaluations share the step's metrics
 row: the validation loss (eval.interval), the code metrics (eval.code.interval: HumanEval solution
-likelihood, evaluation/config.py); the per-loop diagnostics have rows of their own.
+likelihood, pretrain/eval_code.py); the per-loop diagnostics have rows of their own.
 """
 
 from __future__ import annotations
 
 import time
 
-from evaluation.config import code_eval_due, evaluate_code
 from model.diagnostics import compute_loop_diagnostics
 from model.flops import flops_per_token, peak_flops_per_device
 from pretrain.distributed import all_reduce_max, rank
 from pretrain.errors import DivergedError
+from pretrain.eval_code import code_eval_due
 from pretrain.metrics import peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE
 
@@ -53,7 +53,10 @@ class Throughput:
 
 
 def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
-               layout) -> int:
+               layout, *, evaluate_code=None) -> int:
+    """`evaluate_code(model, tokenizer, cfg.eval.code, rank=)`: the code metrics
+    (evaluation/during_training.py), handed down by the entry (pretrain/train.py): pretrain/ never
+    imports evaluation/ (docs/architecture.md#floors). Needed when eval.code.interval > 0."""
     t = cfg.train
     throughput = Throughput(cfg, layout.world_size)
     step, last_saved = start_step, start_step

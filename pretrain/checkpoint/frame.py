@@ -14,9 +14,9 @@ files, pretrain/engines/), each rank's RNG states, and on rank 0 the trainer's s
 raises while the others wait in a barrier) and removes the half-written folder. Publishing, after
 every rank's writer finished: rank 0 checks that the payload is whole (the engine format's own
 check), the ranks checksum and fsync every file (pretrain/checkpoint/integrity.py: checksums.json),
-the folder is renamed to `iter_XXXXXXX/`, then `latest` is replaced atomically, then retention
-keeps the newest `checkpoint.keep`. A crash or a second signal at any
-moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
+the folder is renamed to `iter_XXXXXXX/` (stage and publish: pretrain/checkpoint/destination.py),
+then `latest` is replaced atomically, then retention keeps the newest `checkpoint.keep`. A crash
+or a second signal at any moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
 writers run in the background (megatron-core's async dist_checkpointing); publishing happens in
 `finalize` once every rank's writer is done.
 """
@@ -31,9 +31,11 @@ import torch
 
 import pretrain.checkpoint.files as files
 from pretrain.collective import collectively, on_main
+from pretrain.checkpoint.destination import publish, stage, unstage
 from pretrain.checkpoint.integrity import seal
 from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.lock import FolderLock
+from pretrain.checkpoint.payload import verify_folder
 from pretrain.checkpoint.state import save_rng, trainer_state
 from pretrain.distributed import barrier, is_main, rank
 from pretrain.errors import CheckpointError
@@ -45,7 +47,7 @@ def discard(tmp: str) -> None:
     """Remove a half-written folder (rank 0, after every rank stopped writing into it)."""
     barrier()
     if is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
+        unstage(tmp)
     barrier()
 
 
@@ -98,7 +100,7 @@ class Checkpointer:
         self.finalize(blocking=True)
         name = files.iter_name(step)
         final, tmp = os.path.join(self.root, name), os.path.join(self.root, files.tmp_name(step))
-        collectively(f"cannot create {tmp}", lambda: self._prepare(tmp))
+        collectively(f"cannot create {tmp}", lambda: self._prepare(final, step))
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         state = trainer_state(step, self.loader, self.engine, self.model_fields, world_size)
         request = None
@@ -125,11 +127,11 @@ class Checkpointer:
         self._async_queue.schedule_async_request(request)
         return final
 
-    def _prepare(self, tmp: str) -> None:
+    def _prepare(self, final: str, step: int) -> None:
         if is_main():
             os.makedirs(self.root, exist_ok=True)
             self._clear_stale()
-            os.makedirs(tmp)
+            stage(final, tmp_name=files.tmp_name(step), replace=True)
 
     def _write_frame_files(self, tmp: str, state: dict) -> None:
         import json
@@ -173,7 +175,8 @@ class Checkpointer:
 
     def _rename(self, name: str, tmp: str) -> None:
         if is_main():
-            files.publish_folder(self.root, name, tmp)
+            publish(tmp, os.path.join(self.root, name), replace=True)
+            files.write_latest(self.root, name)
             self._apply_retention(protect=name)
 
     def _apply_retention(self, protect: str) -> None:
@@ -182,31 +185,3 @@ class Checkpointer:
         for name in files.list_checkpoints(self.root)[:-self.keep]:
             if name != protect:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-
-
-def _payload_format(folder: str, state: dict):
-    from pretrain.engines import payload_format
-
-    try:
-        return payload_format(state.get("engine", "megatron"))
-    except ValueError as error:
-        raise CheckpointError(f"{os.path.join(folder, files.STATE_FILE)}: {error}") from None
-
-
-def verify_folder(folder: str, state: dict) -> None:
-    """The frame's files are there and the engine's payload is whole (its format's check)."""
-    for required in (files.STATE_FILE, files.CONFIG_FILE):
-        if not os.path.isfile(os.path.join(folder, required)):
-            raise CheckpointError(f"{folder} is incomplete: {required} is missing")
-    _payload_format(folder, state).check_complete(folder, state)
-
-
-def check_payload_readable(folder: str, state: dict) -> None:
-    """For a checkpoint without checksums: the payload's records match their CRCs (megatron's
-    tensors inside its shards; DeepSpeed's payload is .pt files, which readable.check_readable
-    checks whole)."""
-    from pretrain.checkpoint.readable import check_archives_within
-
-    archives = getattr(_payload_format(folder, state), "tensor_archives", None)
-    if archives is not None:
-        check_archives_within(folder, *archives(folder))

@@ -21,8 +21,8 @@ from typing import Optional
 
 import pretrain.checkpoint.files as files
 from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
-from pretrain.checkpoint.frame import check_payload_readable, verify_folder
 from pretrain.checkpoint.integrity import verify as verify_checksums
+from pretrain.checkpoint.payload import check_payload_readable, verify_folder
 from pretrain.checkpoint.readable import check_readable
 from pretrain.checkpoint.state import load_rng, read_trainer_state
 from pretrain.distributed import rank
@@ -171,7 +171,9 @@ def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str =
     `path`; returns its trainer state. Every rank."""
     state = verify_resumable(path, verify)
     check_model_fields(path, state["model"], model_fields, allow_model_change)
-    written_by = state.get("engine", "megatron")
+    from pretrain.engines import engine_of
+
+    written_by = engine_of(state)
     if written_by != engine.name:
         raise ConfigError(
             f"checkpoint {path} was written by engine={written_by} but this run has "
