@@ -226,10 +226,15 @@ class PLTModel(LanguageModule):
     def loop_transition(self, hidden: torch.Tensor) -> torch.Tensor:
         """What loop r hands to loop r+1 besides E(x): shift(RMSNorm_final(h_r)), or h_r itself
         in the clp=false ablation (the vanilla sequential looped transformer:
-        docs/spec.md#ablations: B = h_{r-1}, no shift, no embedding term, no per-loop norm)."""
+        docs/spec.md#ablations: B = h_{r-1}, no shift, no embedding term, no per-loop norm).
+        With clp_offset=0, the neutralized CLP arm of the same section, RMSNorm_final(h_r) is not
+        shifted: CLP's whole construction without the offset's mismatch."""
         if not self.config.clp:
             return hidden
-        return shift_one_position(self.per_loop_norm(hidden), self.config.sequence_parallel)
+        normed = self.per_loop_norm(hidden)
+        if self.config.clp_offset == 0:
+            return normed
+        return shift_one_position(normed, self.config.sequence_parallel)
 
     def next_loop_input(self, embeddings: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
         return self.clp_combine(embeddings, transition) if self.config.clp else transition
