@@ -9,7 +9,7 @@ message names the keys and the fix.
 Each default is stated here and only here; the YAML files in `conf/` state what a preset changes.
 Nodes: `model` (model/config.py: ModelConfig), `data` (data/config.py: DataConfig), `train`,
 `parallel`, `checkpoint`, `eval`, `diagnostics`, `logging`, `sample`, `deepspeed`, `launch`,
-`debug`, plus `run_dir` and `engine`. Key names are a contract (docs/architecture.md#contracts): renaming
+`debug`, `study` (pretrain/study.py), plus `run_dir` and `engine`. Key names are a contract (docs/architecture.md#contracts): renaming
 one breaks tools and tests.
 """
 
@@ -29,6 +29,7 @@ from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, Mod
                           require)
 from model.pipeline import virtual_pipeline_size
 from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
+from pretrain.study import StudyConfig
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
            "register"]
@@ -214,6 +215,7 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)  # read by study experiments only
     # Everything a run writes: config.yaml, metrics.jsonl, checkpoints/, wandb/, the Hydra log.
     # launch_time (not Hydra's now): the same folder for every process torchrun starts on a node.
     run_dir: str = "outputs/${launch_time:%Y-%m-%d_%H-%M-%S}"
