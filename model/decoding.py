@@ -205,18 +205,18 @@ class LoopDecoder:
         if int(cache.lengths.max()) >= cache.max_length:
             raise ValueError(f"the decode cache is full ({cache.max_length} tokens)")
         embeddings = model.embedding(input_ids=tokens[:, None], position_ids=None)  # [1, b, h]
-        rotary = model._rotary(1, cache.lengths[:, None])  # [1, b, 1, d]
+        rotary = model.rotary(1, cache.lengths[:, None])  # [1, b, 1, d]
         loops = range(cache.num_loops)
+        offset = has_cross_loop_parallelism(model.config)
 
         def loop_input(loop, outputs):
             if loop == 0:
                 return embeddings
-            if not model.config.clp:
-                return outputs[loop - 1]  # clp=false: the same position's previous loop
-            if model.config.clp_offset == 0:  # neutralized: h_{r-1} at position t (sequential)
-                return model.clp_combine(embeddings, model.per_loop_norm(outputs[loop - 1]))
-            previous = cache.saved_hidden[loop - 1][None]  # h_{r-1} at position t-1
-            return model.clp_combine(embeddings, model.per_loop_norm(previous))
+            # The vector loop r reads for token t (model.loop_input, aligned): h_{r-1} of position
+            # t-1, saved by the previous step (the CLP offset), or of t itself (clp=false,
+            # clp_offset=0), which the sequential mode computed just before.
+            previous = cache.saved_hidden[loop - 1][None] if offset else outputs[loop - 1]
+            return model.loop_input(embeddings, previous, aligned=True)
 
         if self.mode == "parallel":
             rows = torch.cat([loop_input(loop, None) for loop in loops], dim=1)

@@ -119,3 +119,16 @@ def test_the_export_refuses_the_neutralized_arm(tmp_path):
 
 def test_model_built_from_the_config_carries_the_offset():
     assert PLTModel(small_model_config(num_loops=2, clp_offset=0).build()).config.clp_offset == 0
+
+
+def test_decoding_builds_the_loop_input_through_the_models_public_method():
+    """One construction of B_r (PLTModel.loop_input): the decoder neither rebuilds it nor reaches
+    into the model's private members (docs/spec.md#decoding)."""
+    import inspect
+    import re
+
+    import model.decoding
+
+    source = inspect.getsource(model.decoding)
+    assert not re.findall(r"model\._\w+", source)
+    assert "model.loop_input(" in source and "clp_emb_scale" not in source
