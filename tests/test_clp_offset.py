@@ -132,3 +132,14 @@ def test_decoding_builds_the_loop_input_through_the_models_public_method():
     source = inspect.getsource(model.decoding)
     assert not re.findall(r"model\._\w+", source)
     assert "model.loop_input(" in source and "clp_emb_scale" not in source
+
+
+def test_a_llama_block_takes_the_offset_as_a_loop_setting():
+    """checkpoint.init_from / import_hf of a Llama directory: the run's clp_offset reaches the
+    looped model (pretrain/checkpoint/init.py passes every LOOP_FIELDS value of the run)."""
+    from handoff.llama_block import LOOP_FIELDS
+    from scripts.import_hf import loop_settings
+
+    assert "clp_offset" in LOOP_FIELDS
+    assert loop_settings(["model.num_loops=3", "model.clp_offset=0"]) == {"num_loops": 3,
+                                                                         "clp_offset": 0}
