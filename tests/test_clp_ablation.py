@@ -140,3 +140,18 @@ def test_the_grid_runs_as_users_type_it_and_a_rerun_skips_finished_cells(tmp_pat
     assert output_of(again).count("resumed from") == 1
     for name, rows in logged.items():
         assert read_metrics(tmp_path / name) == rows  # nothing trained again
+
+
+def test_a_diverged_cell_does_not_stop_the_grid(tmp_path):
+    """Both cells diverge (NaN losses injected from step 1); each is logged as diverged with its
+    skipped steps in its folder, and the sweep reaches its last cell."""
+    result = run_trainer(tmp_path, EXPERIMENT, "study.sizes=[study_xs]", "study.seeds=1",
+                         "+loop_variant=R1,R2_neutral", "model.vocab_size=640", *small_data(),
+                         "train.max_steps=4", "train.warmup_steps=1", "train.max_skipped_steps=1",
+                         "debug.nan_loss_at_steps=[1,2]", "eval.interval=0",
+                         "diagnostics.interval=0", "eval.code.interval=0", multirun=True)
+    assert result.returncode == 0, output_of(result)
+    assert output_of(result).count("the sweep goes on with its next job") == 2
+    for name in ("study_xs_R1_base_s1", "study_xs_R2_neutral_s1"):
+        rows = read_metrics(tmp_path / name)
+        assert [(r["step"], r.get("skipped")) for r in rows] == [(1, True), (2, True)]
