@@ -164,7 +164,9 @@ class CodeTokenizer:
             raise
 
     def decode(self, ids: List[int]) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        """Text of `ids`. Ids past the tokenizer's vocabulary are dropped: a model's embedding may
+        be padded larger (check_model_vocab), and an untrained model can pick those rows."""
+        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
 
     def check_model_vocab(self, model_vocab_size: int) -> None:
         """The model's embedding may be padded larger than the tokenizer (for TP divisibility);

@@ -24,8 +24,8 @@ import torch
 from model.config import ConfigError, ModelConfig
 
 # The ModelConfig fields a Llama has no value for: the loops'.
-LOOP_FIELDS = ("num_loops", "clp", "clp_emb_scale", "clp_hidden_scale", "normalize_per_loop",
-               "shared_kv", "swa_window", "gate_input")
+LOOP_FIELDS = ("num_loops", "clp", "clp_offset", "clp_emb_scale", "clp_hidden_scale",
+               "normalize_per_loop", "shared_kv", "swa_window", "gate_input")
 
 
 def as_block_of(llama: ModelConfig, weights: Dict[str, torch.Tensor], loop_settings: dict

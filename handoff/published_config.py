@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from handoff.published_values import value_problem
-from model.config import ModelConfig
+from model.config import ModelConfig, require
 from pretrain.errors import CheckpointError
 
 PLT_FAMILY, LOOP_FAMILY, LLAMA_FAMILY = "iquestpltcoder", "iquestloopcoder", "llama"
@@ -82,7 +82,15 @@ def extension_keys(m: ModelConfig) -> dict:
 
 def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
                      eos_id: int = 2) -> dict:
-    """config.json for `m` in its family's published keys, with our auto_map (none for Llama)."""
+    """config.json for `m` in its family's published keys, with our auto_map (none for Llama).
+    Refuses (ConfigError) the neutralized CLP arm, clp_offset=0: no family has it and neither the
+    published loaders nor our transformers code would compute it (they would run the offset)."""
+    require(m.num_loops == 1 or not m.clp or m.clp_offset == 1,
+            "model.clp_offset=0 (the neutralized CLP arm of the loop-count ablation, "
+            "docs/spec.md#ablations) has no Hugging Face format: every LoopCoder-V2 loader, "
+            "ours included, runs the one-position offset, so an export would compute another "
+            "model. Evaluate it in loopcoder (scripts/evaluate.py, scripts/generate.py "
+            "--mode sequential); export the clp_offset=1 or clp=false arms")
     family = family_of(m)
     config = {
         "architectures": [ARCHITECTURES[family]],

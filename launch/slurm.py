@@ -5,6 +5,7 @@
     python -m launch.slurm submit model=plt_1b launch.nodes=4 launch.partition=gpu launch.chain=3 \\
         train.global_batch_size=256     # 32 ranks (4 nodes x 8 GPUs) split the batch
     python -m launch.slurm submit model.num_loops=1,2,3,4        # a loop sweep: one job per value
+    python -m launch.slurm submit launch=cpu +experiment=clp_ablation --dry-run   # one job per cell
 
 `submit` composes the same Hydra config as training (`conf/config.yaml`, `launch` group for the
 `launch.*` keys), checks it (the trainer's own validation at the launched world size, the launch
@@ -13,7 +14,10 @@ keys, the partition), renders one sbatch script per job (launch/script.py), writ
 resume from `latest`. `--dry-run` prints the scripts and the sbatch commands instead.
 
 A sweep value (Hydra's `key=a,b,c` syntax, any key) gives one job per value (per combination) with
-its own run folder `<run_dir>/<job number>_R<num_loops>`, as `pretrain.train -m` names them. Every job trains with an absolute `run_dir` and
+its own run folder under run_dir, named as `pretrain.train -m` names it (hydra.sweep.subdir:
+`<job number>_R<num_loops>` by default). An experiment's own sweep (hydra.sweeper.params) is
+expanded the same way: `submit +experiment=clp_ablation --dry-run` renders one job per cell, each
+in its `<size>_R<R>_<arm>_s<seed>` folder. Every job trains with an absolute `run_dir` and
 `checkpoint.resume=auto`, so a requeued or follow-up job finds its checkpoints.
 
     python -m launch.slurm cancel-followups JOBID   # (the batch script) cancel JOBID's chained jobs
@@ -69,16 +73,48 @@ def _is_launch_override(parsed) -> bool:
     return parsed.key_or_group == "launch" or parsed.key_or_group.startswith("launch.")
 
 
-def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """One override list per combination of the sweep overrides (`key=a,b,c`), in Hydra's order."""
-    fixed, axes = [], []
-    for parsed in _parse(overrides):
-        if parsed.is_sweep_override():
-            key = parsed.get_key_element()
-            axes.append([f"{key}={value}" for value in parsed.sweep_string_iterator()])
-        else:
-            fixed.append(parsed.input_line)
-    return [fixed + list(combo) for combo in itertools.product(*axes)]
+def expand_sweep(overrides: list[str], declared: list[str] = ()) -> list[list[str]]:
+    """One override list per combination of the sweep overrides (`key=a,b,c`), in the order
+    Hydra's basic sweeper runs them: the experiment's declared sweep (`declared`, from its
+    hydra.sweeper.params) first, then the command line's overrides; a key given in both keeps its
+    place and takes the command line's values (`+loop_variant=R1,R2` cuts an experiment's list)."""
+    axes = {}
+    for parsed in _parse(list(declared) + list(overrides)):
+        key = parsed.get_key_element()
+        axes[key] = ([f"{key}={value}" for value in parsed.sweep_string_iterator()]
+                     if parsed.is_sweep_override() else [parsed.input_line])
+    return [list(combo) for combo in itertools.product(*axes.values())]
+
+
+def _with_hydra_node(overrides: list[str]):
+    """The config with its `hydra` node (pretrain.config.compose leaves it out): an experiment's
+    sweep (hydra.sweeper.params) and each job's folder name (hydra.sweep.subdir)."""
+    compose([])  # the schema and resolvers registered, megatron's import notes silenced
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from pretrain.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides),
+                             return_hydra_config=True)
+
+
+def declared_sweep(overrides: list[str]) -> list[str]:
+    """The sweep an experiment declares (`hydra.sweeper.params`, e.g. conf/experiment/
+    clp_ablation.yaml's sizes x seeds x loop variants), resolved for the command line's fixed
+    overrides (`study.seeds=2`) as `pretrain.train -m` resolves it."""
+    fixed = [p.input_line for p in _parse(overrides) if not p.is_sweep_override()]
+    params = OmegaConf.select(_with_hydra_node(fixed), "hydra.sweeper.params")
+    if not params:
+        return []
+    return [f"{key}={value}" for key, value in OmegaConf.to_container(params, resolve=True).items()]
+
+
+def sweep_subdir(overrides: list[str], number: int) -> str:
+    """Job `number`'s folder under run_dir: hydra.sweep.subdir (conf/config.yaml's
+    <job number>_R<loops>, or the experiment's own, e.g. <size>_R<R>_<arm>_s<seed>)."""
+    cfg = _with_hydra_node(list(overrides) + [f"hydra.job.num={number}"])
+    return str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
 
 
 # --------------------------------------------------------------------------------- config
@@ -117,7 +153,7 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
     """Compose, check and render every job of this request. Raises LaunchError before any sbatch."""
     workdir = os.getcwd()
     check_workdir(workdir)
-    jobs = expand_sweep(overrides)
+    jobs = expand_sweep(overrides, declared_sweep(overrides))
     base_cfg = compose(jobs[0])
     base_run_dir = os.path.abspath(OmegaConf.to_container(base_cfg, resolve=True)["run_dir"])
     submit_command = " ".join(["python -m launch.slurm submit", *map(shlex.quote, overrides)])
@@ -127,7 +163,7 @@ def plan(overrides: list[str], check_cluster: bool = True) -> list[PlannedJob]:
                 if p.key_or_group not in ("run_dir", "checkpoint.resume")]
         # A sweep job's folder is named as `pretrain.train -m` names it (conf/config.yaml:
         # hydra.sweep.subdir), so tools read SLURM sweeps and local sweeps alike.
-        subdir = f"{number}_R{compose(kept).model.num_loops}" if len(jobs) > 1 else ""
+        subdir = sweep_subdir(kept, number) if len(jobs) > 1 else ""
         run_dir = os.path.join(base_run_dir, subdir) if subdir else base_run_dir
         pinned = [_path_override("run_dir", run_dir), "checkpoint.resume=auto"]
         cfg = compose(kept + pinned)

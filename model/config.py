@@ -48,6 +48,12 @@ class PLTFields:
 
     num_loops: int = 2
     clp: bool = True
+    # How many positions later loop r reads loop r-1's hidden state (docs/spec.md#ablations):
+    # 1 is CLP as published; 0 (with clp=true) is the neutralized arm of the CLP ablation: the
+    # same loop input a * E(x) + b * RMSNorm_final(h_{r-1}) (same parameters, scales, init and
+    # FLOPs) read at the same position, so the offset's mismatch costs nothing at training. The
+    # price: loop r at token i needs loop r-1 at token i, so it decodes sequentially only.
+    clp_offset: int = 1
     clp_emb_scale: float = 1.0
     clp_hidden_scale: float = 1.0
     normalize_per_loop: bool = True
@@ -91,8 +97,8 @@ class PLTFields:
 STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                      "ffn_hidden_size", "vocab_size", "untie_embeddings_and_output_weights",
                      "shared_kv", "gate_input")
-CHANGEABLE_FIELDS = ("num_loops", "clp", "clp_emb_scale", "clp_hidden_scale", "normalize_per_loop",
-                     "swa_window", "rotary_base", "norm_epsilon")
+CHANGEABLE_FIELDS = ("num_loops", "clp", "clp_offset", "clp_emb_scale", "clp_hidden_scale",
+                     "normalize_per_loop", "swa_window", "rotary_base", "norm_epsilon")
 
 
 @dataclass
@@ -217,6 +223,8 @@ VALUE_RANGES = (
     # inv_freq = base^(-2i/d): a base <= 1 gives no decaying frequencies (1: every position alike).
     (("rotary_base",), lambda v: _is_real(v) and v > 1, "a finite number > 1 (e.g. 10000)"),
     (("clp_emb_scale", "clp_hidden_scale"), lambda v: _is_real(v), "a finite number"),
+    (("clp_offset",), lambda v: _is_int(v) and v in (0, 1),
+     "0 (the neutralized CLP arm: no offset, sequential decoding only) or 1 (CLP as published)"),
     (("hidden_dropout", "attention_dropout"), lambda v: _is_real(v) and 0 <= v < 1,
      "a number in [0, 1)"),
 )

@@ -18,7 +18,8 @@ so it grows with R only by the windows and the saved vectors. Without shared KV
 
 Two modes: ``parallel`` (PLT's one forward of R*b rows per token) and ``sequential`` (R forwards of
 b rows, one loop after another: the vanilla looped transformer's cost, and the only way to decode
-a ``clp=false`` model, whose loop r needs loop r-1's output at the same position).
+a ``clp=false`` or ``clp_offset=0`` model, whose loop r needs loop r-1's output at the same
+position).
 
 Rows may hold prompts of different lengths: every row keeps its own position, and attention picks
 each row's visible cache slots with a mask. Prompts are prefilled one row at a time by the same
@@ -133,15 +134,23 @@ class DecodeStep:
                 c.window_v[self.layer, rings].flatten(0, 1), mask.flatten(0, 1))
 
 
+def has_cross_loop_parallelism(config) -> bool:
+    """Whether the loops of one token can run in one forward: one loop, or the CLP offset (loop r
+    reads loop r-1 one position back, which the previous step computed). clp=false and the
+    neutralized arm (clp_offset=0) read loop r-1 at the same position."""
+    return config.num_loops == 1 or (config.clp and config.clp_offset == 1)
+
+
 def decode_mode(config, mode: Optional[str] = None) -> str:
     """The decode mode a model runs: ``mode``, or (None) parallel when the model has cross-loop
-    parallelism (clp, or one loop), else sequential, the only way a clp=false model decodes."""
+    parallelism, else sequential, the only way a clp=false or clp_offset=0 model decodes."""
     if mode is None:
-        mode = "parallel" if config.clp or config.num_loops == 1 else "sequential"
+        mode = "parallel" if has_cross_loop_parallelism(config) else "sequential"
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"decode mode {mode!r}; use 'parallel' or 'sequential'")
-    if mode == "parallel" and config.num_loops > 1 and not config.clp:
-        raise ValueError("a clp=false model has no cross-loop parallelism: loop r needs loop "
+    if mode == "parallel" and not has_cross_loop_parallelism(config):
+        which = "a clp=false" if not config.clp else "a clp_offset=0 (neutralized CLP)"
+        raise ValueError(f"{which} model has no cross-loop parallelism: loop r needs loop "
                          "r-1 at the same position; decode it with mode='sequential'")
     return mode
 
@@ -197,16 +206,18 @@ class LoopDecoder:
         if int(cache.lengths.max()) >= cache.max_length:
             raise ValueError(f"the decode cache is full ({cache.max_length} tokens)")
         embeddings = model.embedding(input_ids=tokens[:, None], position_ids=None)  # [1, b, h]
-        rotary = model._rotary(1, cache.lengths[:, None])  # [1, b, 1, d]
+        rotary = model.rotary(1, cache.lengths[:, None])  # [1, b, 1, d]
         loops = range(cache.num_loops)
+        offset = has_cross_loop_parallelism(model.config)
 
         def loop_input(loop, outputs):
             if loop == 0:
                 return embeddings
-            if model.config.clp:
-                previous = cache.saved_hidden[loop - 1][None]  # h_{r-1} at position t-1
-                return model.clp_combine(embeddings, model.per_loop_norm(previous))
-            return outputs[loop - 1]  # clp=false: the same position's previous loop
+            # The vector loop r reads for token t (model.loop_input, aligned): h_{r-1} of position
+            # t-1, saved by the previous step (the CLP offset), or of t itself (clp=false,
+            # clp_offset=0), which the sequential mode computed just before.
+            previous = cache.saved_hidden[loop - 1][None] if offset else outputs[loop - 1]
+            return model.loop_input(embeddings, previous, aligned=True)
 
         if self.mode == "parallel":
             rows = torch.cat([loop_input(loop, None) for loop in loops], dim=1)

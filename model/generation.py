@@ -76,9 +76,10 @@ def generate(model, prompts: List[torch.Tensor], max_new_tokens: int, temperatur
              generator: Optional[torch.Generator] = None,
              stop: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> List[torch.Tensor]:
     """Continue each prompt (1-D token tensors, any lengths) by up to ``max_new_tokens``.
-    ``mode`` None lets LoopDecoder choose (sequential for a clp=false model). ``stop``, given the
-    new tokens so far [b, t], marks the rows that are done ([b] bools: a stop sequence appeared);
-    decoding ends once every row produced ``eos_id`` or was marked (rows are not cut at marks)."""
+    ``mode`` None lets LoopDecoder choose (sequential for a clp=false or clp_offset=0 model).
+    ``stop``, given the new tokens so far [b, t], marks the rows that are done ([b] bools: a stop
+    sequence appeared); decoding ends once every row produced ``eos_id`` or was marked (rows are
+    not cut at marks)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()

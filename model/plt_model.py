@@ -7,6 +7,8 @@
 f is one block of ``num_layers`` layers whose weights every loop shares. ``shift`` moves the hidden
 states one position later along the sequence (position 0 gets zeros): the cross-loop-parallelism
 (CLP) offset that lets all loops of consecutive tokens run in one batched forward at decode time.
+``PLTModel.loop_input`` is the one construction of B (and of its ablations, docs/spec.md#ablations:
+clp=false, and clp_offset=0, the same input without the shift).
 Every loop uses the same absolute RoPE positions. With ``num_loops=1`` this is a plain GPT.
 """
 
@@ -195,8 +197,9 @@ class PLTModel(LanguageModule):
         self.input_tensor = input_tensor
 
     # -- pieces ------------------------------------------------------------------------------
-    def _rotary(self, seq_len: int, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
-        """RoPE frequencies [s, 1 or b, 1, d]; the same absolute positions in every loop."""
+    def rotary(self, seq_len: int, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """RoPE frequencies [s, 1 or b, 1, d]; the same absolute positions in every loop (the full
+        forward's, and the decoder's one position per row)."""
         self._rope_in_model_dtype()
         if position_ids is None:
             return self.rotary_pos_emb(seq_len)
@@ -214,29 +217,46 @@ class PLTModel(LanguageModule):
             rope.inv_freq = 1.0 / (self.config.rotary_base ** (
                 torch.arange(0, dim, 2, dtype=dtype, device=rope.inv_freq.device) / dim))
 
+    # -- the loop input B_r: one construction for the full forward, the pipeline and decoding ---
+    def loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor,
+                   aligned: bool = False) -> torch.Tensor:
+        """B_r, the input of loop r >= 2, from E(x) and loop r-1's output (docs/spec.md#forward-pass):
+
+            a * E(x_i) + b * RMSNorm_final(h_{r-1, i - clp_offset})    (clp; clp_offset 1 or 0)
+            h_{r-1, i}                                                 (clp=false)
+
+        ``previous``: h_{r-1} at the positions of ``embeddings`` ([s, b, hidden]), the offset then
+        applied here along the sequence; or, with ``aligned``, already the vector loop r reads at
+        each position (the decoder's h_{r-1} of position t-1 for token t, kept from the previous
+        step). The full forward calls this; a pipeline runs its two halves on the stages that hold
+        their weights (``loop_transition`` on the last, ``combine_loop_input`` on the first);
+        model/decoding.py calls it with ``aligned``.
+        """
+        return self.combine_loop_input(embeddings, self.loop_transition(previous, aligned))
+
+    def loop_transition(self, hidden: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+        """What loop r hands to loop r+1 besides E(x): shift(RMSNorm_final(h_r)) (clp), the same
+        without the shift (clp_offset=0, the neutralized arm of docs/spec.md#ablations: CLP's
+        construction without the offset's mismatch), or h_r itself (clp=false, the vanilla
+        sequential looped transformer: no shift, no embedding term, no per-loop norm)."""
+        if not self.config.clp:
+            return hidden
+        normed = self.per_loop_norm(hidden)
+        if aligned or self.config.clp_offset == 0:
+            return normed
+        return shift_one_position(normed, self.config.sequence_parallel)
+
+    def combine_loop_input(self, embeddings: torch.Tensor,
+                           transition: torch.Tensor) -> torch.Tensor:
+        """a * E(x_i) + b * transition_i (clp), or the transition alone (clp=false)."""
+        cfg = self.config
+        if not cfg.clp:
+            return transition
+        return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * transition
+
     def per_loop_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """RMSNorm_final applied between loops (flag ``normalize_per_loop``, default on)."""
         return self.decoder.final_layernorm(hidden) if self.config.normalize_per_loop else hidden
-
-    def clp_combine(self, embeddings: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
-        """a * E(x_i) + b * t_i, where t_i = RMSNorm_final(h_{r-1, i-1}) (docs/spec.md#forward-pass)."""
-        cfg = self.config
-        return cfg.clp_emb_scale * embeddings + cfg.clp_hidden_scale * transition
-
-    def loop_transition(self, hidden: torch.Tensor) -> torch.Tensor:
-        """What loop r hands to loop r+1 besides E(x): shift(RMSNorm_final(h_r)), or h_r itself
-        in the clp=false ablation (the vanilla sequential looped transformer:
-        docs/spec.md#ablations: B = h_{r-1}, no shift, no embedding term, no per-loop norm)."""
-        if not self.config.clp:
-            return hidden
-        return shift_one_position(self.per_loop_norm(hidden), self.config.sequence_parallel)
-
-    def next_loop_input(self, embeddings: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
-        return self.clp_combine(embeddings, transition) if self.config.clp else transition
-
-    def loop_input(self, embeddings: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """B_r for loop r >= 2 from E(x) and h_{r-1} over the sequence (docs/spec.md#forward-pass)."""
-        return self.next_loop_input(embeddings, self.loop_transition(previous))
 
     def run_loops(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                   keep_kv: bool = False) -> "LoopStates":
@@ -249,7 +269,7 @@ class PLTModel(LanguageModule):
         training they would only hold memory that activation recomputation means to free).
         """
         embeddings = self.embedding(input_ids=input_ids, position_ids=None)
-        rotary = self._rotary(input_ids.shape[1], position_ids)
+        rotary = self.rotary(input_ids.shape[1], position_ids)
         hidden, first_loop_kv = self.decoder(embeddings, rotary, loop_index=0)
         states = LoopStates(hidden=[embeddings, hidden], kv=[first_loop_kv])
         for loop_index in range(1, self.config.num_loops):
@@ -308,7 +328,7 @@ class PLTModel(LanguageModule):
         cfg = self.config
         if self.pre_process:
             embeddings = self.embedding(input_ids=input_ids, position_ids=None)
-            hidden = embeddings if loop_index == 0 else self.next_loop_input(
+            hidden = embeddings if loop_index == 0 else self.combine_loop_input(
                 embeddings, self.input_tensor)
         else:
             hidden = self.input_tensor

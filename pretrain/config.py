@@ -10,7 +10,7 @@ value of the wrong type fails at start with the key's full name (`train.max_step
 Each default is stated here and only here; the YAML files in `conf/` state what a preset changes.
 Nodes: `model` (model/config.py: ModelConfig), `data` (data/config.py: DataConfig), `train`,
 `parallel`, `checkpoint`, `eval`, `diagnostics`, `logging`, `sample`, `deepspeed`, `launch`,
-`debug`, plus `run_dir` and `engine`. Key names are a contract (docs/architecture.md#contracts): renaming
+`debug`, `study` (pretrain/study.py), plus `run_dir` and `engine`. Key names are a contract (docs/architecture.md#contracts): renaming
 one breaks tools and tests.
 """
 
@@ -30,6 +30,7 @@ from pretrain.config_rules import check_between_nodes
 from pretrain.layout import ParallelLayout, settle_micro_batch
 from pretrain.eval_code import EvalCodeConfig, validate_code_config
 from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
+from pretrain.study import StudyConfig
 
 __all__ = ["Config", "ConfigError", "LaunchConfig", "ParallelLayout", "compose", "validate",
            "register"]
@@ -321,6 +322,7 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)  # read by study experiments only
     # Everything a run writes: config.yaml, metrics.jsonl, checkpoints/, wandb/, the Hydra log.
     # launch_time (not Hydra's now): the same folder for every process torchrun starts on a node.
     run_dir: str = "outputs/${launch_time:%Y-%m-%d_%H-%M-%S}"

@@ -2,6 +2,7 @@
 
     ${launch_time:%Y-%m-%d_%H-%M-%S}    the default run_dir's time stamp, the same on every rank
     ${run_folder:'/abs/path/of/R'}      resume.yaml's run_dir: the folder it is loaded from now
+    ${study_sizes:..} ${study_seeds:..} ${clp_arm:..}   a study's sweep (pretrain/study.py)
 
 Standard library and Hydra only: the schema imports this, and so does everything else.
 """
@@ -62,3 +63,6 @@ def register_resolvers() -> None:
 
     OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("run_folder", run_folder, replace=True)
+    from pretrain.study import register_study_resolvers
+
+    register_study_resolvers()  # a study experiment's sweep and folder names

@@ -251,6 +251,23 @@ def _exit_on_user_error(error: Exception) -> None:
     sys.exit(code)
 
 
+def _diverged_in_a_sweep(error: Exception) -> bool:
+    """A -m sweep (a study's grid: conf/experiment/clp_ablation.yaml) goes on past a job that
+    diverged: the divergence is that cell's result, in its metrics.jsonl (the skipped steps, no
+    row at train.max_steps) and in the log; exiting would leave every later cell unrun. A config,
+    data or checkpoint error still stops the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from pretrain.errors import DivergedError, describe_user_error
+
+    if not (isinstance(error, DivergedError) and HydraConfig.initialized()
+            and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return False
+    log.error("%s; the sweep goes on with its next job", describe_user_error(error)[1])
+    return True
+
+
 def _describe_yaml_error(error: Exception):
     """A config file that is not YAML (a hand-edited or damaged resume.yaml: the trainer writes it
     whole, pretrain/run_folder.py) is the user's to fix: exit 2, naming the file and the line."""
@@ -298,6 +315,8 @@ def main(cfg: DictConfig) -> None:
     try:
         status = run(cfg)
     except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
+        if _diverged_in_a_sweep(error):
+            return
         _exit_on_user_error(error)
     if status:
         sys.exit(status)
@@ -314,6 +333,8 @@ def cli() -> None:
     try:
         main()
     except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
+        if _diverged_in_a_sweep(error):
+            return
         _exit_on_user_error(error)
     finally:
         ignore_stop_signals()  # the exit status (75 after a stop) must not become a death by signal

@@ -32,7 +32,8 @@ def diagnostics_due(cfg, step: int, layout) -> bool:
 
 
 class Throughput:
-    """Tokens/s and MFU over the steps since the last logged one."""
+    """Tokens/s and MFU over the steps since the last logged one, and the run's cumulative
+    training tokens and FLOPs (the compute-fair axis of a loop-count comparison)."""
 
     def __init__(self, cfg, world_size: int):
         t = cfg.train
@@ -50,6 +51,12 @@ class Throughput:
                "step_time_s": self.seconds / self.steps}
         self.seconds, self.steps = 0.0, 0
         return row
+
+    def cumulative(self, consumed_samples: int, seq_length: int) -> dict:
+        """Training tokens and model FLOPs since step 0, from the samples consumed (the loader's
+        count, which a resume restores): the same per-token FLOPs as the MFU (model/flops.py)."""
+        tokens = consumed_samples * seq_length
+        return {"tokens": tokens, "train_flops": float(tokens * self.model_flops)}
 
 
 def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
@@ -84,7 +91,8 @@ def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
         if log_due or eval_due or code_due:
             row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
                    "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                   **throughput.take(), "memory_gb": peak_memory_gb()}
+                   **throughput.take(), "memory_gb": peak_memory_gb(),
+                   **throughput.cumulative(data.train_loader.consumed_samples, t.seq_length)}
             if result.skipped:
                 row.update(skipped=True, skipped_steps=skipped_total)
             if eval_due:

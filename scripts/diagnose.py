@@ -108,7 +108,7 @@ def main(argv=None) -> list:
         tokens = held_out_tokens(config, args.batch, seq_length)
     rows = compute_loop_diagnostics(plt, tokens, attention_queries=args.attention_queries)
     print(f"{folder}: step {step}, R={plt.config.num_loops}, clp={plt.config.clp}, "
-          f"{tokens.shape[0]} x {tokens.shape[1]} tokens")
+          f"clp_offset={plt.config.clp_offset}, {tokens.shape[0]} x {tokens.shape[1]} tokens")
     print(format_table(rows))
     if args.out:
         from pretrain.run_files import json_line, write_file_atomically

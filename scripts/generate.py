@@ -8,7 +8,8 @@ CHECKPOINT is an `iter_XXXXXXX/` folder or a checkpoint dir holding a `latest` f
 rebuilt in one process from the checkpoint's config (pretrain/checkpoint/weights.py), the tokenizer
 is the run's own (the checkpoint's copy). Several --prompt arguments decode as one batch of any lengths. `parallel`
 runs all loops of a token in one forward (PLT); `sequential` runs them one after another (the
-vanilla looped transformer's schedule; the only one for a clp=false model). Greedy at temperature 0.
+vanilla looped transformer's schedule; the only one for a clp=false or clp_offset=0 model).
+Greedy at temperature 0.
 Each prompt plus --max-new-tokens must fit the model's max_position_embeddings (refused otherwise:
 positions past it were never trained).
 
@@ -47,7 +48,7 @@ def main(argv=None) -> list:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", choices=("parallel", "sequential"), default=None,
                         help="loops decoded in one forward (PLT) or one after another; default: "
-                        "parallel, or sequential for a clp=false model")
+                        "parallel, or sequential for a clp=false or clp_offset=0 model")
     args = parser.parse_args(argv)
     from model.generation import check_positions, check_sampling_flags, generate
 

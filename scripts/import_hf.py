@@ -7,9 +7,9 @@ exports as) as a weights-only loopcoder checkpoint.
 
 CKPT_DIR (a new or empty folder, never a run's checkpoint folder) gets iter_0000000/ (megatron
 format, step 0, the directory's tokenizer.model when it has one) and `latest`. A Llama imports as
-an R=1 model, or with loop settings (model.num_loops, model.clp, model.clp_emb_scale,
-model.clp_hidden_scale, model.normalize_per_loop, model.shared_kv, model.swa_window,
-model.gate_input) as the shared block of that looped model, its loop >= 2 gates at their initial
+an R=1 model, or with loop settings (model.num_loops, model.clp, model.clp_offset,
+model.clp_emb_scale, model.clp_hidden_scale, model.normalize_per_loop, model.shared_kv,
+model.swa_window, model.gate_input) as the shared block of that looped model, its loop >= 2 gates at their initial
 values (g = 0.5). Continue pretraining from it with `checkpoint.init_from=CKPT_DIR` plus the model
 settings it prints (or pass `checkpoint.init_from=HF_DIR` directly: a Llama then takes the run's
 loop settings); generate from it with scripts/generate.py. Everything is verified first and
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     model_cfg = read_model_config(folder)
     settings = " ".join(f"model.{key}={getattr(model_cfg, key)}" for key in (
         "num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-        "vocab_size", "num_loops", "clp", "gate_input", "swa_window", "rotary_base",
+        "vocab_size", "num_loops", "clp", "clp_offset", "gate_input", "swa_window", "rotary_base",
         "norm_epsilon", "untie_embeddings_and_output_weights"))
     print(f"wrote {folder}\nits model: {settings}")
     return 0

@@ -3,7 +3,7 @@ code metric per run.
 
     python scripts/plot_sweep.py RUN_DIR... [--out FILE.png]     # default: sweep.png
 
-Each run is labelled from its config.yaml (`model.num_loops`, `model.clp`). The right panel is
+Each run is labelled from its config.yaml (`model.num_loops`, `model.clp`, `model.clp_offset`). The right panel is
 LoopCoder-v2's gain-cost view (docs/spec.md#loop-diagnostics): per loop r >= 2, the output
 shift KL(p_r || p_{r-1}) (what the loop still changes) against the offset cost (what the CLP shift
 costs it), at each run's last diagnostics step. A loop whose shift has collapsed while its cost stays
@@ -28,7 +28,9 @@ from scripts.plot_run import Run, _fmt  # noqa: E402
 
 def label(run: Run) -> str:
     loops = run.get("model.num_loops", "?")
-    return f"R={loops}" + ("" if run.get("model.clp", True) else " clp=off")
+    if not run.get("model.clp", True):
+        return f"R={loops} clp=off"
+    return f"R={loops}" + (" clp_offset=0" if run.get("model.clp_offset", 1) == 0 else "")
 
 
 CODE_METRIC = "humaneval_nll"   # evaluation/during_training.py: evaluate_code's row
@@ -100,7 +102,8 @@ def main(argv=None) -> str:
     parser.add_argument("--out", default="sweep.png")
     args = parser.parse_args(argv)
     runs = sorted((Run(d) for d in args.run_dirs),
-                  key=lambda r: (r.get("model.num_loops", 0), not r.get("model.clp", True)))
+                  key=lambda r: (r.get("model.num_loops", 0), not r.get("model.clp", True),
+                                 r.get("model.clp_offset", 1) == 0))
     out = plot_sweep(runs, args.out)
     print(table(runs))
     print(f"wrote {out}")

@@ -312,14 +312,14 @@ def test_latest_never_names_the_abandoned_branch(tmp_path):
 # -- the model a checkpoint's weights compute ------------------------------------------------------
 BASE = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
             ffn_hidden_size=128, vocab_size=640, untie_embeddings_and_output_weights=True,
-            shared_kv=True, gate_input="hidden", num_loops=2, clp=True, clp_emb_scale=1.0,
-            clp_hidden_scale=1.0, normalize_per_loop=True, swa_window=64, rotary_base=10000.0,
-            norm_epsilon=1e-5)
+            shared_kv=True, gate_input="hidden", num_loops=2, clp=True, clp_offset=1,
+            clp_emb_scale=1.0, clp_hidden_scale=1.0, normalize_per_loop=True, swa_window=64,
+            rotary_base=10000.0, norm_epsilon=1e-5)
 CHANGED = dict(num_layers=4, hidden_size=128, num_attention_heads=8, num_query_groups=4,
                ffn_hidden_size=256, vocab_size=1024, untie_embeddings_and_output_weights=False,
-               shared_kv=False, gate_input="query", num_loops=3, clp=False, clp_emb_scale=0.707,
-               clp_hidden_scale=0.053, normalize_per_loop=False, swa_window=32,
-               rotary_base=500000.0, norm_epsilon=1e-6)
+               shared_kv=False, gate_input="query", num_loops=3, clp=False, clp_offset=0,
+               clp_emb_scale=0.707, clp_hidden_scale=0.053, normalize_per_loop=False,
+               swa_window=32, rotary_base=500000.0, norm_epsilon=1e-6)
 
 
 @pytest.mark.parametrize("field", STRUCTURAL_FIELDS + CHANGEABLE_FIELDS)

@@ -35,3 +35,11 @@ def test_model_vocab_may_be_padded_but_not_smaller(tokenizer):
     tokenizer.check_model_vocab(tokenizer.vocab_size + 128)  # padded for TP divisibility: fine
     with pytest.raises(ValueError, match=rf"model vocab size {tokenizer.vocab_size - 1} .*{tokenizer.vocab_size}"):
         tokenizer.check_model_vocab(tokenizer.vocab_size - 1)
+
+
+def test_decoding_drops_the_ids_of_a_padded_model_vocab(tokenizer):
+    """A model with model.vocab_size > the tokenizer's can pick a padding row (an untrained one
+    often does): the end-of-run sample and generate.py decode the rest, they do not crash."""
+    ids = tokenizer.encode("def f():\n    return 1\n")
+    padded = ids[:3] + [tokenizer.vocab_size, tokenizer.vocab_size + 39] + ids[3:]
+    assert tokenizer.decode(padded) == tokenizer.decode(ids) == "def f():\n    return 1\n"

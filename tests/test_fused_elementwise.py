@@ -60,7 +60,7 @@ def test_rms_norm_fused_equals_unfused(dtype, rel):
 @pytest.mark.parametrize("per_sequence_positions", [False, True])
 def test_rotary_fused_equals_megatrons(per_sequence_positions):
     """Against megatron's own unfused RoPE, with the model's frequencies: [s, 1, 1, d], or
-    [s, b, 1, d] when each sequence has its own positions (model/plt_model.py ``_rotary``)."""
+    [s, b, 1, d] when each sequence has its own positions (model/plt_model.py ``rotary``)."""
     rope = RotaryEmbedding(kv_channels=32, rotary_percent=1.0, rotary_base=10000.0,
                            use_cpu_initialization=True)
     seq, batch = 40, 3

@@ -14,10 +14,11 @@ from tests.fixtures import REPO, small_data, subprocess_env
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_run(run_dir, num_loops, clp=True, steps=(10, 20, 30)):
+def _write_run(run_dir, num_loops, clp=True, steps=(10, 20, 30), clp_offset=1):
     """A run folder in the contract's format: config.yaml and metrics.jsonl (train, valid, loop rows)."""
     os.makedirs(run_dir)
-    config = {"model": {"num_loops": num_loops, "clp": clp}, "train": {"seq_length": 128}}
+    config = {"model": {"num_loops": num_loops, "clp": clp, "clp_offset": clp_offset},
+              "train": {"seq_length": 128}}
     OmegaConf.save(OmegaConf.create(config), os.path.join(run_dir, "config.yaml"))
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as stream:
         for step in steps:
@@ -60,6 +61,15 @@ def test_plot_sweep_labels_runs_by_loops_and_clp(tmp_path, capsys):
     labels = [line.split()[0] + (" clp=off" if "clp=off" in line else "") for line in lines[1:5]]
     assert labels == ["R=1", "R=2", "R=2 clp=off", "R=3"]  # sorted by R, the control after its R
     assert "2: 52 / 0.25  3: 53 / 0.1111" in lines[4]  # offset cost / output shift per loop
+
+
+def test_plot_sweep_labels_the_neutralized_arm(tmp_path, capsys):
+    runs = [str(tmp_path / name) for name in ("neutral", "clp")]
+    _write_run(runs[0], 2, clp_offset=0)
+    _write_run(runs[1], 2)
+    plot_sweep.main(runs + ["--out", str(tmp_path / "sweep.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0].strip() for line in lines[1:3]] == ["R=2", "R=2 clp_offset=0"]
 
 
 def _sweep_jobs(*command_line):

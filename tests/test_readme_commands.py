@@ -217,9 +217,9 @@ def training_runs(outcome: Outcome) -> None:
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     multirun = "-m" in outcome.args or "--multirun" in outcome.args
-    overrides = OverridesParser.create().parse_overrides(
-        [arg for arg in outcome.args if "=" in arg and not arg.startswith("-")])
-    expected = sweep_jobs(overrides) if multirun else 1
+    lines = [arg for arg in outcome.args if "=" in arg and not arg.startswith("-")]
+    overrides = OverridesParser.create().parse_overrides(lines)
+    expected = sweep_jobs(lines) if multirun else 1
     assert len(outcome.runs) == expected, f"{outcome.runs}: expected {expected}\n{outcome.report()}"
     pipeline_split = 0
     for run in outcome.runs:
@@ -249,19 +249,12 @@ def training_runs(outcome: Outcome) -> None:
 
 def sweep_jobs(overrides: list) -> int:
     """Jobs of a -m command: the product of its sweeps' lengths, including the sweeper params of
-    a config group it selects (+experiment=loop_sweep)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    a config group it selects (+experiment=loop_sweep), resolved as Hydra resolves them (the
+    clp_ablation experiment's sizes and seeds come from study.*): the SLURM launcher's expansion,
+    which tests/test_clp_ablation.py checks against Hydra's order."""
+    from launch.slurm import declared_sweep, expand_sweep
 
-    jobs = 1
-    for override in overrides:
-        if override.is_sweep_override():
-            jobs *= len(list(override.sweep_string_iterator()))
-        group = os.path.join(REPO, "conf", override.key_or_group, f"{override.value()}.yaml")
-        if not override.is_sweep_override() and os.path.isfile(group):
-            params = ((yaml.safe_load(open(group)) or {}).get("hydra") or {}).get("sweeper", {})
-            jobs *= sweep_jobs(OverridesParser.create().parse_overrides(
-                [f"{key}={value}" for key, value in params.get("params", {}).items()]))
-    return jobs
+    return len(expand_sweep(overrides, declared_sweep(overrides)))
 
 
 def generated(outcome: Outcome) -> None:

@@ -60,6 +60,23 @@ def test_resume_is_bitwise_exact(tmp_path, straight_run):
     assert second.returncode == 0, output_of(second)
     assert "resumed from" in output_of(second)
     assert losses_by_step(tmp_path) == straight_run
+    _assert_cumulative_tokens_and_flops_from_step_0(tmp_path)
+
+
+def _assert_cumulative_tokens_and_flops_from_step_0(run_dir):
+    """`tokens` and `train_flops` count from step 0 across the resume: global batch 4 x 64 tokens
+    per step, times the MFU's per-token training FLOPs (model/flops.py)."""
+    from omegaconf import OmegaConf
+
+    from model.flops import flops_per_token
+
+    config = OmegaConf.load(run_dir / "config.yaml")
+    per_token = flops_per_token(config.model, 64)
+    rows = [row for row in read_metrics(run_dir) if "loss" in row]
+    assert [row["step"] for row in rows] == list(range(1, 21))
+    for row in rows:
+        assert row["tokens"] == row["step"] * 4 * 64, row
+        assert row["train_flops"] == pytest.approx(row["tokens"] * per_token, rel=1e-12), row
 
 
 def test_sigusr1_saves_exits_75_and_resume_continues_exactly(tmp_path, straight_run):

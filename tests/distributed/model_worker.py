@@ -55,6 +55,7 @@ def main():
     parser.add_argument("--loops", type=int, default=2)
     parser.add_argument("--shared-kv", type=int, default=1)
     parser.add_argument("--gate-input", default="hidden")
+    parser.add_argument("--clp-offset", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     cpu_compat.apply()
@@ -63,7 +64,7 @@ def main():
     init_model_parallel(args.tp, args.pp, vpp, seed=0)
     torch.manual_seed(0)
     config = small_model_config(**SHAPE, num_loops=args.loops, shared_kv=bool(args.shared_kv),
-                                gate_input=args.gate_input).build(
+                                gate_input=args.gate_input, clp_offset=args.clp_offset).build(
         tensor_parallel=args.tp, pipeline_parallel=args.pp, virtual_pipeline_parallel=vpp,
         sequence_parallel=bool(args.sp))
     stage = PLTModel(config)

@@ -45,6 +45,7 @@ LAYOUTS = [
     pytest.param(["--pp", "2"], 2, ["--loops", "2"], id="pp2-loops-as-chunks-R2"),
     pytest.param(["--pp", "2"], 2, ["--loops", "3"], id="pp2-loops-as-chunks-R3"),
     pytest.param(["--pp", "2"], 2, ["--loops", "2", "--shared-kv", "0"], id="pp2-vanilla-R2"),
+    pytest.param(["--pp", "2"], 2, ["--loops", "3", "--clp-offset", "0"], id="pp2-neutral-R3"),
     pytest.param(["--tp", "2"], 2, ["--loops", "2"], id="tp2-R2"),
     pytest.param(["--tp", "2", "--sp", "1"], 2, ["--loops", "2"], id="tp2-sp-R2"),
     pytest.param(["--tp", "2", "--sp", "1"], 2, ["--loops", "2", "--gate-input", "query"],
