@@ -243,6 +243,8 @@ def test_ranking_stability_between_the_last_two_evaluations(tmp_path):
     # last; noclp: the curves never cross. R=1 is in both rankings.
     write_grid(tmp_path, {(1, "R1"): 3.0, (2, "clp"): 2.5, (2, "noclp"): 2.6, (3, "noclp"): 2.4})
     write_grid(tmp_path, {(3, "clp"): 2.7}, second_last_shift=-0.4)
+    # a finished R=4 run with one evaluation only: named, never ranked
+    write_cell(tmp_path, "short", loops=4, arm="noclp", max_steps=10, final=2.0)
     data = build(str(tmp_path))
     flipped = _record(data, "m", "clp")["ranking_stability"]
     assert flipped["previous"] == [3, 2, 1] and flipped["last"] == [2, 3, 1]
@@ -250,6 +252,7 @@ def test_ranking_stability_between_the_last_two_evaluations(tmp_path):
     assert flipped["tokens"] == [[90 * 8 * 16], [100 * 8 * 16]]
     stable = _record(data, "m", "noclp")["ranking_stability"]
     assert stable["previous"] == stable["last"] == [3, 2, 1] and not stable["changed"]
+    assert stable["absent"] == [4] and "no two evaluations for R=4" in stable["verdict"]
     assert data["stability"]["changed"] == 1 and data["stability"]["groups"] == 2
     assert "changed between the last two evaluations in 1 of 2 size x arm groups: the runs are " \
            "not long enough" in data["stability"]["verdict"]

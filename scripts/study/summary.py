@@ -86,10 +86,13 @@ def _early(records: List[Dict]) -> str:
 
 
 def paragraph(groups: List[Dict], records: List[Dict], stability: Dict) -> List[str]:
-    sentences = [_seeds(groups)] + _best(records) + [_moves(records), _flat(records),
-                                                     _early(records)]
-    verdict = stability["verdict"]
-    sentences.append(f"Ranking stability: {verdict}.")
+    if records:
+        sentences = [_seeds(groups)] + _best(records) + [_moves(records), _flat(records),
+                                                         _early(records)]
+    else:
+        sentences = ["No run folder could be read as a cell: no question is answered (the "
+                     "cells and why are listed below)."]
+    sentences.append(f"Ranking stability: {stability['verdict']}.")
     return (["## What this grid says", "",
              "Generated from the answers below (each sentence is one of them, counted); "
              "'resolved' means beyond the seed spread by the rule in the method.", ""]
