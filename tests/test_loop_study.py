@@ -280,5 +280,5 @@ def test_the_summary_and_the_answer_tables_say_what_the_numbers_resolve(tmp_path
                noise=0.3)
     summary = markdown(build(str(tmp_path / "noisy")), [])
     summary = summary[:summary.index("## Method")]
-    assert "Best R: not resolved at this scale in 3 of 3 size x arm x metric comparisons (all " \
-           "of them)" in summary and "beyond the seed spread at" not in summary
+    assert "- **Best R.** Not resolved at this scale in 3 of 3 size x arm x metric comparisons " \
+           "(all of them)" in summary and "beyond the seed spread at" not in summary

@@ -34,7 +34,7 @@ def _best(records: List[Dict]) -> List[str]:
         resolved += [f"{rec['size']}, {rec['arm']}: R={r} is the best R beyond the seed spread "
                      f"{' and '.join(metrics)}." for r, metrics in sorted(by_r.items())]
     count = sum(1 for rec in records for b in rec["best_r"].values() if b.get("resolved"))
-    tail = (f"Best R: not resolved at this scale in {total - count} of {total} size x arm x "
+    tail = (f"Not resolved at this scale in {total - count} of {total} size x arm x "
             f"metric comparisons" + (" (all of them)." if not count else "."))
     return resolved + [tail]
 
@@ -86,14 +86,18 @@ def _early(records: List[Dict]) -> str:
 
 
 def paragraph(groups: List[Dict], records: List[Dict], stability: Dict) -> List[str]:
+    """One bullet per question, in the order of the answers."""
     if records:
-        sentences = [_seeds(groups)] + _best(records) + [_moves(records), _flat(records),
-                                                         _early(records)]
+        best = _best(records)
+        bullets = [("Seeds", _seeds(groups)), ("Best R", " ".join(best)),
+                   ("Removing CLP", _moves(records)), ("Offset cost", _flat(records)),
+                   ("Early effective rank", _early(records))]
     else:
-        sentences = ["No run folder could be read as a cell: no question is answered (the "
-                     "cells and why are listed below)."]
-    sentences.append(f"Ranking stability: {stability['verdict']}.")
+        bullets = [("Cells", "No run folder could be read as a cell: no question is answered "
+                             "(the cells and why are listed below).")]
+    bullets.append(("Ranking stability", f"{stability['verdict'][0].upper()}"
+                                         f"{stability['verdict'][1:]}."))
     return (["## What this grid says", "",
              "Generated from the answers below (each sentence is one of them, counted); "
              "'resolved' means beyond the seed spread by the rule in the method.", ""]
-            + [" ".join(sentences), ""])
+            + [f"- **{name}.** {text}" for name, text in bullets] + [""])
