@@ -13,7 +13,7 @@ import yaml
 
 from pretrain.errors import run_tool
 from scripts import loop_study
-from scripts.study import render, stats, tables
+from scripts.study import render, render_answers, stats, tables
 from scripts.study.cells import read_cells
 from scripts.study.report import build, markdown
 from tests.fixtures import REPO, subprocess_env
@@ -66,6 +66,15 @@ def test_the_comparison_rule_needs_disjoint_ranges_and_a_large_welch_t():
     assert not stats.compare(*close)["resolved"]  # disjoint, but t = 0.305 / 0.3 < 2
     overlapping = stats.summarize([1.0, 1.2]), stats.summarize([1.1, 1.3])
     assert stats.compare(*overlapping)["why"] == "the seed ranges overlap"
+    # the table form of each verdict (se = sqrt(0.045/2 + 0.04205/2) = 0.2086: t = 1.46)
+    assert render_answers.short_diff(stats.compare(*close)) == \
+        "-0.305 (not beyond: ranges disjoint, Welch t 1.46 <= 2)"
+    assert render_answers.short_diff(stats.compare(b, a)) == \
+        "+0.2 (beyond: ranges disjoint, Welch t 2.83)"
+    assert render_answers.short_diff(stats.compare(*overlapping)).startswith(
+        "-0.1 (not beyond: ranges overlap")
+    assert render_answers.short_diff(stats.compare(stats.summarize([2.0]), a)) == \
+        "+0.95 (not beyond: fewer than 2 seeds (n = 1 and 2))"
 
 
 def test_interpolation_is_linear_in_log_x_and_never_extrapolates():
@@ -274,7 +283,8 @@ def test_the_summary_and_the_answer_tables_say_what_the_numbers_resolve(tmp_path
     assert "runs are long enough for a stable ranking" in summary
     # (a) as a table row per size x arm: best, resolved, runner-up with its gap and verdict
     row = next(line for line in text.splitlines() if line.startswith("| m | clp | R=2 | yes |"))
-    assert "| R=3 | +0.3 (exceeds the seed spread: ranges disjoint and Welch t > 2" in row
+    assert "| R=3 | +0.3 (beyond: ranges disjoint, Welch t 36.74) | - |" in row
+    assert "R=3 vs R=2: +0.3 (exceeds the seed spread: ranges disjoint and Welch t > 2" in text
     assert "<summary>Every pairwise comparison behind (a)</summary>" in text
     write_grid(tmp_path / "noisy", {(1, "R1"): 3.0, (2, "clp"): 2.50, (3, "clp"): 2.52},
                noise=0.3)

@@ -8,6 +8,7 @@ from typing import Dict, List
 
 from scripts.study.answers import METRICS
 from scripts.study.render import table
+from scripts.study.stats import SPREAD_FACTOR
 
 SHORT = {"val_loss": "equal tokens", "val_at_equal_flops": "equal FLOPs",
          "humaneval_nll": "HumanEval NLL"}
@@ -27,6 +28,21 @@ def diff(c: Dict) -> str:
     return f"+{c['difference']:.4g} ({word}: {c['why']}{t})"
 
 
+def short_diff(c: Dict) -> str:
+    """diff() for a table cell: the difference and the rule's verdict in a few words."""
+    if c["difference"] is None:
+        return c["why"]
+    head = f"{c['difference']:+.4g}"
+    if c["ranges_overlap"] is None:  # fewer than MIN_SEEDS seeds: the rule was not applied
+        return f"{head} (not beyond: {c['why'].split(':')[0]})"
+    t = f"Welch t {c['welch_t']:.2f}"
+    if c["resolved"]:
+        return f"{head} (beyond: ranges disjoint, {t})"
+    if c["ranges_overlap"]:
+        return f"{head} (not beyond: ranges overlap, {t})"
+    return f"{head} (not beyond: ranges disjoint, {t} <= {SPREAD_FACTOR:g})"
+
+
 def _rs(rs) -> str:
     return ", ".join(f"R={r}" for r in rs) or "-"
 
@@ -39,7 +55,8 @@ def best_r(records: List[Dict]) -> List[str]:
     out = [f"### {TITLES['a']}", "",
            "Per metric: the R with the lowest mean, whether it beats every other R beyond the "
            "seed spread, the runner-up (second-lowest mean) with its gap and the rule's verdict, "
-           "and the Rs the spread cannot tell from the best.", ""]
+           "and the Rs the spread cannot tell from the best ('beyond': the difference exceeds "
+           "the seed spread by the rule in the method).", ""]
     evidence = []
     for metric, title in METRICS.items():
         rows = []
@@ -55,7 +72,7 @@ def best_r(records: List[Dict]) -> List[str]:
                 resolved += f" (no value for {_rs(best['absent'])})"
             rows.append([rec["size"], rec["arm"], f"R={best['best']}", resolved,
                          "-" if runner is None else f"R={runner}",
-                         "-" if runner is None else diff(best["comparisons"][runner]),
+                         "-" if runner is None else short_diff(best["comparisons"][runner]),
                          _rs(r for r in best["tied"] if r != best["best"])])
             evidence.append(f"- {rec['size']}, {rec['arm']}, {title}: **{best['verdict']}**"
                             + "".join(f"; R={r} vs R={best['best']}: {diff(c)}"
