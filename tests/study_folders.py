@@ -24,11 +24,12 @@ def val_loss(final: float, step: int, max_steps: int) -> float:
 
 def write_cell(root, name, *, size="m", loops=2, arm="clp", seed=1, final=2.0, max_steps=100,
                stop_at=None, diverge=False, flops=True, offset_cost=0.5, early_rank=10.0,
-               offset_slope=0.0, last_val_null=False):
+               offset_slope=0.0, last_val_null=False, second_last_shift=0.0):
     """One run folder. `stop_at`: the run's last step (stopped early). `diverge`: its last row is a
     skipped step with a null loss. `last_val_null`: its last validation loss is null (NaN).
     `offset_cost` + `offset_slope` x (r - 2): loop r's final offset
-    cost. `early_rank`: the last loop's effective rank at step 10 (= T/10)."""
+    cost. `early_rank`: the last loop's effective rank at step 10 (= T/10). `second_last_shift`:
+    added to the validation loss of the second-to-last evaluation only (a late crossing)."""
     folder = os.path.join(str(root), name)
     os.makedirs(folder)
     clp, offset = ARMS.get(arm, (True, 1))
@@ -45,6 +46,8 @@ def write_cell(root, name, *, size="m", loops=2, arm="clp", seed=1, final=2.0, m
                "val_loss": val_loss(final, step, max_steps)}
         if flops:
             row["train_flops"] = tokens * FLOPS_PER_TOKEN_PER_LOOP * loops
+        if step == last - 10:
+            row["val_loss"] += second_last_shift
         if step == last:
             row["val_loss"] = None if last_val_null else row["val_loss"]
             row["humaneval_nll"] = final + 1.0

@@ -13,9 +13,9 @@ import yaml
 
 from pretrain.errors import run_tool
 from scripts import loop_study
-from scripts.study import render, stats, tables
+from scripts.study import render, render_answers, stats, tables
 from scripts.study.cells import read_cells
-from scripts.study.report import build
+from scripts.study.report import build, markdown
 from tests.fixtures import REPO, subprocess_env
 from tests.study_folders import FLOPS_PER_TOKEN_PER_LOOP, val_loss, write_cell, write_grid
 
@@ -66,6 +66,15 @@ def test_the_comparison_rule_needs_disjoint_ranges_and_a_large_welch_t():
     assert not stats.compare(*close)["resolved"]  # disjoint, but t = 0.305 / 0.3 < 2
     overlapping = stats.summarize([1.0, 1.2]), stats.summarize([1.1, 1.3])
     assert stats.compare(*overlapping)["why"] == "the seed ranges overlap"
+    # the table form of each verdict (se = sqrt(0.045/2 + 0.04205/2) = 0.2086: t = 1.46)
+    assert render_answers.short_diff(stats.compare(*close)) == \
+        "-0.305 (not beyond: ranges disjoint, Welch t 1.46 <= 2)"
+    assert render_answers.short_diff(stats.compare(b, a)) == \
+        "+0.2 (beyond: ranges disjoint, Welch t 2.83)"
+    assert render_answers.short_diff(stats.compare(*overlapping)).startswith(
+        "-0.1 (not beyond: ranges overlap")
+    assert render_answers.short_diff(stats.compare(stats.summarize([2.0]), a)) == \
+        "+0.95 (not beyond: fewer than 2 seeds (n = 1 and 2))"
 
 
 def test_interpolation_is_linear_in_log_x_and_never_extrapolates():
@@ -190,7 +199,9 @@ def test_the_cli_writes_the_report_and_rewrites_it_the_same(tmp_path, capsys):
     assert "not a claim about 7B models" in text and "equal TOKENS" in text
     assert "diverged" in text and "missing" in text  # seed 3 of every other cell is missing
     first = (runs / "report.json").read_text()
-    json.loads(first)
+    record = json.loads(first)
+    assert record["stability"]["groups"] == 2  # clp and noclp, each with R=1
+    assert all("ranking_stability" in answer for answer in record["answers"])
     assert _run(["report", str(runs)]) == 0
     assert (runs / "report.json").read_text() == first
     assert not [n for n in os.listdir(runs) if n.endswith(".tmp") or ".tmp." in n]
@@ -234,3 +245,50 @@ def test_sizes_are_read_from_the_config_smallest_first_and_split_by_shape(tmp_pa
                                    "plt_tiny-L4-h128-ffn640-heads4-kv2-V4096"]
     small = min(cells, key=lambda c: c.parameters["total"])
     assert small.model["hidden_size"] == 64 and small.parameters["non_embedding"] > 0
+
+
+def test_ranking_stability_between_the_last_two_evaluations(tmp_path):
+    # clp: R=3 is ahead at the second-to-last evaluation (shifted down by 0.4) and behind at the
+    # last; noclp: the curves never cross. R=1 is in both rankings.
+    write_grid(tmp_path, {(1, "R1"): 3.0, (2, "clp"): 2.5, (2, "noclp"): 2.6, (3, "noclp"): 2.4})
+    write_grid(tmp_path, {(3, "clp"): 2.7}, second_last_shift=-0.4)
+    # a finished R=4 run with one evaluation only: named, never ranked
+    write_cell(tmp_path, "short", loops=4, arm="noclp", max_steps=10, final=2.0)
+    data = build(str(tmp_path))
+    flipped = _record(data, "m", "clp")["ranking_stability"]
+    assert flipped["previous"] == [3, 2, 1] and flipped["last"] == [2, 3, 1]
+    assert flipped["changed"] and flipped["swapped"] == [(2, 3)]
+    assert flipped["tokens"] == [[90 * 8 * 16], [100 * 8 * 16]]
+    stable = _record(data, "m", "noclp")["ranking_stability"]
+    assert stable["previous"] == stable["last"] == [3, 2, 1] and not stable["changed"]
+    assert stable["absent"] == [4] and "no two evaluations for R=4" in stable["verdict"]
+    assert data["stability"]["changed"] == 1 and data["stability"]["groups"] == 2
+    assert "changed between the last two evaluations in 1 of 2 size x arm groups: the runs are " \
+           "not long enough" in data["stability"]["verdict"]
+    text = markdown(data, [])
+    answers = text[text.index("## Answers"):]
+    assert answers.splitlines()[2].startswith("**Ranking stability: the ranking of R changed")
+    assert "| m | clp | R=3 < R=2 < R=1 (1.152e+04) | R=2 < R=3 < R=1 (1.28e+04) | **changed** " \
+           "| R=2 passed R=3 |" in text
+
+
+def test_the_summary_and_the_answer_tables_say_what_the_numbers_resolve(tmp_path):
+    write_grid(tmp_path / "clear", CLP_BEST_AT_2)
+    text = markdown(build(str(tmp_path / "clear")), [])
+    summary = text[text.index("## What this grid says"):text.index("## Method")]
+    assert "m, clp: R=2 is the best R beyond the seed spread at equal tokens" in summary
+    assert "m, noclp: R=4 is the best R beyond the seed spread at equal tokens" in summary
+    assert "Removing CLP moves the optimum past two loops beyond the seed spread for m noclp " \
+           "at equal tokens" in summary
+    assert "runs are long enough for a stable ranking" in summary
+    # (a) as a table row per size x arm: best, resolved, runner-up with its gap and verdict
+    row = next(line for line in text.splitlines() if line.startswith("| m | clp | R=2 | yes |"))
+    assert "| R=3 | +0.3 (beyond: ranges disjoint, Welch t 36.74) | - |" in row
+    assert "R=3 vs R=2: +0.3 (exceeds the seed spread: ranges disjoint and Welch t > 2" in text
+    assert "<summary>Every pairwise comparison behind (a)</summary>" in text
+    write_grid(tmp_path / "noisy", {(1, "R1"): 3.0, (2, "clp"): 2.50, (3, "clp"): 2.52},
+               noise=0.3)
+    summary = markdown(build(str(tmp_path / "noisy")), [])
+    summary = summary[:summary.index("## Method")]
+    assert "- **Best R.** Not resolved at this scale in 3 of 3 size x arm x metric comparisons " \
+           "(all of them)" in summary and "beyond the seed spread at" not in summary

@@ -6,12 +6,15 @@ whether it exceeds the seed spread (stats.RULE). An answer never claims more tha
     optimum_moves      (b) whether removing CLP (noclp, neutral) moves the optimum past two loops
     offset_cost_flat   (c) whether the offset cost is flat across loops r >= 2 and across R
     early_rank         (d) whether the effective rank at ~T/10 predicts the final ranking of R
+    ranking_stability  whether the ranking of R changed between the last two evaluations
+                       (stability.py)
 """
 
 from __future__ import annotations
 
 from typing import Dict, List
 
+from scripts.study.stability import ranking_stability
 from scripts.study.stats import compare, finite, spearman, summarize
 
 METRICS = {"val_loss": "final validation loss (equal tokens: every cell's last evaluation)",
@@ -150,7 +153,8 @@ def answer_all(all_groups: List[Dict], sizes: List[str], arms: List[str], series
         for arm in arms:
             s = series_of(size, arm)
             record = {"size": size, "arm": arm, "best_r": best[arm],
-                      "offset_cost": offset_cost_flat(s), "early_rank": early_rank(s)}
+                      "offset_cost": offset_cost_flat(s), "early_rank": early_rank(s),
+                      "ranking_stability": ranking_stability(s)}
             if arm != "clp" and "clp" in best:
                 record["optimum_moves"] = {m: optimum_moves(best["clp"][m], best[arm][m], arm)
                                            for m in ("val_loss", "val_at_equal_flops")}

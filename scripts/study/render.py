@@ -1,12 +1,12 @@
-"""The report as Markdown: the scope statement, the method, the tables per size x R x arm, the
-compute-fair tables (each says which comparison it is), the answers with their evidence, and the
-cells that are missing, unfinished or diverged."""
+"""The report's Markdown parts other than the answers (render_answers.py) and the summary
+(summary.py): the scope statement, the method, the tables per size x R x arm, the compute-fair
+tables (each says which comparison it is), and the cells that are missing, unfinished or
+diverged."""
 
 from __future__ import annotations
 
 from typing import Dict, List
 
-from scripts.study.answers import METRICS
 from scripts.study.stats import RULE
 
 INTERPOLATION = ("linear in log x (tokens or FLOPs) between the two evaluations around the "
@@ -25,7 +25,7 @@ def fmt(summary: Dict, digits: int = 4) -> str:
             f"[{g.format(summary['min'])}, {g.format(summary['max'])}] (n={summary['n']})")
 
 
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+def table(header: List[str], rows: List[List[str]]) -> List[str]:
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
             + [""])
@@ -90,7 +90,7 @@ def summary_tables(groups: List[Dict], budgets: Dict) -> List[str]:
            "step (equal tokens when every cell ran the same steps and batch).", ""]
     rows = [[g["size"], g["loops"], g["arm"], f"{g['n_ok']}/{g['found']}", fmt(g["val_loss"]),
              fmt(g["humaneval_nll"]), _pass(g["humaneval_pass@1"])] for g in groups]
-    out += _table(["size", "R", "arm", "finished/found", "final val loss", "HumanEval NLL",
+    out += table(["size", "R", "arm", "finished/found", "final val loss", "HumanEval NLL",
                    "pass@1"], rows)
     out += ["### Compute-fair: validation loss at equal tokens and at equal training FLOPs", ""]
     out += ["Budgets per size: " + "; ".join(
@@ -98,13 +98,13 @@ def summary_tables(groups: List[Dict], budgets: Dict) -> List[str]:
         ""]
     rows = [[g["size"], g["loops"], g["arm"], fmt(g["val_at_equal_tokens"]),
              fmt(g["val_at_equal_flops"])] for g in groups]
-    out += _table(["size", "R", "arm", "val loss at equal TOKENS", "val loss at equal FLOPs"],
+    out += table(["size", "R", "arm", "val loss at equal TOKENS", "val loss at equal FLOPs"],
                   rows)
     out += ["### Final diagnostics per loop", ""]
     rows = [[g["size"], g["loops"], g["arm"], loop, fmt(m["output_shift"]), fmt(m["offset_cost"]),
              fmt(m["effective_rank"])]
             for g in groups for loop, m in sorted(g["diagnostics"].items())]
-    out += _table(["size", "R", "arm", "loop", "output shift", "offset cost", "effective rank"],
+    out += table(["size", "R", "arm", "loop", "output shift", "offset cost", "effective rank"],
                   rows) if rows else ["No diagnostics rows were logged.", ""]
     return out
 
@@ -119,50 +119,6 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def answers(records: List[Dict]) -> List[str]:
-    out = ["## Answers", ""]
-    titles = {"a": "(a) Best R per size and arm",
-              "b": "(b) Does removing CLP move the optimum past two loops?",
-              "c": "(c) Is the offset cost flat across loops?",
-              "d": "(d) Does the effective rank at ~T/10 predict the final ranking of R?"}
-    out += [f"### {titles['a']}", ""]
-    for rec in records:
-        for metric, best in rec["best_r"].items():
-            if best["best"] is not None:
-                evidence = "; ".join(f"R={r} vs R={best['best']}: {_diff(c)}"
-                                     for r, c in best["comparisons"].items())
-                out.append(f"- {rec['size']}, {rec['arm']}, {METRICS[metric]}: "
-                           f"**{best['verdict']}**"
-                           + (f". Evidence: {evidence}" if evidence else ""))
-    out += ["", f"### {titles['b']}", ""]
-    for rec in records:
-        for metric, moved in rec.get("optimum_moves", {}).items():
-            out.append(f"- {rec['size']}, {rec['arm']} vs clp, {METRICS[metric]}: "
-                       f"**{moved['verdict']}**")
-    out += ["", f"### {titles['c']}", ""]
-    for rec in records:
-        for r, flat in rec["offset_cost"]["across_loops"].items():
-            out.append(f"- {rec['size']}, {rec['arm']}, R={r}, across loops r >= 2: "
-                       f"**{flat['verdict']}**")
-        out.append(f"- {rec['size']}, {rec['arm']}, across R (cost averaged over loops r >= 2): "
-                   f"**{rec['offset_cost']['across_r']['verdict']}**")
-    out += ["", f"### {titles['d']}", ""]
-    for rec in records:
-        d = rec["early_rank"]
-        steps = ", ".join(str(s) for s in d["steps"]) or "-"
-        out.append(f"- {rec['size']}, {rec['arm']} (diagnostics at step {steps}): "
-                   f"**{d['verdict']}**" + (f"; {d['note']}" if d["note"] else ""))
-    return out + [""]
-
-
-def _diff(c: Dict) -> str:
-    if c["difference"] is None:
-        return c["why"]
-    t = "" if c["welch_t"] is None else f", Welch t {c['welch_t']:.2f}"
-    word = "exceeds the seed spread" if c["resolved"] else "not beyond the seed spread"
-    return f"+{c['difference']:.4g} ({word}: {c['why']}{t})"
-
-
 def problems(cells, missing) -> List[str]:
     out = ["## Missing, unfinished and diverged cells", "",
            "Expected: every size x R x arm x seed found anywhere under the runs folder (R=1 once "
@@ -173,11 +129,4 @@ def problems(cells, missing) -> List[str]:
              for s, r, a, seed in missing]
     if not rows:
         return out + ["None: every expected cell finished.", ""]
-    return out + _table(["size", "R", "arm", "seed", "status", "why", "folder"], rows)
-
-
-def markdown(context: Dict, groups, budgets, records, cells, missing, plots) -> str:
-    lines = scope(context) + method(context) + summary_tables(groups, budgets) + answers(records)
-    lines += problems(cells, missing)
-    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
-    return "\n".join(lines)
+    return out + table(["size", "R", "arm", "seed", "status", "why", "folder"], rows)

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 from model.config import ConfigError
 from pretrain.run_files import write_file_atomically
-from scripts.study import answers, plots, render, tables
+from scripts.study import answers, plots, render, render_answers, stability, summary, tables
 from scripts.study.cells import Cell, find_run_folders, read_cells
 from scripts.study.stats import RULE
 
@@ -81,7 +81,21 @@ def build(runs_dir: str) -> Dict:
     context = {"runs_dir": runs_dir, "parameters": {s: first[s] for s in sizes},
                "flops_logged": not computed, "flops_computed": computed}
     return {"context": context, "cells": cells, "groups": groups, "budgets": tables.budgets(cells),
-            "answers": records, "missing": tables.missing(cells)}
+            "answers": records, "stability": stability.overall(records),
+            "missing": tables.missing(cells)}
+
+
+def markdown(data: Dict, pngs: List[str]) -> str:
+    """report.md: the scope, the generated summary, the method, the tables, the answers, the cells
+    left out, the plots."""
+    lines = (render.scope(data["context"])
+             + summary.paragraph(data["groups"], data["answers"], data["stability"])
+             + render.method(data["context"]) + render.summary_tables(data["groups"],
+                                                                      data["budgets"])
+             + render_answers.answers(data["answers"], data["stability"])
+             + render.problems(data["cells"], data["missing"]))
+    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in pngs] + [""]
+    return "\n".join(lines)
 
 
 def write(runs_dir: str, out_dir: str) -> List[str]:
@@ -95,8 +109,7 @@ def write(runs_dir: str, out_dir: str) -> List[str]:
         for size in tables.sizes(data["cells"]):
             pngs.append(plots.validation(data["cells"], size, data["budgets"][size], out_dir))
             pngs.append(plots.effective_rank(data["groups"], size, out_dir))
-        text = render.markdown(data["context"], data["groups"], data["budgets"], data["answers"],
-                               data["cells"], data["missing"], pngs)
+        text = markdown(data, pngs)
         record = {**data, "cells": [_cell_record(c) for c in data["cells"]], "plots": pngs,
                   "rule": RULE,
                   "interpolation": render.INTERPOLATION}

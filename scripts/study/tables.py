@@ -83,6 +83,11 @@ def group(cells_in_group: List[Cell], budget: Dict) -> Dict:
         out[key] = summarize([c.final.get(key) for c in ok])
     out["val_at_equal_tokens"] = summarize([at_budget(c, 0, budget["tokens"]) for c in ok])
     out["val_at_equal_flops"] = summarize([at_budget(c, 1, budget["flops"]) for c in ok])
+    # the last two evaluations of each finished seed: stability.py ranks R at both
+    out["val_last_two"] = [summarize([c.val_curve[-k][2] for c in ok if len(c.val_curve) >= 2])
+                           for k in (2, 1)]
+    out["tokens_last_two"] = [sorted({c.val_curve[-k][0] for c in ok if len(c.val_curve) >= 2})
+                              for k in (2, 1)]
     out["diagnostics"] = _diagnostics(ok, "final_diagnostics")
     out["early_effective_rank"] = summarize(
         [c.early_diagnostics.get(c.loops, {}).get("effective_rank") for c in ok])
