@@ -4,7 +4,8 @@
     metrics.log(row)                                             # {"step", "humaneval_nll", ...}
 
 Nothing here imports the trainer: pretrain/config.py nests EvalCodeConfig under ``eval.code`` and
-pretrain/trainer.py calls ``evaluate_code`` when ``code_eval_due``.
+pretrain/trainer.py calls ``evaluate_code`` when it is due (pretrain/intervals.py, with the whole
+model on a rank: parallel.pp=1).
 """
 
 from __future__ import annotations
@@ -39,13 +40,6 @@ def validate_code_config(cfg: EvalCodeConfig) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"eval.code.{key}={getattr(cfg, key)}; it must be {rule}")
-
-
-def code_eval_due(cfg: EvalCodeConfig, step: int, max_steps: int, pipeline_parallel: int) -> bool:
-    """Like the loop diagnostics: every interval and at the last step, with the whole model on a
-    rank (parallel.pp=1)."""
-    return (cfg.interval > 0 and pipeline_parallel == 1
-            and (step % cfg.interval == 0 or step == max_steps))
 
 
 def evaluate_code(model, tokenizer, cfg: EvalCodeConfig, step: Optional[int] = None,

@@ -1,6 +1,8 @@
 """Process groups: torchrun, SLURM (srun) or a single process; then megatron's parallel state.
 
     world = init_distributed(cfg.parallel, seed, cfg.model.num_loops)   # + megatron parallel_state
+    # or in two steps (the trainer: the config is resolved once the processes met)
+    world = start_processes(cfg.parallel.backend); init_model_parallel(tp, pp, num_loops, seed)
     ...
     shutdown_distributed()
 
@@ -84,19 +86,29 @@ def init_model_parallel(tp: int, pp: int, num_loops: int, seed: int, **kwargs) -
     model_parallel_cuda_manual_seed(seed)
 
 
-def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
-    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker."""
+def start_processes(backend: str = "auto") -> World:
+    """Start torch.distributed's default group (torchrun, srun or a world of one), before the
+    config is resolved: the trainer broadcasts rank 0's run_dir over it (pretrain/train.py).
+    `backend`: parallel.backend; a value that is not nccl or gloo counts as auto here, and
+    validate() refuses it, naming the key."""
     cpu_compat.apply()
     rank, world_size, local_rank = env_world()
     use_cuda = torch.cuda.is_available()
-    backend = parallel.backend if parallel.backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     if not torch.distributed.is_initialized():
         _start_process_group(backend, rank, world_size, device)
-    init_model_parallel(parallel.tp, parallel.pp, num_loops, seed)
     return World(rank, world_size, local_rank, device, backend)
+
+
+def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
+    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker."""
+    world = start_processes(parallel.backend)
+    init_model_parallel(parallel.tp, parallel.pp, num_loops, seed)
+    return world
 
 
 def single_process_world(seed: int = 1234) -> World:

@@ -1,44 +1,71 @@
-"""The training loop, and nothing else: step, log, evaluate, checkpoint, stop on request.
+"""The Trainer: one run's data, engine, checkpointer, metrics and stop flag, and the training loop.
 
-    status = train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step, world_size)
+    trainer = Trainer(config, world, stop, config_yaml=..., config_values=...)   # builds the parts
+    status = trainer.train()     # start or resume, then step, log, evaluate, checkpoint, stop
 
-`data` holds the train loader, the held-out batch and the tokenizer (pretrain/train.py). `status` is
-0 when train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived: then the step in
-flight finished and a checkpoint was saved. Ranks agree on stopping through an all-reduce of the
-flag every step (the scheduler may signal only some of them). Evaluations share the step's metrics
-row: the validation loss (eval.interval), the code metrics (eval.code.interval: HumanEval solution
-likelihood, evaluation/config.py); the per-loop diagnostics have rows of their own.
+`train()` asks the Checkpointer where to start (pretrain/checkpoint/checkpointer.py: `load()`, a
+resume, checkpoint.init_from or a fresh start) and runs the loop from there. `status` is 0 when
+train.max_steps is reached and EXIT_REQUEUE (75) when a stop signal arrived: then the step in flight
+finished and a checkpoint was saved. Ranks agree on stopping through an all-reduce of the flag every
+step (the scheduler may signal only some of them). What is due at a step follows one rule
+(pretrain/intervals.py). Evaluations share the step's metrics row: the validation loss
+(eval.interval), the code metrics (eval.code.interval: HumanEval solution likelihood,
+evaluation/config.py); the per-loop diagnostics have rows of their own.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import NamedTuple
 
-from evaluation.config import code_eval_due, evaluate_code
+from evaluation.config import evaluate_code
 from model.diagnostics import compute_loop_diagnostics
 from model.flops import flops_per_token, peak_flops_per_device
 from pretrain.distributed import all_reduce_max, rank
 from pretrain.errors import DivergedError
-from pretrain.metrics import peak_memory_gb
+from pretrain.intervals import due
+from pretrain.metrics import MetricsLogger, peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE
 
+log = logging.getLogger("pretrain")
 
-def diagnostics_due(cfg, step: int) -> bool:
-    """Loop diagnostics need every loop's hidden states on one rank: pipeline stages don't have
-    them, so a pp > 1 run skips them (train.py says so at start)."""
-    interval = cfg.diagnostics.interval
-    return (interval > 0 and cfg.parallel.pp == 1
-            and (step % interval == 0 or step == cfg.train.max_steps))
+
+class RunData(NamedTuple):
+    train_loader: object      # this rank's micro-batches of each global batch (data/loader.py)
+    held_out: object          # this rank's share of validation batch 0, or None when unused
+    tokenizer: object         # data/tokenizer.py CodeTokenizer
+
+
+def build_data(config) -> RunData:
+    """The tokenizer, this rank's train loader and the held-out batch."""
+    from megatron.core import parallel_state
+
+    from data.loader import build_loader
+    from data.prepare import prepare_data
+    from data.tokenizer import CodeTokenizer
+
+    t = config.train
+    prepared = prepare_data(config.data, t.seq_length)
+    tokenizer = CodeTokenizer(prepared.tokenizer_model)
+    tokenizer.check_model_vocab(config.model.vocab_size)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    loaders = [build_loader(config.data, prepared, split, t.seq_length, t.global_batch_size,
+                            t.micro_batch_size, dp_rank, dp_size, t.seed)
+               for split in ("train", "valid")]
+    held_out = loaders[1].held_out_batch() if (
+        config.eval.interval > 0 or config.diagnostics.interval > 0) else None
+    return RunData(loaders[0], held_out, tokenizer)
 
 
 class Throughput:
     """Tokens/s and MFU over the steps since the last logged one."""
 
-    def __init__(self, cfg, world_size: int):
-        t = cfg.train
-        self.tokens_per_step = t.global_batch_size * t.seq_length
-        self.model_flops = flops_per_token(cfg.model, t.seq_length)
-        self.peak = peak_flops_per_device(t.peak_tflops) * world_size
+    def __init__(self, train_cfg, model_cfg, world_size: int):
+        self.tokens_per_step = train_cfg.global_batch_size * train_cfg.seq_length
+        self.model_flops = flops_per_token(model_cfg, train_cfg.seq_length)
+        self.peak = peak_flops_per_device(train_cfg.peak_tflops) * world_size
         self.seconds, self.steps = 0.0, 0
 
     def add(self, seconds: float) -> None:
@@ -52,66 +79,127 @@ class Throughput:
         return row
 
 
-def train_loop(cfg, engine, data, metrics, checkpointer, stop, start_step: int,
-               world_size: int) -> int:
-    t = cfg.train
-    throughput = Throughput(cfg, world_size)
-    step, last_saved = start_step, start_step
-    skipped_in_a_row = skipped_total = 0
+class Trainer:
+    def __init__(self, config, world, stop, *, config_yaml: str, config_values: dict):
+        """`config`: the resolved, validated run config; `config_yaml` / `config_values`: the same
+        as config.yaml's text and as a dict (saved in each checkpoint; wandb's run config)."""
+        from pretrain.checkpoint import Checkpointer, model_fields_of
+        from pretrain.debug import nan_loss_at_steps
+        from pretrain.engines import build_engine
 
-    while step < t.max_steps:
-        micro_batches = next(data.train_loader)
-        started = time.perf_counter()
-        result = engine.train_step(micro_batches)
-        throughput.add(time.perf_counter() - started)
-        step += 1
-        stopping = all_reduce_max(stop.requested) > 0
-        checkpointer.finalize(blocking=False)  # an async save whose writers finished: publish it
-        # A non-finite loss or gradient norm: the engine made no update (every rank agrees, the
-        # values are all-reduced). Log it; too many in a row mean the run diverged.
-        skipped_in_a_row = skipped_in_a_row + 1 if result.skipped else 0
-        skipped_total += result.skipped
+        self.config, self.world, self.stop = config, world, stop
+        self.config_values = config_values
+        data = build_data(config)
+        self.engine = build_engine(config, world.device)
+        self.checkpointer = Checkpointer(
+            config.checkpoint, self.engine, data.train_loader,
+            model_fields=model_fields_of(config.model), config_yaml=config_yaml,
+            tokenizer_model=data.tokenizer.model_path, run_dir=config.run_dir)
+        # The loop reads the loader through the debug.* fault injection (a no-op unless set); the
+        # checkpointer saves and restores the loader itself.
+        self.data = data._replace(train_loader=nan_loss_at_steps(
+            data.train_loader, config.debug.nan_loss_at_steps, config.train.global_batch_size))
+        self.metrics = None  # opened by train(): a resume cuts metrics.jsonl back to its step
 
-        # The first step of a run is logged too: it shows the starting loss (ln(vocab) when fresh).
-        log_due = (step % cfg.logging.interval == 0 or step in (start_step + 1, t.max_steps)
-                   or stopping or result.skipped)
-        eval_due = cfg.eval.interval > 0 and (step % cfg.eval.interval == 0 or step == t.max_steps)
-        code_due = code_eval_due(cfg.eval.code, step, t.max_steps, cfg.parallel.pp)
-        if log_due or eval_due or code_due:
-            row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
-                   "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                   **throughput.take(), "memory_gb": peak_memory_gb()}
-            if result.skipped:
-                row.update(skipped=True, skipped_steps=skipped_total)
-            if eval_due:
-                row["val_loss"] = engine.evaluate(data.held_out)
-            if code_due:
-                row.update(evaluate_code(engine.inference_model, data.tokenizer, cfg.eval.code,
-                                         rank=rank()))
-            metrics.log(row)
+    def train(self) -> int:
+        """Start (or resume), then the loop: 0 at train.max_steps, EXIT_REQUEUE after a stop."""
+        config = self.config
+        try:
+            start_step = self.checkpointer.load()
+            self._log_start(start_step)
+            self.metrics = MetricsLogger(config.run_dir, self.world.is_main, config.train.max_steps,
+                                         config.logging.wandb, self.config_values,
+                                         resume_step=start_step)
+            try:
+                status = self._loop(start_step)
+            finally:
+                self.metrics.finish()
+        finally:
+            self.checkpointer.close()
+        if status != 0 and self.world.is_main:
+            log.warning("stopped by %s at a checkpoint; exit %d (under SLURM: requeue, unless the "
+                        "job was cancelled). Continue with: python -m pretrain.train --config-dir "
+                        "%s --config-name resume", self.stop.signal_name, status, config.run_dir)
+        return status
 
-        if diagnostics_due(cfg, step):
-            rows = compute_loop_diagnostics(engine.inference_model, data.held_out[0]["tokens"],
-                                            attention_queries=cfg.diagnostics.attention_queries)
-            metrics.log_diagnostics(rows, step)
+    def _loop(self, start_step: int) -> int:
+        cfg, t, engine, data = self.config, self.config.train, self.engine, self.data
+        throughput = Throughput(t, cfg.model, self.world.world_size)
+        step = start_step
+        skipped_in_a_row = skipped_total = 0
 
-        if skipped_in_a_row > t.max_skipped_steps:
-            checkpointer.finalize(blocking=True)
-            raise DivergedError(
-                f"steps {step - skipped_in_a_row + 1}-{step}: {skipped_in_a_row} steps in a row had a "
-                f"non-finite loss or gradient norm (train.max_skipped_steps={t.max_skipped_steps}); "
-                f"the weights are those of step {step - skipped_in_a_row}. Resume from the last "
-                f"checkpoint in {cfg.checkpoint.dir} with a lower train.lr, or skip the data "
-                f"(nothing was saved after the divergence)")
-        if stopping:
-            checkpointer.save(step)
-            checkpointer.finalize(blocking=True)
-            return EXIT_REQUEUE
-        if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-            checkpointer.save(step)
-            last_saved = step
+        while step < t.max_steps:
+            micro_batches = next(data.train_loader)
+            started = time.perf_counter()
+            result = engine.train_step(micro_batches)
+            throughput.add(time.perf_counter() - started)
+            step += 1
+            last_step = step == t.max_steps
+            stopping = all_reduce_max(self.stop.requested) > 0
+            self.checkpointer.finalize(blocking=False)  # an async save whose writers finished
+            # A non-finite loss or gradient norm: the engine made no update (every rank agrees,
+            # the values are all-reduced). Log it; too many in a row mean the run diverged.
+            skipped_in_a_row = skipped_in_a_row + 1 if result.skipped else 0
+            skipped_total += result.skipped
 
-    if cfg.checkpoint.save_final and last_saved != step:
-        checkpointer.save(step)
-    checkpointer.finalize(blocking=True)
-    return 0
+            # The first step of a run is logged too: its loss is the start (ln(vocab) when fresh).
+            log_due = (due(cfg.logging.interval, step, last_step) or step == start_step + 1
+                       or stopping or result.skipped)
+            eval_due = due(cfg.eval.interval, step, last_step)
+            # Code evaluation and diagnostics need the whole model on a rank (parallel.pp=1).
+            code_due = due(cfg.eval.code.interval, step, last_step) and cfg.parallel.pp == 1
+            if log_due or eval_due or code_due:
+                row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
+                       "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                       **throughput.take(), "memory_gb": peak_memory_gb()}
+                if result.skipped:
+                    row.update(skipped=True, skipped_steps=skipped_total)
+                if eval_due:
+                    row["val_loss"] = engine.evaluate(data.held_out)
+                if code_due:
+                    row.update(evaluate_code(engine.inference_model, data.tokenizer, cfg.eval.code,
+                                             rank=rank()))
+                self.metrics.log(row)
+
+            if due(cfg.diagnostics.interval, step, last_step) and cfg.parallel.pp == 1:
+                rows = compute_loop_diagnostics(engine.inference_model, data.held_out[0]["tokens"],
+                                                attention_queries=cfg.diagnostics.attention_queries)
+                self.metrics.log_diagnostics(rows, step)
+
+            if skipped_in_a_row > t.max_skipped_steps:
+                self.checkpointer.finalize(blocking=True)
+                raise DivergedError(
+                    f"steps {step - skipped_in_a_row + 1}-{step}: {skipped_in_a_row} steps in a "
+                    f"row had a non-finite loss or gradient norm (train.max_skipped_steps="
+                    f"{t.max_skipped_steps}); the weights are those of step "
+                    f"{step - skipped_in_a_row}. Resume from the last checkpoint in "
+                    f"{cfg.checkpoint.dir} with a lower train.lr, or skip the data (nothing was "
+                    f"saved after the divergence)")
+            # Due or not, the checkpointer decides; at the last step or a stop it publishes all.
+            self.checkpointer.save(step, last_step=last_step, stopping=stopping)
+            if stopping:
+                return EXIT_REQUEUE
+        return 0
+
+    def _log_start(self, start_step: int) -> None:
+        from model.kernels import describe_backend
+        from pretrain.config import data_parallel_size
+        from pretrain.engines.base import params_dtype
+
+        config, world, engine = self.config, self.world, self.engine
+        if not world.is_main:
+            return
+        log.info("run folder %s (world %d: tp=%d pp=%d dp=%d, %s, engine=%s)", config.run_dir,
+                 world.world_size, config.parallel.tp, config.parallel.pp,
+                 data_parallel_size(config, world.world_size), world.device, engine.name)
+        if self.checkpointer.resumed_from is not None:
+            log.info("resumed from %s: step %d, %d samples consumed",
+                     self.checkpointer.resumed_from, start_step,
+                     self.data.train_loader.consumed_samples)
+        else:
+            log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
+                     engine.num_parameters() / 1e6, config.model.num_loops)
+        log.info(describe_backend(config.model.attention_backend, world.device,
+                                  params_dtype(config.train)))
+        if config.diagnostics.interval > 0 and config.parallel.pp > 1:
+            log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")

@@ -1,4 +1,4 @@
-"""The file-system side of the checkpoint frame: names, durable writes, `latest`, the listing.
+"""The file-system side of the Checkpointer: names, durable writes, `latest`, the listing.
 
     <checkpoint.dir>/latest          one line, e.g. "iter_0000200"; replaced atomically
     <checkpoint.dir>/iter_0000200/   a published checkpoint
@@ -69,7 +69,7 @@ def fsync_tree(folder: str) -> None:
 def publish_folder(root: str, name: str, tmp: str) -> str:
     """Make the written folder `tmp` durable, rename it to `root/name` (replacing a folder of that
     name: a run resumed at this step saves it again) and point `latest` at it. One process: the
-    frame calls it on rank 0 once every rank's part is written and verified."""
+    Checkpointer calls it on rank 0 once every rank's part is written and verified."""
     final = os.path.join(root, name)
     fsync_tree(tmp)
     if os.path.exists(final):

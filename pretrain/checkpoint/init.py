@@ -58,7 +58,7 @@ def import_hf(hf_dir: str, checkpoint_dir: str, loops=None) -> str:
             state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
                      "imported_from": os.path.abspath(hf_dir)}
             write_weights_only(tmp, weights, model_cfg, state, "megatron",
-                               OmegaConf.to_yaml({"model": fields}))
+                               config_yaml=OmegaConf.to_yaml({"model": fields}))
             tokenizer = os.path.join(hf_dir, "tokenizer.model")
             if os.path.isfile(tokenizer):
                 shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))
@@ -101,7 +101,7 @@ def _check_loaded_weights(engine, folder: str) -> None:
         raise CheckpointError(str(error)) from None
 
 
-def init_from(source: str, engine, model_fields: dict, root: str, verify: str = "full",
+def init_from(source: str, engine, model_fields: dict, root: str, *, verify: str = "full",
               allow_model_change=()) -> str:
     """Load the weights of `source` into `engine` (every rank); returns the folder read."""
     staging = os.path.join(root, STAGING_DIR)

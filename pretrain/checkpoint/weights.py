@@ -5,7 +5,8 @@ tools use (generation, diagnostics, engine conversion, export).
     model_cfg, weights, state = read_weights(folder)       # full tensors, PLTModel names (TP=PP=1)
     model, config, step = load_model(folder)               # a PLTModel with them, in eval mode
     tokenizer = checkpoint_tokenizer(folder)               # the run's CodeTokenizer
-    write_weights_only(folder, weights, model_cfg, state, engine_name)   # a weights-only checkpoint
+    write_weights_only(folder, weights, model_cfg, state, engine_name,  # a weights-only checkpoint
+                       config_yaml=...)
 
 Reading verifies the checkpoint first (pretrain/checkpoint/resume.py: verify_complete) and needs a
 world of one (pretrain.distributed.single_process_world), which it starts when there is none.
@@ -50,7 +51,7 @@ def read_weights(folder: str, verify: str = "full",
 
 def publish_checkpoint(root: str, name: str, tmp: str) -> str:
     """Seal the written folder `tmp` (checksums.json, every file fsync'ed) and publish it as
-    root/name with `latest` moved: the frame's publish, for a tool writing in one process."""
+    root/name with `latest` moved: the Checkpointer's publish, for a tool writing in one process."""
     from pretrain.checkpoint.integrity import seal
 
     seal(tmp)
@@ -58,7 +59,7 @@ def publish_checkpoint(root: str, name: str, tmp: str) -> str:
 
 
 def write_weights_only(tmp: str, weights: Dict[str, torch.Tensor], model_cfg, state: dict,
-                       engine_name: str, config_yaml: str) -> None:
+                       engine_name: str, *, config_yaml: str) -> None:
     """A weights-only checkpoint of `engine_name`'s format in the (new, empty) folder `tmp`: the
     payload, config.yaml and a loopcoder.json marked `weights_only` (the trainer restores the
     weights and starts the optimizer's moments from zero)."""

@@ -35,7 +35,9 @@ class MegatronEngine(Engine):
 
         p, t = cfg.parallel, cfg.train
         bf16 = use_bf16(t)
-        self.model_config = model_config_of(cfg, device, p.tp, p.pp, p.vpp, p.sequence_parallel)
+        self.model_config = model_config_of(cfg, device, tensor_parallel=p.tp, pipeline_parallel=p.pp,
+                                            virtual_pipeline_parallel=p.vpp,
+                                            sequence_parallel=p.sequence_parallel)
         module = PLTModel(self.model_config)
         if device.type == "cuda":
             module.cuda(device)
