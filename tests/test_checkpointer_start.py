@@ -37,3 +37,13 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_moves(tmp_pat
     assert "has clp_hidden_scale=1.0 but the config says 0.053" in output_of(refused)
     assert sorted(os.listdir(root)) == ["iter_0000002", "iter_0000004", "iter_0000005", "latest"]
     assert (root / "latest").read_text() == "iter_0000005\n"
+
+
+def test_an_unknown_backend_is_a_config_error_though_the_processes_meet_first(tmp_path):
+    """The processes meet before the config is resolved (rank 0's run_dir is broadcast, then the
+    config is validated once): a parallel.backend torch does not know must still be refused by
+    validate() with exit 2 naming the key, not fail inside torch.distributed."""
+    result = run_trainer(tmp_path, "parallel.backend=mpi", *RUN)
+    assert result.returncode == EXIT_CONFIG, output_of(result)
+    assert "parallel.backend='mpi'; use auto, nccl or gloo" in output_of(result)
+    assert "Traceback" not in output_of(result)
