@@ -37,7 +37,7 @@ class _Loader:
 def _engine(preset: str):
     from omegaconf import OmegaConf
 
-    from pretrain.config import compose
+    from pretrain.config import compose, validate
     from pretrain.distributed import single_process_world
     from pretrain.engines.megatron import MegatronEngine
 
@@ -46,8 +46,9 @@ def _engine(preset: str):
                                        "train.micro_batch_size=1"]))
     import torch
 
+    layout = validate(cfg, world_size=1)
     single_process_world()
-    engine = MegatronEngine(cfg, torch.device("cpu"))
+    engine = MegatronEngine(cfg, torch.device("cpu"), layout)
     # One optimizer step, so that the checkpoint holds Adam's state as a trainer's does.
     seq, vocab = 64, cfg.model.vocab_size
     tokens = torch.randint(0, vocab, (cfg.train.micro_batch_size or 1, seq + 1))

@@ -156,7 +156,7 @@ def main() -> None:
         print(f"corpus: {num_documents} documents, {num_bytes / 1e6:.0f} MB ({args.copies} stdlib "
               f"copies); tokenizer vocab {args.vocab_size}; {args.workers} workers; "
               f"{os.cpu_count()} CPUs (shared machines give noisy figures); our encoder: "
-              f"{CodeTokenizer(model).engine} (Megatron-LM's: sentencepiece)", flush=True)
+              f"{CodeTokenizer(model).encoder_in_use} (Megatron-LM's: sentencepiece)", flush=True)
         corpus = os.path.join(workdir, "corpus.jsonl")
         runs = {}
 

@@ -46,18 +46,16 @@ def write_checkpoint(model_cfg, root, tokenizer_model):
 
     from model import PLTModel
     from pretrain.checkpoint import files
-    from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
+    from pretrain.checkpoint.weights import staged_checkpoint, write_weights_only
 
     model = PLTModel(model_cfg.build())
     weights = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     del model
-    tmp = os.path.join(root, files.tmp_name(1))
-    os.makedirs(tmp)
     fields = dataclasses.asdict(model_cfg)
-    write_weights_only(tmp, weights, model_cfg, {"step": 1, "model": fields}, "megatron",
-                       config_yaml=OmegaConf.to_yaml({"model": fields}))
-    shutil.copyfile(tokenizer_model, os.path.join(tmp, files.TOKENIZER_FILE))
-    publish_checkpoint(root, files.iter_name(1), tmp)
+    with staged_checkpoint(root, 1) as tmp:
+        write_weights_only(tmp, weights, model_cfg, {"step": 1, "model": fields}, "megatron",
+                           config_yaml=OmegaConf.to_yaml({"model": fields}))
+        shutil.copyfile(tokenizer_model, os.path.join(tmp, files.TOKENIZER_FILE))
     return sum(t.numel() for t in weights.values())
 
 

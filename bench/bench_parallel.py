@@ -73,7 +73,8 @@ class CommTimer:
 def worker(args):
     from omegaconf import OmegaConf
 
-    from pretrain.config import compose
+    from pretrain.config import compose, validate
+    from pretrain.distributed import env_world
 
     overrides = [f"model={args.preset}", "model.num_loops=2", f"train.seq_length={args.seq}",
                  "train.global_batch_size=4", "train.micro_batch_size=2",
@@ -88,13 +89,14 @@ def worker(args):
     from pretrain.engines.megatron import MegatronEngine
 
     t = cfg.train
-    world = init_distributed(cfg.parallel, t.seed, cfg.model.num_loops)
+    layout = validate(cfg, env_world()[1])
+    world = init_distributed(layout, t.seed, cfg.parallel.backend)
     loader = build_loader(cfg.data, prepare_data(cfg.data, t.seq_length), "train", t.seq_length,
                           t.global_batch_size, t.micro_batch_size,
                           parallel_state.get_data_parallel_rank(),
                           parallel_state.get_data_parallel_world_size(), t.seed)
     torch.manual_seed(t.seed)
-    engine = MegatronEngine(cfg, world.device)
+    engine = MegatronEngine(cfg, world.device, layout)
     timer = CommTimer()
     step_times, comm_times = [], []
     for step in range(args.steps + 1):  # the first step warms up

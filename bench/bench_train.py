@@ -43,8 +43,8 @@ def main():
     configs = {r: OmegaConf.to_object(OmegaConf.merge(base, {"model": {"num_loops": r}}))
                for r in loop_counts}
     first = configs[loop_counts[0]]
-    validate(first, world_size=1)
-    world = init_distributed(first.parallel, first.train.seed)
+    layouts = {r: validate(cfg, world_size=1) for r, cfg in configs.items()}
+    world = init_distributed(layouts[loop_counts[0]], first.train.seed, first.parallel.backend)
     t = first.train
     prepared = prepare_data(first.data, t.seq_length)
     loader = build_loader(first.data, prepared, "train", t.seq_length, t.global_batch_size,
@@ -52,7 +52,7 @@ def main():
     engines = {}
     for r, cfg in configs.items():
         torch.manual_seed(t.seed)
-        engines[r] = MegatronEngine(cfg, world.device)
+        engines[r] = MegatronEngine(cfg, world.device, layouts[r])
 
     batches = [next(loader) for _ in range(args.steps + 2)]
     times = {r: [] for r in loop_counts}

@@ -3,10 +3,10 @@
     python -m bench.bench_window_attention [--seqs 2048,4096] [--heads 8] [--kv-heads 4]
         [--head-dim 64] [--window 64] [--threads 2] [--repeats 5] [--device cpu] [--dtype fp32]
 
-The torch backend (model/kernels.py) used to run the loops >= 2 local branch as one dense SDPA
-call with a [s, s] mask: S^2 scores for S (w + 1) that count. The blocked path attends each block
+One dense SDPA call with a [s, s] mask computes S^2 scores for the S (w + 1) that count; the torch
+backend (model/kernels.py) runs the loops >= 2 local branch blocked instead, attending each block
 of B queries to its B + w keys only. Per sequence length this times, side by side in one run:
-- dense: SDPA over the full ``causal_window_mask`` (the old path, still the one for short inputs);
+- dense: SDPA over the full ``causal_window_mask`` (the backend's path for short inputs and decoding);
 - blocked: ``blocked_window_attention`` with the block ``attend`` picks (window_block_size);
 - causal: full causal attention without a window (``is_causal``; no mask), for scale.
 Each round times every variant once, in turn, so that drift of the machine hits all of them

@@ -56,11 +56,12 @@ class DataConfig:
     # 0 = every file; tests use a few dozen to stay fast.
     stdlib_max_files: int = 0
 
-    def validate(self, training: bool = True) -> None:
+    def validate(self, reads_valid_blend: bool = True) -> None:
         """Refuse values that cannot work, before anything is built or queued: raises
-        DataConfigError naming the key and the fix (pretrain/config.py validate calls it).
-        `training`: also what a training run reads besides the train blend (its validation blend);
-        data/prepare.py, which only builds or checks the data, passes False."""
+        DataConfigError naming the key and the fix (pretrain/config_rules.py calls it).
+        `reads_valid_blend`: the run reads the held-out batch, so a user blend needs its
+        validation blend (pretrain/config_rules.py reads_held_out_batch says when); data/prepare.py,
+        which only builds or checks the data, passes False."""
 
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -87,7 +88,7 @@ class DataConfig:
                      f"data.{key} entry {entry!r}; each entry is [weight > 0, path prefix], e.g. "
                      f"data.{key}=[[1.0,data/python]]")
         if self.blend:
-            need(bool(self.valid_blend) or not training,
+            need(bool(self.valid_blend) or not reads_valid_blend,
                  "data.blend is set but data.valid_blend is empty; give the held-out shards as "
                  "data.valid_blend=[[1.0,<prefix>]] (preprocess a validation split like the train one)")
             need(bool(self.tokenizer_model),

@@ -144,7 +144,7 @@ def _check_user_blend(cfg: DataConfig, seq_length: int) -> PreparedData:
 
 def prepare_data(cfg: DataConfig, seq_length: int) -> PreparedData:
     """Raises a DataError (data/errors.py) naming the file or key and the fix."""
-    cfg.validate(training=False)
+    cfg.validate(reads_valid_blend=False)
     if cfg.blend:
         prepared = _check_user_blend(cfg, seq_length)
     else:

@@ -5,7 +5,7 @@
   `.bos_id .eod_id .pad_id .fim_prefix_id .fim_middle_id .fim_suffix_id`, `.vocab_size`, `.sha256`,
   and `.check_model_vocab(model_vocab_size)`.
 Encoding goes through data/fast_encoder.py (the same ids as sentencepiece's, 2.5-2.8x faster) when the
-model and the install allow, else through sentencepiece; `.engine` says which.
+model and the install allow, else through sentencepiece; `.encoder_in_use` says which.
 """
 
 import contextlib
@@ -100,10 +100,10 @@ def _check_unicode(texts: List[str]) -> None:
 
 
 class CodeTokenizer:
-    def __init__(self, model_path: str, engine: str = "auto"):
-        """engine: "auto" (the fast encoder where it applies) or "sentencepiece" (always)."""
-        if engine not in ("auto", "sentencepiece"):
-            raise ValueError(f"engine={engine!r}; expected 'auto' or 'sentencepiece'")
+    def __init__(self, model_path: str, encoder: str = "auto"):
+        """encoder: "auto" (the fast encoder where it applies) or "sentencepiece" (always)."""
+        if encoder not in ("auto", "sentencepiece"):
+            raise ValueError(f"encoder={encoder!r}; expected 'auto' or 'sentencepiece'")
         if not os.path.isfile(model_path):
             raise MissingDataError(
                 f"tokenizer model {model_path!r} not found; train one with "
@@ -129,7 +129,7 @@ class CodeTokenizer:
                 f"{model_path} lacks loopcoder's special tokens (bos/eos/pad/{FIM_PREFIX}/"
                 f"{FIM_MIDDLE}/{FIM_SUFFIX}); retrain it with scripts/train_tokenizer.py"
             )
-        self._fast, self._fast_refused = None, None if engine == "auto" else "engine='sentencepiece'"
+        self._fast, self._fast_refused = None, None if encoder == "auto" else "encoder='sentencepiece'"
 
     def _fast_encoder(self):
         # Built on first use: most places that load the tokenizer only decode or read its ids.
@@ -146,7 +146,7 @@ class CodeTokenizer:
         return state
 
     @property
-    def engine(self) -> str:
+    def encoder_in_use(self) -> str:
         """Which encoder encodes: "kitoken" or "sentencepiece (<why not the fast one>)"."""
         return "kitoken" if self._fast_encoder() else f"sentencepiece ({self._fast_refused})"
 

@@ -13,7 +13,7 @@ likelihood (a signal that moves where pass@1 is still 0).
     nll.py         the canonical solutions' negative log-likelihood given their prompts
     report.py      JSONL rows, the summary JSON, the console table
     load.py        (model, tokenizer) from a checkpoint: the seam for other formats
-    config.py      EvalCodeConfig (eval.code.*) and the one call the trainer makes
+    during_training.py  the one call the trainer makes (eval.code.*: pretrain/eval_code.py)
 
 The user's entry point is `python -m scripts.evaluate` (README "Evaluating code").
 """

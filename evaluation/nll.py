@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from evaluation.problems import Problem
+from model.pipeline import holds_whole_model
 from model.unwrap import unwrap
 
 
@@ -49,7 +50,7 @@ def score_solutions(model, tokenizer, problems: Sequence[Problem],
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; it must be >= 1")
     model = unwrap(model)
-    if model.config.pipeline_model_parallel_size > 1:
+    if not holds_whole_model(model.config):
         raise ValueError("solution_nll needs the whole model on each rank: run it with "
                          "parallel.pp=1 (as the loop diagnostics)")
     was_training = model.training

@@ -17,7 +17,8 @@ tensor is converted and handed to the shard writer and its source dropped, so be
 at most one output shard is in memory: peak about one fp32 copy of the model plus one shard.
 
 Nothing is written unless everything succeeds: the directory is built as a hidden sibling and
-renamed into place at the end; an existing `out_dir` is refused.
+renamed into place at the end (pretrain/checkpoint/destination.py: staged, fsync'ed before the
+rename); an existing `out_dir` that is not an empty folder is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from handoff.published_config import LLAMA_FAMILY, published_config
 from handoff.safetensors_files import ShardWriter, parse_size
 from handoff.tensor_names import to_published
 from handoff.tokenizer_files import write_tokenizer_files
-from handoff.weight_checks import check_finite_weights
+from pretrain.checkpoint.weight_checks import check_finite_weights
 
 logger = logging.getLogger(__name__)
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
@@ -46,32 +47,6 @@ def _dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"--dtype {name!r}; use one of {sorted(DTYPES)}")
     return DTYPES[name]
-
-
-def _staging(out_dir: str) -> str:
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass another --out or remove it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    return tmp
-
-
-def _publish(tmp: str, out_dir: str) -> str:
-    out_dir = os.path.abspath(out_dir)
-    try:
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked in _staging)
-        os.replace(tmp, out_dir)
-    except OSError as error:  # filled meanwhile by a writer that did not take the output's lock
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FileExistsError(f"{out_dir} was filled by another writer during the export "
-                              f"({error.strerror}); nothing was written, pass another --out"
-                              ) from error
-    return out_dir
 
 
 def _write_json(folder: str, name: str, content: dict) -> None:
@@ -111,16 +86,13 @@ def export_config_only(model_cfg, out_dir: str, dtype: str = "bf16",
     built (nothing is allocated: what `--config-only model=plt_7b` writes)."""
     _, dtype_name = _dtype(dtype)
     _check_exportable(model_cfg, "the model (--config-only)", allow_served_differently)
-    tmp = _staging(out_dir)
-    try:
-        from data.tokenizer import BOS_ID, EOD_ID, PAD_ID
+    from data.tokenizer import BOS_ID, EOD_ID, PAD_ID
+    from pretrain.checkpoint.destination import staged
 
+    with staged(out_dir, "--out") as tmp:
         ids = {"bos_token_id": BOS_ID, "eos_token_id": EOD_ID, "pad_token_id": PAD_ID}
         _write_code_and_configs(tmp, model_cfg, dtype_name, ids)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _publish(tmp, out_dir)
+    return os.path.abspath(out_dir)
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
@@ -131,7 +103,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
     export a model vLLM/SGLang would load but compute differently (handoff/loaders.py)."""
     from pretrain.checkpoint import checkpoint_tokenizer, files, read_weights, resolve_checkpoint
     from pretrain.checkpoint import verify_complete
-    from pretrain.checkpoint.destination import refuse_overlap
+    from pretrain.checkpoint.destination import refuse_overlap, staged
     from pretrain.checkpoint.weights import read_model_config
 
     torch_dtype, dtype_name = _dtype(dtype)
@@ -151,8 +123,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
     model_cfg, weights, _ = read_weights(folder, allow_pickle=allow_pickle)
     check_finite_weights(weights, folder)  # NaN/inf refused by name before anything is written
     tokenizer.check_model_vocab(model_cfg.vocab_size)
-    tmp = _staging(out_dir)
-    try:
+    with staged(out_dir, "--out") as tmp:
         ids = write_tokenizer_files(tokenizer, tmp, model_cfg.max_position_embeddings)
         _write_code_and_configs(tmp, model_cfg, dtype_name, ids)
         writer = ShardWriter(tmp, shard_bytes)
@@ -161,7 +132,4 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bf16",
             writer.add(name, tensor.to(torch_dtype, copy=True))
             del tensor
         writer.finish()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _publish(tmp, out_dir)
+    return os.path.abspath(out_dir)

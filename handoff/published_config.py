@@ -27,6 +27,7 @@ import dataclasses
 
 from handoff.published_values import value_problem
 from model.config import ModelConfig
+from pretrain.errors import CheckpointError
 
 PLT_FAMILY, LOOP_FAMILY, LLAMA_FAMILY = "iquestpltcoder", "iquestloopcoder", "llama"
 FAMILIES = (PLT_FAMILY, LOOP_FAMILY, LLAMA_FAMILY)
@@ -50,8 +51,9 @@ SHAPE_DEFAULTS = dict(hidden_act="silu", rms_norm_eps=1e-5, rope_theta=500000.0,
 LLAMA_DEFAULTS = dict(SHAPE_DEFAULTS, rms_norm_eps=1e-6, rope_theta=10000.0)
 
 
-class PublishedFormatError(ValueError):
-    """A model or a directory the published formats cannot carry; the message names the fix."""
+class PublishedFormatError(CheckpointError, ValueError):
+    """A model or a directory the published formats cannot carry; the message names the fix. A
+    checkpoint error to the user (exit 4, pretrain/errors.py), and a ValueError as before."""
 
 
 def family_of(m: ModelConfig) -> str:

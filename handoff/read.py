@@ -29,7 +29,7 @@ from handoff.safetensors_files import SafetensorsReader, file_in
 from handoff.tensor_names import (IGNORED_SUFFIXES, canonical_name, from_published,
                                   published_shapes)
 from handoff.tokenizer_files import tokenizer_vocab_sizes
-from handoff.weight_checks import check_finite, check_float_dtype
+from pretrain.checkpoint.weight_checks import check_finite, check_float_dtype
 from model.config import ModelConfig
 
 CONFIG_FILE = "config.json"

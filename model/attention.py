@@ -13,17 +13,12 @@ One module per layer serves every loop with the same q/k/v/o projections:
   W_g and b_g start at zero (g = 0.5). W_g is a ColumnParallelLinear over the head dimension, so
   with tensor parallelism each rank owns the gate rows of its own heads.
 
-  ``gate_input="query"`` (the published IQuest-Coder-V1 Loop models) computes each head's gate
-  from that head's own query instead: g_h = sigmoid(w_h . q_h + b_h), W_g [heads, head_dim], no
-  gate norm. How the published models do it, from the serving engines' loaders (vLLM
-  vllm/model_executor/models/iquest_loopcoder.py, ``LoopGateProjection`` and
-  ``LoopCoderAttention.forward``; the LoopCoder-V2 vLLM fork's copy says it equals the training
-  code's ``einsum('...hd,hd->...h', query, weight)``): q is the query after RoPE, unscaled (the
-  1/sqrt(d) belongs to the softmax only), one dot product per head with that head's row of W_g,
-  plus the bias, sigmoid; g multiplies the global branch (loop 1's K/V) and 1 - g the local one,
-  as above. The query is already split by head under tensor parallelism, so each rank applies its
-  own rows of W_g to its own heads (no collective), and under sequence parallelism it covers the
-  whole sequence.
+  ``gate_input="query"`` (the published IQuest-Coder-V1 Loop models, docs/spec.md#gate) computes
+  each head's gate from that head's own query instead: g_h = sigmoid(w_h . q_h + b_h), q_h after
+  RoPE and unscaled (the 1/sqrt(d) belongs to the softmax only), W_g [heads, head_dim], no gate
+  norm; g still weighs the global branch. The query is already split by head under tensor
+  parallelism, so each rank applies its own rows of W_g to its own heads (no collective), and under
+  sequence parallelism it covers the whole sequence.
 
 Built on megatron-core's ``SelfAttention`` for the fused QKV projection, its GQA/TP head split and
 its sharded checkpoint keys; only the forward is ours.

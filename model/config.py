@@ -136,12 +136,19 @@ class ModelConfig(PLTFields):
     ) -> "PLTConfig":
         """The megatron-core config of this architecture under a parallel layout and precision.
 
-        With pipeline parallelism the loops are the virtual pipeline chunks (model/pipeline.py),
-        so ``virtual_pipeline_parallel`` may only be unset or ``num_loops``; it is set to
-        ``num_loops`` whenever pp > 1 and R > 1 (megatron's schedules read it from this config).
-        Raises ConfigError naming the field (``validate``).
+        With pipeline parallelism the loops are the virtual pipeline chunks (model/pipeline.py):
+        ``virtual_pipeline_parallel`` is the run's settled virtual pipeline size, the layout's
+        (pretrain/layout.py ParallelLayout.vpp: ``num_loops`` when pp > 1 and R > 1, else None);
+        megatron's schedules read it from this config. Raises ConfigError naming the field
+        (``validate``), ValueError for a virtual pipeline size the layout would not have given.
         """
         self.validate(tensor_parallel, pipeline_parallel, virtual_pipeline_parallel)
+        if virtual_pipeline_parallel != virtual_pipeline_size(self.num_loops, pipeline_parallel):
+            raise ValueError(
+                f"virtual_pipeline_parallel={virtual_pipeline_parallel} with pp="
+                f"{pipeline_parallel} and num_loops={self.num_loops}: pass the layout's settled "
+                f"vpp (pretrain/layout.py ParallelLayout.vpp; model/pipeline.py "
+                f"virtual_pipeline_size)")
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.pop("name")
         recompute = fields.pop("recompute")
@@ -151,8 +158,7 @@ class ModelConfig(PLTFields):
             layernorm_epsilon=eps,
             tensor_model_parallel_size=tensor_parallel,
             pipeline_model_parallel_size=pipeline_parallel,
-            virtual_pipeline_model_parallel_size=virtual_pipeline_size(self.num_loops,
-                                                                       pipeline_parallel),
+            virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
             sequence_parallel=sequence_parallel,
             params_dtype=params_dtype,
             bf16=params_dtype == torch.bfloat16,

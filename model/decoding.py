@@ -34,6 +34,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
+from model.pipeline import holds_whole_model
 
 
 class DecodeCache:
@@ -150,7 +151,7 @@ class LoopDecoder:
 
     def __init__(self, model, batch_size: int, max_length: int, mode: Optional[str] = None):
         mode = decode_mode(model.config, mode)
-        if model.config.pipeline_model_parallel_size > 1:
+        if not holds_whole_model(model.config):
             raise ValueError("decoding runs on a model built with parallel.pp=1")
         if model.config.sequence_parallel:
             raise ValueError("decoding runs one token per step; build the model with "

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from model.kernels import causal_window_mask
+from model.pipeline import holds_whole_model
 from model.unwrap import unwrap
 
 logger = logging.getLogger(__name__)
@@ -207,8 +208,7 @@ def compute_loop_diagnostics(model, input_ids: torch.Tensor,
 
     model = unwrap(model)
     config, was_training = model.config, model.training
-    if config.pipeline_model_parallel_size > 1:
-        # Each stage holds only some loops' layers; the hidden states of every loop are not on one rank.
+    if not holds_whole_model(config):
         raise NotImplementedError(f"loop diagnostics need parallel.pp=1, got "
                                   f"{config.pipeline_model_parallel_size}; run scripts/diagnose.py "
                                   f"on a checkpoint instead (it loads it with pp=1)")

@@ -142,6 +142,14 @@ class PLTLoopChunk(torch.nn.Module):
         return self.owner.forward_loop_chunk(self.loop_index, input_ids, labels)
 
 
+def holds_whole_model(config) -> bool:
+    """Whether a model built with this config holds every layer (pp = 1). A pipeline stage holds
+    only its own layers, so what needs a whole forward on one rank (every loop's hidden states, a
+    decoded token) cannot run on it: the loop diagnostics, solution scoring and decoding refuse a
+    stage, and the trainer skips them with pp > 1 (pretrain/layout.py whole_model_on_each_rank)."""
+    return config.pipeline_model_parallel_size == 1
+
+
 def virtual_pipeline_size(num_loops: int, pipeline_parallel: int) -> Optional[int]:
     """megatron's virtual pipeline size for PLT: the loops are the chunks (None without PP or
     with one loop, where megatron's plain 1F1B schedule runs)."""

@@ -67,8 +67,9 @@ class RankReport:
 
 
 @contextlib.contextmanager
-def fake_world(world_size: int, rank: int, tp: int, pp: int, num_loops: int):
-    """torch.distributed on the fake backend and megatron's parallel state for this rank."""
+def fake_world(layout, rank: int):
+    """torch.distributed on the fake backend and megatron's parallel state for this rank of
+    `layout` (pretrain/layout.py ParallelLayout)."""
     from megatron.core import parallel_state
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
@@ -79,10 +80,11 @@ def fake_world(world_size: int, rank: int, tp: int, pp: int, num_loops: int):
         raise RuntimeError("a process group already exists in this process; the dry run needs "
                            "its own (run it in a fresh process)")
     torch.distributed.init_process_group("fake", store=FakeStore(), rank=rank,
-                                         world_size=world_size)
+                                         world_size=layout.world_size)
     try:
         # No gloo groups: they would rendezvous for real. Everything else is megatron's layout.
-        init_model_parallel(tp, pp, num_loops, seed=1234, create_gloo_process_groups=False)
+        init_model_parallel(layout.tp, layout.pp, layout.vpp, seed=1234,
+                            create_gloo_process_groups=False)
         yield parallel_state
     finally:
         if parallel_state.model_parallel_is_initialized():
@@ -95,15 +97,14 @@ def dry_run(cfg, world_size: int, rank: int = 0, **plan_kwargs) -> RankReport:
     Raises pretrain.config.ConfigError (or the model's error) naming the bad key."""
     from model import PLTModel
 
-    p = cfg.parallel
     if not 0 <= rank < world_size:
         raise ValueError(f"--rank {rank} is outside the world of {world_size} ranks")
-    validate(cfg, world_size)
+    layout = validate(cfg, world_size)
     bf16 = plan_kwargs.pop("bf16", cfg.train.precision in ("auto", "bf16"))
-    with fake_world(world_size, rank, p.tp, p.pp, cfg.model.num_loops) as state:
+    with fake_world(layout, rank) as state:
         model_config = cfg.model.build(
-            tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline_parallel=p.vpp,
-            sequence_parallel=p.sequence_parallel,
+            tensor_parallel=layout.tp, pipeline_parallel=layout.pp,
+            virtual_pipeline_parallel=layout.vpp, sequence_parallel=layout.sequence_parallel,
             params_dtype=torch.bfloat16 if bf16 else torch.float32,
             perform_initialization=False)
         with torch.device("meta"):
@@ -112,13 +113,13 @@ def dry_run(cfg, world_size: int, rank: int = 0, **plan_kwargs) -> RankReport:
             world_size=world_size, rank=rank,
             tp_rank=state.get_tensor_model_parallel_rank(),
             pp_rank=state.get_pipeline_model_parallel_rank(),
-            dp_rank=state.get_data_parallel_rank(), tp=p.tp, pp=p.pp,
+            dp_rank=state.get_data_parallel_rank(), tp=layout.tp, pp=layout.pp,
             dp=state.get_data_parallel_world_size())
     for name, param in module.named_parameters():
         report.parameters[name] = (tuple(param.shape), str(param.dtype).replace("torch.", ""))
         report.num_parameters += param.numel()
         report.parameter_bytes += param.numel() * param.element_size()
-    stage = planner.parameters_per_stage(cfg.model, p.tp, p.pp)[report.pp_rank]
+    stage = planner.parameters_per_stage(cfg.model, layout.tp, layout.pp)[report.pp_rank]
     report.planned_parameters = sum(stage.values())
     report.plan = planner.make_plan(cfg, world_size, bf16=bf16, **plan_kwargs)
     return report

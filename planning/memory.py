@@ -33,23 +33,19 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from model.kernels import ATTENTION_BACKENDS, sliding_window_block
-from model.pipeline import virtual_pipeline_size
+from pretrain.layout import ParallelLayout
 
 GIB = 2**30
 
 
 @dataclass
 class Layout:
-    """The parts of a run config that decide memory and time (see ``layout_of``)."""
+    """The parts of a run config that decide memory and time: the trainer's parallel layout
+    (pretrain/layout.py: tp, pp, vpp, dp, the micro-batches; ``layout_of`` derives it as the
+    trainer does) and what else the memory model reads."""
 
-    world_size: int
-    tp: int = 1
-    pp: int = 1
-    vpp: Optional[int] = None
-    sequence_parallel: bool = False
+    parallel: ParallelLayout
     distributed_optimizer: bool = False
-    micro_batch_size: int = 1
-    global_batch_size: int = 1
     seq_length: int = 128
     bf16: bool = False
     # Which kernel the GPU run would use: one of ATTENTION_BACKENDS but auto. Only torch saves
@@ -61,13 +57,25 @@ class Layout:
             raise ValueError(f"Layout.attention_backend={self.attention_backend!r}; use one of "
                              f"{ATTENTION_BACKENDS[1:]} (resolve auto first)")
 
-    @property
-    def dp(self) -> int:
-        return self.world_size // (self.tp * self.pp)
+    @classmethod
+    def one_rank(cls, micro_batch_size: int, **fields) -> "Layout":
+        """One rank running one micro-batch per step (a measured batch: tests, bench/)."""
+        return cls(ParallelLayout(world_size=1, tp=1, pp=1, vpp=None, dp=1,
+                                  micro_batch_size=micro_batch_size, num_micro_batches=1), **fields)
+
+    # The parallel layout's values, read where the memory model reads them.
+    world_size = property(lambda self: self.parallel.world_size)
+    tp = property(lambda self: self.parallel.tp)
+    pp = property(lambda self: self.parallel.pp)
+    vpp = property(lambda self: self.parallel.vpp)
+    dp = property(lambda self: self.parallel.dp)
+    sequence_parallel = property(lambda self: self.parallel.sequence_parallel)
+    micro_batch_size = property(lambda self: self.parallel.micro_batch_size)
+    num_microbatches = property(lambda self: self.parallel.num_micro_batches)
 
     @property
-    def num_microbatches(self) -> int:
-        return max(1, self.global_batch_size // (self.micro_batch_size * self.dp))
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.num_microbatches * self.dp
 
 
 def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
@@ -75,18 +83,16 @@ def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
     """The Layout of a composed run config. bf16: train.precision (auto means a GPU run: bf16).
     attention_backend: model.attention_backend, with auto meaning flash on a GPU (a planner
     cannot know whether the target has flash-attn; flash and flex cost the same here)."""
-    t, p = cfg.train, cfg.parallel
+    t = cfg.train
     if bf16 is None:
         bf16 = t.precision in ("auto", "bf16")
     if attention_backend is None:
         attention_backend = ("flash" if cfg.model.attention_backend == "auto"
                              else cfg.model.attention_backend)
-    # An unset micro batch is the whole per-rank share (pretrain/config.py validate settles it).
-    micro_batch_size = t.micro_batch_size or max(1, t.global_batch_size * p.tp * p.pp // world_size)
-    return Layout(world_size=world_size, tp=p.tp, pp=p.pp, vpp=p.vpp,
-                  sequence_parallel=p.sequence_parallel,
-                  distributed_optimizer=p.distributed_optimizer,
-                  micro_batch_size=micro_batch_size, global_batch_size=t.global_batch_size,
+    # The trainer's own layout: its micro batch settled as validate() settles it (an impossible
+    # world size is its ConfigError, as it would be the trainer's).
+    return Layout(ParallelLayout.from_config(cfg, world_size),
+                  distributed_optimizer=cfg.parallel.distributed_optimizer,
                   seq_length=t.seq_length, bf16=bf16, attention_backend=attention_backend)
 
 
@@ -281,7 +287,7 @@ def microbatches_in_flight(m, layout: Layout) -> int:
     chunks of one loop, converted here to whole micro-batches of all loops."""
     if layout.pp == 1:
         return 1
-    vpp = virtual_pipeline_size(m.num_loops, layout.pp) or 1
+    vpp = layout.vpp or 1
     total_chunks = layout.num_microbatches * vpp
     chunks = min(total_chunks, 2 * (layout.pp - 1) + (vpp - 1) * layout.pp + 1) if vpp > 1 else (
         min(layout.num_microbatches, layout.pp))

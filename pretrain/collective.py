@@ -36,8 +36,8 @@ def collectively(what: str, fn) -> None:
     ok, error = _attempt(fn)
     if not ok:
         # On record before the all-reduce: if fn failed on this rank before a collective inside it
-        # (megatron's save has barriers), the other ranks wait there and this one here, for good;
-        # seen on the test cluster after a stop signal, where only SIGUSR2 dumps showed the wait.
+        # (megatron's save has barriers), the other ranks wait there and this one here, for good,
+        # and this line is then the only word of why (commit e5b6463).
         logger.error("rank %d: %s: %s", rank(), what, _describe(error))
     if all_reduce_max(not ok):
         detail = _describe(error) if not ok else "failed on another rank"

@@ -2,9 +2,10 @@
 
 Hydra merges the YAML of `conf/config.yaml` (and its groups) onto `Config`, so an unknown key or a
 value of the wrong type fails at start with the key's full name (`train.max_stepz`,
-`train.seq_length=abc`). What one field cannot say on its own (the global batch against micro batch x
-data-parallel size, tp against the heads) is checked by `validate()` before anything is built; every
-message names the keys and the fix.
+`train.seq_length=abc`). What a value cannot say by its type, each node checks in its own
+`validate()` method; `validate(cfg, world_size)` runs them, derives the parallel layout
+(pretrain/layout.py: the world-size rules) and checks the rules between nodes
+(pretrain/config_rules.py), before anything is built. Every message names the keys and the fix.
 
 Each default is stated here and only here; the YAML files in `conf/` state what a preset changes.
 Nodes: `model` (model/config.py: ModelConfig), `data` (data/config.py: DataConfig), `train`,
@@ -15,7 +16,6 @@ one breaks tools and tests.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,20 +24,15 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 
 from data.config import DataConfig
-from evaluation.config import EvalCodeConfig, validate_code_config
 from model.config import (CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError, ModelConfig,
                           require)
-from model.pipeline import virtual_pipeline_size
+from pretrain.config_rules import check_between_nodes
+from pretrain.layout import ParallelLayout, settle_micro_batch
+from pretrain.eval_code import EvalCodeConfig, validate_code_config
 from pretrain.resolvers import launch_time, register_resolvers  # noqa: F401  (launch_time: API)
 
-__all__ = ["Config", "ConfigError", "LaunchConfig", "compose", "validate", "data_parallel_size",
+__all__ = ["Config", "ConfigError", "LaunchConfig", "ParallelLayout", "compose", "validate",
            "register"]
-
-DEEPSPEED_PIN = "deepspeed==0.19.8"
-DEEPSPEED_INSTALL_HINT = (
-    f"engine=deepspeed needs the DeepSpeed package: pip install 'loopcoder[deepspeed]' "
-    f"(or pip install {DEEPSPEED_PIN} --no-build-isolation, torch already installed)")
-
 
 @dataclass
 class TrainConfig:
@@ -45,7 +40,7 @@ class TrainConfig:
     global_batch_size: int = 8          # samples per optimizer step, all ranks together
     # Samples per forward/backward on one rank; the rest of a rank's share of the global batch is
     # gradient accumulation. None: the whole share (global batch / data-parallel size), settled by
-    # validate() for the world size, so that any DP size that divides the global batch just works.
+    # validate() for the world size (pretrain/layout.py settle_micro_batch).
     micro_batch_size: Optional[int] = None
     seq_length: int = 128
     seed: int = 1234
@@ -68,6 +63,49 @@ class TrainConfig:
     # in a row stop the run with a message naming the last checkpoint.
     max_skipped_steps: int = 5
 
+    def validate(self) -> None:
+        for key in ("max_steps", "global_batch_size", "seq_length"):
+            require(getattr(self, key) >= 1, f"train.{key}={getattr(self, key)}; it must be >= 1")
+        require(self.micro_batch_size is None or self.micro_batch_size >= 1,
+                f"train.micro_batch_size={self.micro_batch_size}; it must be >= 1")
+        require(self.precision in ("auto", "fp32", "bf16"),
+                f"train.precision={self.precision!r}; use auto, fp32 or bf16")
+        self._check_optimizer_values()
+        require(0 <= self.min_lr <= self.lr,
+                f"train.min_lr={self.min_lr} must be in [0, train.lr={self.lr}]")
+        require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}; it must be >= 0")
+        decay = self.decay_steps if self.decay_steps is not None else self.max_steps
+        decay_key = ("train.decay_steps" if self.decay_steps is not None
+                     else "train.max_steps (the decay length)")
+        require(decay > self.warmup_steps, f"{decay_key}={decay} must exceed train.warmup_steps="
+                                           f"{self.warmup_steps}; lower the warm-up")
+
+    def _check_optimizer_values(self) -> None:
+        """The optimizer's numbers: out of range they train NaN or nothing and still exit 0."""
+        def finite(value) -> bool:
+            return value is not None and math.isfinite(value)
+
+        t = self
+        for key, value, ok, words in (
+                ("lr", t.lr, finite(t.lr) and t.lr >= 0, "a finite number >= 0"),
+                ("min_lr", t.min_lr, finite(t.min_lr), "a finite number in [0, train.lr]"),
+                ("weight_decay", t.weight_decay, finite(t.weight_decay) and t.weight_decay >= 0,
+                 "a finite number >= 0"),
+                ("adam_beta1", t.adam_beta1, finite(t.adam_beta1) and 0 <= t.adam_beta1 < 1,
+                 "a number in [0, 1)"),
+                ("adam_beta2", t.adam_beta2, finite(t.adam_beta2) and 0 <= t.adam_beta2 < 1,
+                 "a number in [0, 1)"),
+                ("adam_eps", t.adam_eps, finite(t.adam_eps) and t.adam_eps > 0,
+                 "a finite number > 0"),
+                ("clip_grad", t.clip_grad, finite(t.clip_grad) and t.clip_grad >= 0,
+                 "a finite number >= 0 (0: no clipping)"),
+                ("peak_tflops", t.peak_tflops, t.peak_tflops is None or (
+                    finite(t.peak_tflops) and t.peak_tflops > 0), "a finite number > 0 (or null)"),
+                ("max_skipped_steps", t.max_skipped_steps, t.max_skipped_steps >= 0,
+                 "an integer >= 0"),
+                ("seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2^32)")):
+            require(ok, f"train.{key}={value!r} is out of range: it must be {words}")
+
 
 @dataclass
 class ParallelConfig:
@@ -78,6 +116,14 @@ class ParallelConfig:
     distributed_optimizer: bool = False  # shard optimizer state over data-parallel ranks (ZeRO-1)
     overlap_grad_reduce: bool = False
     backend: str = "auto"                # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+
+    def validate(self) -> None:
+        for key in ("tp", "pp"):
+            require(getattr(self, key) >= 1, f"parallel.{key}={getattr(self, key)}; it must be >= 1")
+        require(not self.sequence_parallel or self.tp > 1,
+                "parallel.sequence_parallel=true needs parallel.tp > 1")
+        require(self.backend in ("auto", "nccl", "gloo"),
+                f"parallel.backend={self.backend!r}; use auto, nccl or gloo")
 
 
 @dataclass
@@ -104,12 +150,36 @@ class CheckpointConfig:
     # (unpickling can run code): only for checkpoints you trust.
     allow_pickle: bool = False
 
+    def validate(self) -> None:
+        require(self.keep >= 0, f"checkpoint.keep={self.keep}; it must be >= 0")
+        require(self.interval >= 0, f"checkpoint.interval={self.interval}; use >= 0")
+        require(self.resume in ("auto", "none") or os.path.isdir(self.resume),
+                f"checkpoint.resume={self.resume!r} is neither auto, none nor an existing "
+                f"checkpoint folder")
+        require(self.init_from is None or os.path.isdir(self.init_from),
+                f"checkpoint.init_from={self.init_from!r} is not a folder; give a Hugging Face "
+                f"directory or a loopcoder checkpoint (an iter_ folder or a checkpoint dir with a "
+                f"`latest` file)")
+        require(self.verify in ("full", "headers"),
+                f"checkpoint.verify={self.verify!r}; use full or headers")
+        for key in self.allow_model_change:
+            require(key in CHANGEABLE_FIELDS,
+                    f"checkpoint.allow_model_change lists {key!r}, which "
+                    + ("decides which weights exist or their shapes: it cannot change on resume"
+                       if key in STRUCTURAL_FIELDS else "is not a model field that changes the "
+                                                        "function")
+                    + f"; the changeable fields are {', '.join(CHANGEABLE_FIELDS)}")
+
 
 @dataclass
 class EvalConfig:
     interval: int = 50                   # steps between validation losses (0: never)
     # HumanEval solution likelihood (and optionally greedy pass@1) during training.
     code: EvalCodeConfig = field(default_factory=EvalCodeConfig)
+
+    def validate(self) -> None:
+        require(self.interval >= 0, f"eval.interval={self.interval}; it must be >= 0")
+        validate_code_config(self.code)
 
 
 @dataclass
@@ -119,6 +189,12 @@ class DiagnosticsConfig:
     interval: int = 50
     attention_queries: int = 64          # query positions for the attention metrics (0: skip them)
 
+    def validate(self) -> None:
+        require(self.interval >= 0,
+                f"diagnostics.interval={self.interval}; it must be >= 0 (0: never)")
+        require(self.attention_queries >= 0, f"diagnostics.attention_queries="
+                                             f"{self.attention_queries}; it must be >= 0 (0: skip them)")
+
 
 @dataclass
 class WandbConfig:
@@ -127,11 +203,19 @@ class WandbConfig:
     entity: Optional[str] = None
     name: Optional[str] = None           # None: the run folder's name
 
+    def validate(self) -> None:
+        require(self.mode in ("offline", "online", "disabled"),
+                f"logging.wandb.mode={self.mode!r}; use offline, online or disabled")
+
 
 @dataclass
 class LoggingConfig:
     interval: int = 10                   # steps between console lines / metrics.jsonl rows
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def validate(self) -> None:
+        require(self.interval >= 1, f"logging.interval={self.interval}; it must be >= 1")
+        self.wandb.validate()
 
 
 @dataclass
@@ -143,6 +227,15 @@ class SampleConfig:
     temperature: float = 0.0             # 0: greedy
     top_p: float = 1.0
 
+    def validate(self) -> None:
+        require(self.max_new_tokens >= 0,
+                f"sample.max_new_tokens={self.max_new_tokens}; it must be >= 0 (0: no sample)")
+        require(math.isfinite(self.temperature) and self.temperature >= 0,
+                f"sample.temperature={self.temperature}; it must be a finite number >= 0 "
+                f"(0: greedy)")
+        require(math.isfinite(self.top_p) and 0 < self.top_p <= 1,
+                f"sample.top_p={self.top_p}; it must be in (0, 1]")
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -152,6 +245,20 @@ class DeepSpeedConfig:
     offload_optimizer: str = "none"      # none | cpu (ZeRO-Offload: optimizer state and step on CPU)
     offload_param: str = "none"          # none | cpu (ZeRO-3 only: weights on CPU between uses)
     overlap_comm: bool = False           # overlap gradient reduction with the backward pass
+
+    def validate(self) -> None:
+        """Checked under engine=deepspeed only (the node is not read otherwise)."""
+        require(self.zero_stage in (0, 1, 2, 3),
+                f"deepspeed.zero_stage={self.zero_stage}; use 0, 1, 2 or 3")
+        for key in ("offload_optimizer", "offload_param"):
+            require(getattr(self, key) in ("none", "cpu"),
+                    f"deepspeed.{key}={getattr(self, key)!r}; use none or cpu")
+        require(self.offload_optimizer == "none" or self.zero_stage >= 1,
+                f"deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1 (it is "
+                f"{self.zero_stage})")
+        require(self.offload_param == "none" or self.zero_stage == 3,
+                f"deepspeed.offload_param=cpu needs deepspeed.zero_stage=3 (it is "
+                f"{self.zero_stage})")
 
 
 @dataclass
@@ -218,6 +325,13 @@ class Config:
     # launch_time (not Hydra's now): the same folder for every process torchrun starts on a node.
     run_dir: str = "outputs/${launch_time:%Y-%m-%d_%H-%M-%S}"
 
+    def validate(self) -> None:
+        """Each node's own checks. The model's and the data's run in check_between_nodes: the
+        architecture is checked against tp and pp, the data against what the run reads."""
+        for node in (self.train, self.parallel, self.checkpoint, self.eval, self.logging,
+                     self.diagnostics, self.sample):
+            node.validate()
+
 
 def register() -> None:
     """Make the schema Hydra's `base_config` (conf/config.yaml's first default), and register its
@@ -240,159 +354,13 @@ def compose(overrides: List[str]):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def data_parallel_size(cfg: Config, world_size: int) -> int:
-    return world_size // (cfg.parallel.tp * cfg.parallel.pp)
-
-
-def validate(cfg: Config, world_size: int) -> None:
-    """Refuse combinations no single field can catch (ConfigError naming the keys), and settle
-    what depends on the world size: an unset train.micro_batch_size becomes the whole per-rank
-    share of the global batch (split in parallel.pp micro-batches when the loops are the virtual
-    pipeline chunks)."""
-    t, p, m = cfg.train, cfg.parallel, cfg.model
-    for key, value in [("train.max_steps", t.max_steps), ("train.global_batch_size", t.global_batch_size),
-                       ("train.seq_length", t.seq_length), ("parallel.tp", p.tp), ("parallel.pp", p.pp)]:
-        require(value >= 1, f"{key}={value}; it must be >= 1")
-    require(world_size % (p.tp * p.pp) == 0,
-            f"the world size {world_size} is not divisible by parallel.tp * parallel.pp = "
-            f"{p.tp} * {p.pp}; launch a multiple of {p.tp * p.pp} processes or change parallel.tp/pp")
-    dp = data_parallel_size(cfg, world_size)
-    # The loops as virtual pipeline chunks (pp > 1, R > 1): megatron's interleaved schedule runs a
-    # step's micro-batches in groups of parallel.pp, so a step needs a multiple of pp of them.
-    group = p.pp if virtual_pipeline_size(m.num_loops, p.pp) else 1
-    if t.micro_batch_size is None:
-        require(t.global_batch_size % dp == 0,
-                f"train.global_batch_size={t.global_batch_size} is not divisible by the "
-                f"data-parallel size {dp} (world {world_size} / (tp {p.tp} * pp {p.pp})); pick a "
-                f"global batch that is a multiple of {dp}")
-        share = t.global_batch_size // dp
-        t.micro_batch_size = share // group if share % group == 0 else share
-    require(t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size}; it must be >= 1")
-    require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
-            f"train.global_batch_size={t.global_batch_size} is not divisible by "
-            f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp} = "
-            f"{t.micro_batch_size * dp}; pick a global batch that is a multiple of "
-            f"{t.micro_batch_size * dp}")
-    micro_batches = t.global_batch_size // (t.micro_batch_size * dp)
-    require(micro_batches % group == 0,
-            f"{micro_batches} micro-batch(es) per step (train.global_batch_size="
-            f"{t.global_batch_size} / (train.micro_batch_size={t.micro_batch_size} * data-parallel "
-            f"size {dp})), but with the loops as virtual pipeline chunks (parallel.pp={p.pp}, "
-            f"model.num_loops={m.num_loops}) megatron's interleaved schedule needs a multiple of "
-            f"parallel.pp={p.pp}; set train.micro_batch_size to give one, or leave it unset with a "
-            f"global batch that is a multiple of {dp * group}")
-    # The architecture against the layout: the checks the model runs when it is built.
-    m.validate(p.tp, p.pp, p.vpp)
-    require(not (p.pp > 1 and m.num_loops > 1 and p.overlap_grad_reduce),
-            "parallel.overlap_grad_reduce=true with parallel.pp > 1 and model.num_loops > 1: every "
-            "loop's chunk adds to the same shared weights, so a gradient bucket is complete only "
-            "after the last loop's backward; set parallel.overlap_grad_reduce=false")
-    require(not p.sequence_parallel or p.tp > 1,
-            "parallel.sequence_parallel=true needs parallel.tp > 1")
-    require(p.backend in ("auto", "nccl", "gloo"),
-            f"parallel.backend={p.backend!r}; use auto, nccl or gloo")
-    require(t.seq_length <= m.max_position_embeddings,
-            f"train.seq_length={t.seq_length} exceeds model.max_position_embeddings="
-            f"{m.max_position_embeddings}")
-    require(t.precision in ("auto", "fp32", "bf16"),
-            f"train.precision={t.precision!r}; use auto, fp32 or bf16")
-    _validate_train_values(t)
-    require(0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
-    require(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}; it must be >= 0")
-    decay = t.decay_steps if t.decay_steps is not None else t.max_steps
-    decay_key = "train.decay_steps" if t.decay_steps is not None else "train.max_steps (the decay length)"
-    require(decay > t.warmup_steps,
-            f"{decay_key}={decay} must exceed train.warmup_steps={t.warmup_steps}; lower the warm-up")
-    _validate_run_keys(cfg)
-    if cfg.engine == "deepspeed":
-        _validate_deepspeed(cfg)
-
-
-def _validate_train_values(t: TrainConfig) -> None:
-    """The optimizer's numbers: out of range they train NaN or nothing and still exit 0."""
-    def finite(value) -> bool:
-        return value is not None and math.isfinite(value)
-
-    for key, value, ok, words in (
-            ("lr", t.lr, finite(t.lr) and t.lr >= 0, "a finite number >= 0"),
-            ("min_lr", t.min_lr, finite(t.min_lr), "a finite number in [0, train.lr]"),
-            ("weight_decay", t.weight_decay, finite(t.weight_decay) and t.weight_decay >= 0,
-             "a finite number >= 0"),
-            ("adam_beta1", t.adam_beta1, finite(t.adam_beta1) and 0 <= t.adam_beta1 < 1,
-             "a number in [0, 1)"),
-            ("adam_beta2", t.adam_beta2, finite(t.adam_beta2) and 0 <= t.adam_beta2 < 1,
-             "a number in [0, 1)"),
-            ("adam_eps", t.adam_eps, finite(t.adam_eps) and t.adam_eps > 0, "a finite number > 0"),
-            ("clip_grad", t.clip_grad, finite(t.clip_grad) and t.clip_grad >= 0,
-             "a finite number >= 0 (0: no clipping)"),
-            ("peak_tflops", t.peak_tflops, t.peak_tflops is None or (
-                finite(t.peak_tflops) and t.peak_tflops > 0), "a finite number > 0 (or null)"),
-            ("max_skipped_steps", t.max_skipped_steps, t.max_skipped_steps >= 0, "an integer >= 0"),
-            ("seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2^32)")):
-        require(ok, f"train.{key}={value!r} is out of range: it must be {words}")
-
-
-def _validate_run_keys(cfg: Config) -> None:
-    require(cfg.checkpoint.keep >= 0, f"checkpoint.keep={cfg.checkpoint.keep}; it must be >= 0")
-    require(cfg.checkpoint.interval >= 0, f"checkpoint.interval={cfg.checkpoint.interval}; use >= 0")
-    resume = cfg.checkpoint.resume
-    require(resume in ("auto", "none") or os.path.isdir(resume),
-            f"checkpoint.resume={resume!r} is neither auto, none nor an existing checkpoint folder")
-    init_from = cfg.checkpoint.init_from
-    require(init_from is None or os.path.isdir(init_from),
-            f"checkpoint.init_from={init_from!r} is not a folder; give a Hugging Face directory or a "
-            f"loopcoder checkpoint (an iter_ folder or a checkpoint dir with a `latest` file)")
-    require(cfg.checkpoint.verify in ("full", "headers"),
-            f"checkpoint.verify={cfg.checkpoint.verify!r}; use full or headers")
-    for key in cfg.checkpoint.allow_model_change:
-        require(key in CHANGEABLE_FIELDS,
-                f"checkpoint.allow_model_change lists {key!r}, which "
-                + ("decides which weights exist or their shapes: it cannot change on resume"
-                   if key in STRUCTURAL_FIELDS else "is not a model field that changes the function")
-                + f"; the changeable fields are {', '.join(CHANGEABLE_FIELDS)}")
-    require(cfg.eval.interval >= 0, f"eval.interval={cfg.eval.interval}; it must be >= 0")
-    validate_code_config(cfg.eval.code)
-    cfg.data.validate()
-    require(cfg.logging.interval >= 1, f"logging.interval={cfg.logging.interval}; it must be >= 1")
-    d, sample = cfg.diagnostics, cfg.sample
-    require(d.interval >= 0, f"diagnostics.interval={d.interval}; it must be >= 0 (0: never)")
-    require(d.attention_queries >= 0,
-            f"diagnostics.attention_queries={d.attention_queries}; it must be >= 0 (0: skip them)")
-    require(sample.max_new_tokens >= 0,
-            f"sample.max_new_tokens={sample.max_new_tokens}; it must be >= 0 (0: no sample)")
-    require(math.isfinite(sample.temperature) and sample.temperature >= 0,
-            f"sample.temperature={sample.temperature}; it must be a finite number >= 0 (0: greedy)")
-    require(math.isfinite(sample.top_p) and 0 < sample.top_p <= 1,
-            f"sample.top_p={sample.top_p}; it must be in (0, 1]")
-    require(cfg.logging.wandb.mode in ("offline", "online", "disabled"),
-            f"logging.wandb.mode={cfg.logging.wandb.mode!r}; use offline, online or disabled")
-    require(cfg.engine in ("megatron", "deepspeed"),
-            f"engine={cfg.engine!r}; use megatron or deepspeed")
-
-
-def _validate_deepspeed(cfg: Config) -> None:
-    """What the DeepSpeed engine cannot do (pretrain/engines/deepspeed.py), named with the fix."""
-    p, d = cfg.parallel, cfg.deepspeed
-    require(p.tp == 1 and p.pp == 1,
-            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={p.tp} "
-            f"parallel.pp={p.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for TP/PP")
-    require(p.vpp is None, f"parallel.vpp={p.vpp} needs pipeline parallelism; engine=deepspeed has "
-                           f"none: use parallel.vpp=null or engine=megatron")
-    require(not p.sequence_parallel, "parallel.sequence_parallel=true needs tensor parallelism; "
-                                     "engine=deepspeed has none: use engine=megatron")
-    require(not p.distributed_optimizer,
-            "parallel.distributed_optimizer=true is megatron's ZeRO-1; with engine=deepspeed use "
-            "deepspeed.zero_stage=1 (or 2, 3) and parallel.distributed_optimizer=false")
-    require(not p.overlap_grad_reduce,
-            "parallel.overlap_grad_reduce=true is a megatron DDP option; with engine=deepspeed leave "
-            "it false (DeepSpeed's deepspeed.overlap_comm does the same)")
-    require(d.zero_stage in (0, 1, 2, 3), f"deepspeed.zero_stage={d.zero_stage}; use 0, 1, 2 or 3")
-    require(d.offload_optimizer in ("none", "cpu"),
-            f"deepspeed.offload_optimizer={d.offload_optimizer!r}; use none or cpu")
-    require(d.offload_param in ("none", "cpu"),
-            f"deepspeed.offload_param={d.offload_param!r}; use none or cpu")
-    require(d.offload_optimizer == "none" or d.zero_stage >= 1,
-            f"deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1 (it is {d.zero_stage})")
-    require(d.offload_param == "none" or d.zero_stage == 3,
-            f"deepspeed.offload_param=cpu needs deepspeed.zero_stage=3 (it is {d.zero_stage})")
-    require(importlib.util.find_spec("deepspeed") is not None, DEEPSPEED_INSTALL_HINT)
+def validate(cfg: Config, world_size: int) -> ParallelLayout:
+    """Everything checkable before anything is built, for `world_size` processes: each node's own
+    rules (Config.validate), the parallel layout (pretrain/layout.py: the world-size rules; an
+    unset train.micro_batch_size is settled, i.e. WRITTEN into cfg), then the rules between
+    nodes for the features in use (pretrain/config_rules.py). Raises ConfigError (or the data
+    node's DataConfigError) naming the keys and the fix; returns the layout."""
+    cfg.validate()
+    layout = settle_micro_batch(cfg, world_size)
+    check_between_nodes(cfg, layout)
+    return layout

@@ -1,8 +1,9 @@
 """Process groups: torchrun, SLURM (srun) or a single process; then megatron's parallel state.
 
-    world = init_distributed(cfg.parallel, seed, cfg.model.num_loops)   # + megatron parallel_state
+    world = init_distributed(layout, seed, cfg.parallel.backend)   # + megatron parallel_state
     # or in two steps (the trainer: the config is resolved once the processes met)
-    world = start_processes(cfg.parallel.backend); init_model_parallel(tp, pp, num_loops, seed)
+    world = start_processes(cfg.parallel.backend)
+    init_model_parallel(layout.tp, layout.pp, layout.vpp, seed)
     ...
     shutdown_distributed()
 
@@ -21,11 +22,11 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from model import cpu_compat
-from model.pipeline import virtual_pipeline_size
 from pretrain.rendezvous import check_environment, slurm_rendezvous
 
 TIMEOUT = datetime.timedelta(minutes=30)
@@ -74,15 +75,16 @@ def _start_process_group(backend: str, rank: int, world_size: int, device: torch
                                          device_id=device_id)
 
 
-def init_model_parallel(tp: int, pp: int, num_loops: int, seed: int, **kwargs) -> None:
-    """megatron's TP/PP/DP groups and its seeded RNG tracker. With pipeline parallelism the PLT
-    loops are megatron's virtual pipeline chunks (model/pipeline.py)."""
+def init_model_parallel(tp: int, pp: int, vpp: Optional[int], seed: int, **kwargs) -> None:
+    """megatron's TP/PP/DP groups and its seeded RNG tracker, for a layout's tp, pp and vpp
+    (pretrain/layout.py ParallelLayout: with pipeline parallelism the PLT loops are the virtual
+    pipeline chunks)."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        virtual_pipeline_model_parallel_size=virtual_pipeline_size(num_loops, pp), **kwargs)
+        virtual_pipeline_model_parallel_size=vpp, **kwargs)
     model_parallel_cuda_manual_seed(seed)
 
 
@@ -104,10 +106,15 @@ def start_processes(backend: str = "auto") -> World:
     return World(rank, world_size, local_rank, device, backend)
 
 
-def init_distributed(parallel, seed: int, num_loops: int = 1) -> World:
-    """Start torch.distributed and megatron's TP/PP/DP groups; seed megatron's RNG tracker."""
-    world = start_processes(parallel.backend)
-    init_model_parallel(parallel.tp, parallel.pp, num_loops, seed)
+def init_distributed(layout, seed: int, backend: str = "auto") -> World:
+    """Start torch.distributed and megatron's TP/PP/DP groups for `layout` (a ParallelLayout,
+    pretrain/layout.py, of this world's size); seed megatron's RNG tracker. `backend`:
+    parallel.backend (auto: nccl on a GPU, gloo on a CPU)."""
+    world = start_processes(backend)
+    if layout.world_size != world.world_size:  # derived for another world: the caller's bug
+        raise RuntimeError(f"the layout is for {layout.world_size} processes, the world has "
+                           f"{world.world_size}")
+    init_model_parallel(layout.tp, layout.pp, layout.vpp, seed)
     return world
 
 
@@ -124,7 +131,7 @@ def single_process_world(seed: int = 1234) -> World:
     if not torch.distributed.is_initialized():
         _start_process_group(backend, 0, 1, device)
     if not parallel_state.model_parallel_is_initialized():
-        init_model_parallel(1, 1, 1, seed)
+        init_model_parallel(1, 1, None, seed)
     return World(torch.distributed.get_rank(), torch.distributed.get_world_size(), 0, device,
                  torch.distributed.get_backend())
 

@@ -44,13 +44,11 @@ def describe_user_error(error: BaseException):
     from omegaconf.errors import OmegaConfBaseException
 
     from data.errors import DataConfigError, DataError
-    from handoff.published_config import PublishedFormatError
     from model.config import ConfigError
     from model.kernels import AttentionBackendUnsupported
 
     for kind, code, label in ((ConfigError, EXIT_CONFIG, "config error"),
                               (AttentionBackendUnsupported, EXIT_CONFIG, "config error"),
-                              (PublishedFormatError, EXIT_CHECKPOINT, "checkpoint error"),
                               (DataConfigError, EXIT_CONFIG, "config error"),
                               (HydraException, EXIT_CONFIG, "config error"),
                               (OmegaConfBaseException, EXIT_CONFIG, "config error"),

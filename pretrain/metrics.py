@@ -139,7 +139,8 @@ def _wandb_id_in(folder: str):
 def _truncate_after(path: str, step: int) -> None:
     """On resume from `step`, drop rows logged after it by the interrupted run (they recur), and
     what a crash mid-write left: a torn last line, or a line that is not a row (each named in a
-    warning). The file is replaced atomically, so a crash now leaves the old one."""
+    warning). The file is replaced atomically: a crash at any moment leaves the old one or the new
+    one."""
     if not os.path.isfile(path):
         return
     rows = read_rows(path)

@@ -64,15 +64,18 @@ def run(cfg: DictConfig) -> int:
     try:
         cfg.run_dir = broadcast_object(cfg.run_dir)
         config: Config = OmegaConf.to_object(cfg)
-        validate(config, world.world_size)
-        p = config.parallel
-        init_model_parallel(p.tp, p.pp, config.model.num_loops, config.train.seed)
-        return _train(config, world)
+        # The parallel layout (pretrain/layout.py), derived once; validate() settles the micro
+        # batch into the config for this world.
+        layout = validate(config, world.world_size)
+        init_model_parallel(layout.tp, layout.pp, layout.vpp, config.train.seed)
+        return _train(config, world, layout)
     finally:
         shutdown_distributed()
 
 
-def _train(config, world) -> int:
+def _train(config, world, layout) -> int:
+    from evaluation.during_training import evaluate_code  # the entry wires in what pretrain/
+    from handoff.import_hf import import_for_run          # may not import (docs/architecture.md)
     from model.kernels import resolve_backend
     from pretrain.collective import on_main
     from pretrain.engines.base import params_dtype
@@ -100,22 +103,24 @@ def _train(config, world) -> int:
             lambda: write_run_config(run_dir, config_yaml, config_values))
     stop = StopRequest.install()
     try:
-        trainer = Trainer(config, world, stop, config_yaml=config_yaml, config_values=config_values)
+        trainer = Trainer(config, world, layout, stop, config_yaml=config_yaml,
+                          config_values=config_values, evaluate_code=evaluate_code,
+                          hf_importer=import_for_run)
         status = trainer.train()
         if status == 0:
-            _print_sample(config, trainer.engine, trainer.data.tokenizer, world)
+            _print_sample(config, trainer.engine, trainer.data.tokenizer, world, layout)
         return status
     finally:
         stop.finish()
 
 
-def _print_sample(config, engine, tokenizer, world) -> None:
+def _print_sample(config, engine, tokenizer, world, layout) -> None:
     """The end-of-run code sample. It never fails a run that trained: a pipeline-split model is
     skipped (decoding needs every layer on a rank), and any error is logged, not raised."""
     s = config.sample
     if s.max_new_tokens <= 0:
         return
-    if config.parallel.pp > 1:
+    if not layout.whole_model_on_each_rank:
         if world.is_main:
             log.info("no end-of-run sample: decoding needs the whole model on a rank (parallel.pp=%d); "
                      "generate from the checkpoint with scripts/generate.py", config.parallel.pp)

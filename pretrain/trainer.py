@@ -1,6 +1,7 @@
 """The Trainer: one run's data, engine, checkpointer, metrics and stop flag, and the training loop.
 
-    trainer = Trainer(config, world, stop, config_yaml=..., config_values=...)   # builds the parts
+    trainer = Trainer(config, world, layout, stop, config_yaml=..., config_values=...,
+                      evaluate_code=..., hf_importer=...)   # builds the parts
     status = trainer.train()     # start or resume, then step, log, evaluate, checkpoint, stop
 
 `train()` asks the Checkpointer where to start (pretrain/checkpoint/checkpointer.py: `load()`, a
@@ -10,7 +11,13 @@ finished and a checkpoint was saved. Ranks agree on stopping through an all-redu
 step (the scheduler may signal only some of them). What is due at a step follows one rule
 (pretrain/intervals.py). Evaluations share the step's metrics row: the validation loss
 (eval.interval), the code metrics (eval.code.interval: HumanEval solution likelihood,
-evaluation/config.py); the per-loop diagnostics have rows of their own.
+pretrain/eval_code.py); the per-loop diagnostics have rows of their own.
+
+What needs a whole forward on one rank (code evaluation, diagnostics) runs only when the layout
+puts the whole model on each rank (pretrain/layout.py ParallelLayout.whole_model_on_each_rank).
+The entry (pretrain/train.py) hands the Trainer what pretrain/ may not import itself
+(docs/architecture.md#floors): `evaluate_code` (evaluation/during_training.py) and `hf_importer`
+(handoff/import_hf.py, for checkpoint.init_from of a Hugging Face folder).
 """
 
 from __future__ import annotations
@@ -19,16 +26,17 @@ import logging
 import time
 from typing import NamedTuple
 
-from evaluation.config import evaluate_code
 from model.diagnostics import compute_loop_diagnostics
 from model.flops import flops_per_token, peak_flops_per_device
 from pretrain.distributed import all_reduce_max, rank
 from pretrain.errors import DivergedError
+from pretrain.config_rules import reads_held_out_batch
 from pretrain.intervals import due
 from pretrain.metrics import MetricsLogger, peak_memory_gb
 from pretrain.signals import EXIT_REQUEUE
 
 log = logging.getLogger("pretrain")
+
 
 
 class RunData(NamedTuple):
@@ -37,8 +45,9 @@ class RunData(NamedTuple):
     tokenizer: object         # data/tokenizer.py CodeTokenizer
 
 
-def build_data(config) -> RunData:
-    """The tokenizer, this rank's train loader and the held-out batch."""
+def build_data(config, layout) -> RunData:
+    """The tokenizer, this rank's train loader and the held-out batch (the validation split is
+    read only when something uses it: pretrain/config_rules.py reads_held_out_batch)."""
     from megatron.core import parallel_state
 
     from data.loader import build_loader
@@ -51,21 +60,21 @@ def build_data(config) -> RunData:
     tokenizer.check_model_vocab(config.model.vocab_size)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
+    splits = ("train", "valid") if reads_held_out_batch(config, layout) else ("train",)
     loaders = [build_loader(config.data, prepared, split, t.seq_length, t.global_batch_size,
-                            t.micro_batch_size, dp_rank, dp_size, t.seed)
-               for split in ("train", "valid")]
-    held_out = loaders[1].held_out_batch() if (
-        config.eval.interval > 0 or config.diagnostics.interval > 0) else None
+                            t.micro_batch_size, dp_rank, dp_size, t.seed) for split in splits]
+    held_out = loaders[1].held_out_batch() if len(loaders) > 1 else None
     return RunData(loaders[0], held_out, tokenizer)
 
 
 class Throughput:
     """Tokens/s and MFU over the steps since the last logged one."""
 
-    def __init__(self, train_cfg, model_cfg, world_size: int):
+    def __init__(self, train_cfg, model_cfg, layout):
         self.tokens_per_step = train_cfg.global_batch_size * train_cfg.seq_length
         self.model_flops = flops_per_token(model_cfg, train_cfg.seq_length)
-        self.peak = peak_flops_per_device(train_cfg.peak_tflops) * world_size
+        # MFU is against the peak of every device of the layout.
+        self.peak = peak_flops_per_device(train_cfg.peak_tflops) * layout.world_size
         self.seconds, self.steps = 0.0, 0
 
     def add(self, seconds: float) -> None:
@@ -80,21 +89,30 @@ class Throughput:
 
 
 class Trainer:
-    def __init__(self, config, world, stop, *, config_yaml: str, config_values: dict):
-        """`config`: the resolved, validated run config; `config_yaml` / `config_values`: the same
-        as config.yaml's text and as a dict (saved in each checkpoint; wandb's run config)."""
+    def __init__(self, config, world, layout, stop, *, config_yaml: str, config_values: dict,
+                 evaluate_code=None, hf_importer=None):
+        """`config`: the resolved, validated run config; `layout`: its ParallelLayout for this
+        world (pretrain/layout.py); `config_yaml` / `config_values`: the config as config.yaml's
+        text and as a dict (saved in each checkpoint; wandb's run config).
+        `evaluate_code(model, tokenizer, cfg.eval.code, rank=)`: the code metrics
+        (evaluation/during_training.py), needed when eval.code.interval > 0; `hf_importer`: the
+        Hugging Face reader checkpoint.init_from uses for an HF folder (handoff/import_hf.py
+        import_for_run). Both are handed in by the entry, pretrain/train.py: pretrain/ never
+        imports evaluation/ or handoff/ (docs/architecture.md#floors)."""
         from pretrain.checkpoint import Checkpointer, model_fields_of
         from pretrain.debug import nan_loss_at_steps
         from pretrain.engines import build_engine
 
-        self.config, self.world, self.stop = config, world, stop
+        self.config, self.world, self.layout, self.stop = config, world, layout, stop
         self.config_values = config_values
-        data = build_data(config)
-        self.engine = build_engine(config, world.device)
+        self.evaluate_code = evaluate_code
+        data = build_data(config, layout)
+        self.engine = build_engine(config, world.device, layout)
         self.checkpointer = Checkpointer(
             config.checkpoint, self.engine, data.train_loader,
             model_fields=model_fields_of(config.model), config_yaml=config_yaml,
-            tokenizer_model=data.tokenizer.model_path, run_dir=config.run_dir)
+            tokenizer_model=data.tokenizer.model_path, run_dir=config.run_dir,
+            hf_importer=hf_importer)
         # The loop reads the loader through the debug.* fault injection (a no-op unless set); the
         # checkpointer saves and restores the loader itself.
         self.data = data._replace(train_loader=nan_loss_at_steps(
@@ -124,7 +142,9 @@ class Trainer:
 
     def _loop(self, start_step: int) -> int:
         cfg, t, engine, data = self.config, self.config.train, self.engine, self.data
-        throughput = Throughput(t, cfg.model, self.world.world_size)
+        throughput = Throughput(t, cfg.model, self.layout)
+        # Code evaluation and diagnostics need a whole forward on one rank.
+        whole_model = self.layout.whole_model_on_each_rank
         step = start_step
         skipped_in_a_row = skipped_total = 0
 
@@ -146,8 +166,7 @@ class Trainer:
             log_due = (due(cfg.logging.interval, step, last_step) or step == start_step + 1
                        or stopping or result.skipped)
             eval_due = due(cfg.eval.interval, step, last_step)
-            # Code evaluation and diagnostics need the whole model on a rank (parallel.pp=1).
-            code_due = due(cfg.eval.code.interval, step, last_step) and cfg.parallel.pp == 1
+            code_due = whole_model and due(cfg.eval.code.interval, step, last_step)
             if log_due or eval_due or code_due:
                 row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
                        "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
@@ -157,11 +176,11 @@ class Trainer:
                 if eval_due:
                     row["val_loss"] = engine.evaluate(data.held_out)
                 if code_due:
-                    row.update(evaluate_code(engine.inference_model, data.tokenizer, cfg.eval.code,
+                    row.update(self.evaluate_code(engine.inference_model, data.tokenizer, cfg.eval.code,
                                              rank=rank()))
                 self.metrics.log(row)
 
-            if due(cfg.diagnostics.interval, step, last_step) and cfg.parallel.pp == 1:
+            if whole_model and due(cfg.diagnostics.interval, step, last_step):
                 rows = compute_loop_diagnostics(engine.inference_model, data.held_out[0]["tokens"],
                                                 attention_queries=cfg.diagnostics.attention_queries)
                 self.metrics.log_diagnostics(rows, step)
@@ -183,15 +202,13 @@ class Trainer:
 
     def _log_start(self, start_step: int) -> None:
         from model.kernels import describe_backend
-        from pretrain.config import data_parallel_size
         from pretrain.engines.base import params_dtype
 
         config, world, engine = self.config, self.world, self.engine
         if not world.is_main:
             return
-        log.info("run folder %s (world %d: tp=%d pp=%d dp=%d, %s, engine=%s)", config.run_dir,
-                 world.world_size, config.parallel.tp, config.parallel.pp,
-                 data_parallel_size(config, world.world_size), world.device, engine.name)
+        log.info("run folder %s (world %d: %s, %s, engine=%s)", config.run_dir, world.world_size,
+                 self.layout.describe(), world.device, engine.name)
         if self.checkpointer.resumed_from is not None:
             log.info("resumed from %s: step %d, %d samples consumed",
                      self.checkpointer.resumed_from, start_step,
@@ -201,5 +218,5 @@ class Trainer:
                      engine.num_parameters() / 1e6, config.model.num_loops)
         log.info(describe_backend(config.model.attention_backend, world.device,
                                   params_dtype(config.train)))
-        if config.diagnostics.interval > 0 and config.parallel.pp > 1:
+        if config.diagnostics.interval > 0 and not self.layout.whole_model_on_each_rank:
             log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")

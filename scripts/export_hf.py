@@ -18,9 +18,6 @@ refused (exit 2) unless --allow-served-differently. The library code is handoff/
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
 import sys
 import time
 
@@ -43,7 +40,7 @@ def main(argv=None) -> int:
                              "(clp=false with the hidden gate); its README.md says so")
     args = parser.parse_args(argv)
 
-    from pretrain.checkpoint.destination import nothing_left_on_failure
+    from pretrain.checkpoint.destination import clear_stale_staging, nothing_left_on_failure
     from pretrain.checkpoint.lock import one_writer
 
     started = time.perf_counter()
@@ -51,7 +48,7 @@ def main(argv=None) -> int:
     # the staging folder already removed (handoff/export.py), the folders of --out made removed.
     with nothing_left_on_failure(args.out, "--out"):
         with one_writer(args.out, "--out"):  # one export per output at a time (lock.py)
-            _clear_stale_staging(args.out)
+            clear_stale_staging(args.out)
             out = _export(parser, args)
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
@@ -80,16 +77,6 @@ def _step(text: str) -> int:
     if step < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a step (a whole number >= 0)")
     return step
-
-
-def _clear_stale_staging(out: str) -> None:
-    """The staging folders (handoff/export.py: `.<name>.tmp<pid>`) a killed export left beside the
-    output: this process holds the output, so no export that writes them is alive."""
-    parent, name = os.path.split(os.path.abspath(out))
-    staging = re.compile(re.escape(f".{name}.tmp") + "[0-9]+")
-    for stale in os.listdir(parent) if os.path.isdir(parent) else ():
-        if staging.fullmatch(stale):
-            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
 
 
 def _export(parser, args) -> str:

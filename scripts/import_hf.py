@@ -13,7 +13,7 @@ model.gate_input) as the shared block of that looped model, its loop >= 2 gates 
 values (g = 0.5). Continue pretraining from it with `checkpoint.init_from=CKPT_DIR` plus the model
 settings it prints (or pass `checkpoint.init_from=HF_DIR` directly: a Llama then takes the run's
 loop settings); generate from it with scripts/generate.py. Everything is verified first and
-nothing is written on a refusal (the library code is handoff/read.py).
+nothing is written on a refusal (the library code is handoff/import_hf.py, handoff/read.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _import(hf_dir: str, out: str, loops: dict) -> str:
     the folders of --out this call created by nothing_left_on_failure, which also names --out on
     a full disk (exit 4)."""
     from pretrain.checkpoint.destination import nothing_left_on_failure
-    from pretrain.checkpoint.init import import_hf
+    from handoff.import_hf import import_hf
 
     with nothing_left_on_failure(out, "--out"):
         return import_hf(hf_dir, out, loops)

@@ -31,7 +31,7 @@ def label(run: Run) -> str:
     return f"R={loops}" + ("" if run.get("model.clp", True) else " clp=off")
 
 
-CODE_METRIC = "humaneval_nll"   # evaluation/config.py: evaluate_code's row
+CODE_METRIC = "humaneval_nll"   # evaluation/during_training.py: evaluate_code's row
 CODE_PASS = "humaneval_pass@1"
 
 

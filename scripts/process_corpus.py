@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--minhash-buckets", type=int, default=minhash.num_buckets)
     dedup.add_argument("--minhash-hashes-per-bucket", type=int, default=minhash.hashes_per_bucket)
     dedup.add_argument("--minhash-seed", type=int, default=minhash.seed)
-    slurm = parser.add_argument_group("slurm (the training launcher's settings, launch/config.py)")
+    slurm = parser.add_argument_group("slurm (the training launcher's settings, the `launch` config node)")
     slurm.add_argument("--partition", default="")
     slurm.add_argument("--account", default="")
     slurm.add_argument("--qos", default="")

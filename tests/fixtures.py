@@ -234,15 +234,14 @@ def write_checkpoint(model, model_cfg, root, step=3) -> str:
     from omegaconf import OmegaConf
 
     from pretrain.checkpoint import files
-    from pretrain.checkpoint.weights import publish_checkpoint, write_weights_only
+    from pretrain.checkpoint.weights import staged_checkpoint, write_weights_only
 
-    tmp = os.path.join(root, files.tmp_name(step))
-    os.makedirs(tmp)
     fields = dataclasses.asdict(model_cfg)
-    write_weights_only(tmp, weights_of(model), model_cfg, {"step": step, "model": fields},
-                       "megatron", config_yaml=OmegaConf.to_yaml({"model": fields}))
-    shutil.copyfile(small_prepared().tokenizer_model, os.path.join(tmp, files.TOKENIZER_FILE))
-    return publish_checkpoint(root, files.iter_name(step), tmp)
+    with staged_checkpoint(str(root), step) as tmp:
+        write_weights_only(tmp, weights_of(model), model_cfg, {"step": step, "model": fields},
+                           "megatron", config_yaml=OmegaConf.to_yaml({"model": fields}))
+        shutil.copyfile(small_prepared().tokenizer_model, os.path.join(tmp, files.TOKENIZER_FILE))
+    return os.path.join(root, files.iter_name(step))
 
 
 def exported(model, model_cfg, tmp_path, dtype="fp32", **kwargs) -> str:

@@ -81,7 +81,7 @@ def render_slurm_conf(root: Path, munge_socket: Path, ctld_port: int, node_ports
         for name, port in zip(NODES, node_ports)
     )
     return f"""\
-# Written by launch/local_cluster.py: a 2-node SLURM cluster emulated on one host.
+# Written by tests/local_cluster.py: a 2-node SLURM cluster emulated on one host.
 ClusterName=loopcoder-test
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}

@@ -144,6 +144,38 @@ def test_a_tool_never_writes_into_a_used_folder(checkpoint, tmp_path, capsys, co
     assert not os.path.exists(output_lock_path(str(used)))
 
 
+def test_convert_writes_the_engine_named_by_to_and_without_it_the_other(checkpoint, tmp_path,
+                                                                        capsys):
+    """--to names the target engine (the engine table, pretrain/engines/__init__.py); without it
+    the one engine that did not write SRC, as before; its own engine is refused, nothing written."""
+    from pretrain.checkpoint.convert import checkpoint_engine
+
+    assert tool("convert_checkpoint", checkpoint, tmp_path / "ds", "--to", "deepspeed") == 0
+    assert checkpoint_engine(str(tmp_path / "ds" / "iter_0000003")) == "deepspeed"
+    assert tool("convert_checkpoint", tmp_path / "ds", tmp_path / "back") == 0
+    assert checkpoint_engine(str(tmp_path / "back" / "iter_0000003")) == "megatron"
+    capsys.readouterr()
+    assert tool("convert_checkpoint", tmp_path / "ds", tmp_path / "same", "--to", "deepspeed") == \
+        EXIT_CONFIG
+    assert "written by engine=deepspeed already" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["back", "ds"]
+
+
+def test_init_from_stages_another_engines_checkpoint_in_the_runs_engine(checkpoint, tmp_path):
+    """checkpoint.init_from of a megatron checkpoint into an engine=deepspeed run: converted into
+    the run's engine (named, not "the other one"); of the run's own engine: used as it is."""
+    from pretrain.checkpoint.convert import checkpoint_engine
+    from pretrain.checkpoint.init import _stage
+
+    def no_hf(*args):
+        raise AssertionError("not an HF directory")
+
+    staged = _stage(str(checkpoint), "deepspeed", str(tmp_path / "staging"), {}, no_hf)
+    assert checkpoint_engine(staged) == "deepspeed" and staged.startswith(str(tmp_path))
+    own = _stage(str(checkpoint), "megatron", str(tmp_path / "staging"), {}, no_hf)
+    assert own == os.path.join(str(checkpoint), "iter_0000003")
+
+
 def test_convert_into_a_new_folder_works_and_a_failure_leaves_nothing(checkpoint, tmp_path):
     from pretrain.checkpoint.destination import new_checkpoint_dir
 
@@ -217,16 +249,52 @@ def test_one_writer_is_one_process_at_a_time_and_leaves_no_file(tmp_path):
 
 
 def test_an_export_that_fails_at_publishing_leaves_no_staging_folder(tmp_path):
-    from handoff.export import _publish
+    from pretrain.checkpoint.destination import staged
 
-    staging, out = tmp_path / ".hf.tmp1", tmp_path / "hf"
-    staging.mkdir()
-    (staging / "config.json").write_text("{}")
-    out.mkdir()
-    (out / "theirs").write_text("x")  # filled by a writer that took no lock
+    out = tmp_path / "hf"
     with pytest.raises(FileExistsError, match="filled by another writer"):
-        _publish(str(staging), str(out))
+        with staged(str(out), "--out") as staging:
+            (tmp_path / "hf").mkdir()
+            (out / "theirs").write_text("x")  # filled by a writer that took no lock
+            with open(os.path.join(staging, "config.json"), "w") as stream:
+                stream.write("{}")
     assert sorted(os.listdir(tmp_path)) == ["hf"] and os.listdir(out) == ["theirs"]
+
+
+def test_a_staged_write_that_fails_leaves_nothing_and_one_that_succeeds_is_whole(tmp_path):
+    """The one stage-then-publish (pretrain/checkpoint/destination.py): a failure inside the block
+    removes the temp folder and never creates the destination; success renames the whole folder
+    into place, and a destination that holds something is refused before anything is written."""
+    from pretrain.checkpoint.destination import staged
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="half way"):
+        with staged(str(out), "--out") as staging:
+            with open(os.path.join(staging, "part"), "w") as stream:
+                stream.write("1")
+            raise RuntimeError("half way")
+    assert os.listdir(tmp_path) == []
+    with staged(str(out), "--out") as staging:
+        assert os.path.dirname(staging) == str(tmp_path) and not out.exists()
+        with open(os.path.join(staging, "part"), "w") as stream:
+            stream.write("1")
+    assert os.listdir(tmp_path) == ["out"] and (out / "part").read_text() == "1"
+    with pytest.raises(FileExistsError, match=f"{out} exists and is not empty; pass another --out"):
+        with staged(str(out), "--out"):
+            raise AssertionError("not reached: refused before the block")
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_a_killed_writers_staging_folders_are_cleared_and_nothing_else(tmp_path):
+    from pretrain.checkpoint.destination import clear_stale_staging, stage
+
+    out = tmp_path / "hf"
+    killed = stage(str(out))  # what a killed export left: `.hf.tmp<pid>`
+    for keep in (".hf.tmpx", ".hf2.tmp1", "hf.tmp1", ".other.tmp1"):
+        (tmp_path / keep).mkdir()
+    clear_stale_staging(str(out))
+    assert not os.path.exists(killed)
+    assert sorted(os.listdir(tmp_path)) == [".hf.tmpx", ".hf2.tmp1", ".other.tmp1", "hf.tmp1"]
 
 
 # -- what a checkpoint folder resumes --------------------------------------------------------------

@@ -98,8 +98,7 @@ def test_planned_saving_is_the_measured_one():
     from tests.test_planner import measure, preset
 
     seq, batch = 128, 2
-    layout = planner.Layout(world_size=1, micro_batch_size=batch, global_batch_size=batch,
-                            seq_length=seq, bf16=False, attention_backend="torch")
+    layout = planner.Layout.one_rank(batch, seq_length=seq, bf16=False, attention_backend="torch")
     planned, measured = {}, {}
     for chunked in (False, True):
         cfg = preset("plt_tiny", num_loops=1, attention_backend="torch",

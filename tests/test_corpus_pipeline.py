@@ -286,7 +286,7 @@ def test_kept_documents_tokenize_exactly_as_preprocess_does(straight_run, corpus
     assert ours == shard_documents(reference)
     # Both encode through CodeTokenizer's fast path: sentencepiece itself is the independent check.
     tokenizer = CodeTokenizer(small_prepared().tokenizer_model)
-    assert tokenizer.engine == "kitoken"
+    assert tokenizer.encoder_in_use == "kitoken"
     kept = [texts[doc_id] for doc_id in published_ids(prefix)]
     assert ours == [ids + [tokenizer.eod_id] for ids in tokenizer.sp.encode(kept, num_threads=1)]
     with open(f"{prefix}.json") as a, open(f"{reference}.json") as b:

@@ -128,7 +128,8 @@ def test_a_check_result_cached_earlier_never_hides_later_damage(shard):
 
 
 def test_a_damaged_pointer_is_named_where_training_starts(data_cfg, prepared, shard):
-    """The loader's path (it used to train on shifted tokens, or blame megatron-core)."""
+    """The loader's path names the damaged pointer: it neither trains on shifted tokens nor blames
+    megatron-core."""
     prefix, _, _ = shard
     n, _ = _counts(prefix)
     with open(prefix + ".idx", "r+b") as stream:
@@ -145,7 +146,7 @@ def test_a_damaged_pointer_is_named_where_training_starts(data_cfg, prepared, sh
 @pytest.mark.parametrize("position", ["first", "middle", "last"])
 def test_token_ids_beyond_the_vocabulary_are_refused_without_a_manifest(prepared, shard, position):
     """No manifest: the shard's tokenizer is unknown, so the ids are checked against the one given
-    (it used to fail with an IndexError at step 1)."""
+    (not an IndexError at step 1)."""
     prefix, sequences, vocab = shard
     total = sum(len(s) for s in sequences)
     where = {"first": 0, "middle": total // 2, "last": total - 1}[position]
@@ -208,7 +209,7 @@ def test_impossible_data_values_are_refused_naming_the_key(key, value):
 def test_a_training_blend_needs_a_validation_blend():
     with pytest.raises(DataConfigError, match="data.valid_blend"):
         DataConfig(blend=[[1.0, "data/x"]], tokenizer_model="tok.model").validate()
-    DataConfig(blend=[[1.0, "data/x"]], tokenizer_model="tok.model").validate(training=False)
+    DataConfig(blend=[[1.0, "data/x"]], tokenizer_model="tok.model").validate(reads_valid_blend=False)
 
 
 # ---- corpora: mixed encodings

@@ -155,10 +155,10 @@ def test_diagnose_script_reads_a_checkpoint_folder(tmp_path):
 
 
 def test_a_nan_forward_gives_null_metrics_not_a_crash(tmp_path, caplog):
-    """A diverged model (NaN weights: every hidden state after loop 1's first layer is NaN) used to
-    crash the SVD of the effective rank (LinAlgError, exit 1) before the trainer's skip-and-diverge
-    path could stop the run (exit 5). Now its metrics are null, with a warning, and its rows are
-    strict JSON in metrics.jsonl."""
+    """A diverged model (NaN weights: every hidden state after loop 1's first layer is NaN) gets
+    null metrics, with a warning, and strict JSON rows in metrics.jsonl: the effective rank's SVD
+    must not crash (LinAlgError, exit 1) before the trainer's skip-and-diverge path stops the run
+    (exit 5)."""
     from omegaconf import OmegaConf
 
     from pretrain.metrics import MetricsLogger

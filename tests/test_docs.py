@@ -1,13 +1,16 @@
 """docs/ stays true to the tree: every repository path the documents name in backticks exists,
-every link and `docs/<name>.md#<section>` citation (in the documents and in the code) resolves to
-a file and a heading, and no file cites the design notes kept outside the repository
-(../shared/), which a user's clone does not have. (The first architecture document named a
-`pretrain/checkpoint.py` long after it had become a package.)"""
+and so does every file the code's comments and docstrings name; docs/architecture.md names every
+top-level folder, every package and every module of the trainer (pretrain/); every link and
+`docs/<name>.md#<section>` citation (in the documents and in the code) resolves to a file and a
+heading; and no file cites the design notes kept outside the repository (../shared/), which a
+user's clone does not have."""
 
 import glob
+import io
 import os
 import re
 import subprocess
+import tokenize
 
 import pytest
 
@@ -135,6 +138,31 @@ def tracked_files() -> list:
             and os.path.getsize(os.path.join(REPO, name)) < 2 << 20]
 
 
+def _architecture_names() -> set:
+    text = _text(os.path.join(REPO, "docs", "architecture.md"))
+    return {path.rstrip("/") for path in named_paths(text)}
+
+
+def test_architecture_names_every_folder_and_package():
+    """A new top-level folder or package (a folder with an __init__.py, at any depth) gets its line
+    in docs/architecture.md."""
+    files = tracked_files()
+    folders = {name.split("/")[0] for name in files if "/" in name and not name.startswith(".")}
+    folders |= {os.path.dirname(name) for name in files if name.endswith("/__init__.py")}
+    missing = sorted(folders - _architecture_names())
+    assert not missing, f"docs/architecture.md does not describe these folders: {missing}"
+
+
+def test_architecture_names_every_module_of_the_trainer():
+    """pretrain/ is what a newcomer follows from the entry point: the document names each of its
+    modules, so a module added, moved or renamed there changes the document too."""
+    modules = {name for name in tracked_files()
+               if name.startswith("pretrain/") and name.endswith(".py")
+               and not name.endswith("__init__.py")}
+    missing = sorted(modules - _architecture_names())
+    assert not missing, f"docs/architecture.md does not name these modules of pretrain/: {missing}"
+
+
 def test_citations_of_docs_resolve():
     """`docs/spec.md#decoding` in a docstring names a document and a section that exist."""
     broken = []
@@ -145,6 +173,41 @@ def test_citations_of_docs_resolve():
                 if not os.path.isfile(path) or (anchor and anchor[1:] not in heading_anchors(path)):
                     broken.append(f"{name}:{line_number}: docs/{document}{anchor}")
     assert not broken, "citations of docs/ that do not resolve:\n" + "\n".join(broken)
+
+
+def _prose(name: str):
+    """(line, text) of what a file says in words: a Markdown file whole; of a Python file its
+    comments and triple-quoted strings (docstrings, usage and message templates)."""
+    text = _text(os.path.join(REPO, name))
+    if name.endswith(".md"):
+        yield 1, text
+        return
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        triple_quoted = token.string.lstrip("rbufRBUF")[:3] in ('"""', "'''")
+        if token.type == tokenize.COMMENT or (token.type == tokenize.STRING and triple_quoted):
+            yield token.start[0], token.string
+
+
+def test_files_named_in_comments_and_docstrings_exist():
+    """A comment or docstring that still names a file after it moved or was renamed sends its
+    reader to nothing. Placeholders (`scripts/X.py`) are capitals."""
+    folders = "|".join(sorted(name for name in TOP_LEVEL if not name.startswith(".")
+                              and os.path.isdir(os.path.join(REPO, name))))
+    named_file = re.compile(
+        r"(?<![\w./-])((?:%s)/[\w/.-]*\w\.(?:py|md|yaml|sh|json))(?![\w*/-])" % folders)
+    missing = []
+    for name in tracked_files():
+        if not name.endswith((".py", ".md")) or all(
+                os.path.exists(os.path.join(REPO, path))
+                for path in named_file.findall(_text(os.path.join(REPO, name)))):
+            continue  # nothing to look for in its comments (tokenizing every file takes seconds)
+        for line, text in _prose(name):
+            for found in named_file.finditer(text):
+                path = found.group(1)
+                stem = os.path.splitext(os.path.basename(path))[0]
+                if not stem.isupper() and not os.path.exists(os.path.join(REPO, path)):
+                    missing.append(f"{name}:{line + text[:found.start()].count(chr(10))}: {path}")
+    assert not missing, "comments and docstrings name files that do not exist:\n" + "\n".join(missing)
 
 
 def test_no_file_cites_the_notes_outside_the_repository():

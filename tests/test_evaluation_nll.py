@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from evaluation.config import EvalCodeConfig, evaluate_code, validate_code_config
+from evaluation.during_training import evaluate_code
+from pretrain.eval_code import EvalCodeConfig, validate_code_config
 from evaluation.nll import score_solutions, solution_nll
 from evaluation.problems import load_problems
 from model.config import ConfigError

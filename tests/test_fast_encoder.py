@@ -24,12 +24,12 @@ def stdlib_texts():
 
 @pytest.fixture(scope="module")
 def production_tokenizer(stdlib_texts, tmp_path_factory):
-    """The default tokenizer's shape: 4096 pieces trained on the stdlib (~3 s). Its engine is decided
+    """The default tokenizer's shape: 4096 pieces trained on the stdlib (~3 s). Its encoder is decided
     here, before any test runs: the choice is made once per tokenizer and kept, so a test that hides
     kitoken must not be the first to ask (every test passes alone and in any selection)."""
     path = str(tmp_path_factory.mktemp("tok") / "code.model")
     tokenizer = CodeTokenizer(train_tokenizer(stdlib_texts, path, 4096))
-    assert tokenizer.engine == "kitoken"
+    assert tokenizer.encoder_in_use == "kitoken"
     return tokenizer
 
 
@@ -41,7 +41,7 @@ def _edited(sp, edit) -> spm.SentencePieceProcessor:
 
 
 def test_ids_equal_sentencepiece_on_every_stdlib_file(production_tokenizer, stdlib_texts):
-    assert production_tokenizer.engine == "kitoken"
+    assert production_tokenizer.encoder_in_use == "kitoken"
     expected = production_tokenizer.sp.encode(stdlib_texts, num_threads=1)
     assert production_tokenizer.encode_batch(stdlib_texts) == expected
     assert [production_tokenizer.encode(text) for text in stdlib_texts[:50]] == expected[:50]
@@ -79,10 +79,10 @@ def test_ids_equal_sentencepiece_on_random_piece_sequences(production_tokenizer)
     assert production_tokenizer.encode_batch(texts) == sp.encode(texts, num_threads=1)
 
 
-@pytest.mark.parametrize("engine", ["auto", "sentencepiece"])
-def test_lone_surrogate_is_named(production_tokenizer, engine):
-    # sentencepiece's own error is a pybind11 cast message; both engines name the document.
-    tokenizer = CodeTokenizer(production_tokenizer.model_path, engine=engine)
+@pytest.mark.parametrize("encoder", ["auto", "sentencepiece"])
+def test_lone_surrogate_is_named(production_tokenizer, encoder):
+    # sentencepiece's own error is a pybind11 cast message; both encoders name the document.
+    tokenizer = CodeTokenizer(production_tokenizer.model_path, encoder=encoder)
     named = "document 1 of the batch holds a lone surrogate U[+]D800 at character 1"
     with pytest.raises(CorpusError, match=named):
         tokenizer.encode_batch(["ok", "a\ud800b"])
@@ -136,24 +136,24 @@ def test_model_trained_with_other_options_falls_back_to_sentencepiece(stdlib_tex
         control_symbols=["<fim_prefix>", "<fim_middle>", "<fim_suffix>"], pad_id=3,
         max_sentence_length=1 << 16, minloglevel=2)
     tokenizer = CodeTokenizer(str(tmp_path / "nfkc.model"))
-    assert tokenizer.engine.startswith("sentencepiece (model type")
+    assert tokenizer.encoder_in_use.startswith("sentencepiece (model type")
     texts = stdlib_texts[:40] + ADVERSARIAL[:12]
     assert tokenizer.encode_batch(texts) == tokenizer.sp.encode(texts, num_threads=1)
 
 
 def test_without_kitoken_or_when_asked_sentencepiece_encodes(production_tokenizer, monkeypatch):
-    forced = CodeTokenizer(production_tokenizer.model_path, engine="sentencepiece")
-    assert forced.engine == "sentencepiece (engine='sentencepiece')"
+    forced = CodeTokenizer(production_tokenizer.model_path, encoder="sentencepiece")
+    assert forced.encoder_in_use == "sentencepiece (encoder='sentencepiece')"
     texts = ADVERSARIAL[:14]
     fast_ids = production_tokenizer.encode_batch(texts)
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "kitoken", None)  # import kitoken now raises ImportError
         missing = CodeTokenizer(production_tokenizer.model_path)
-        assert "kitoken is not installed" in missing.engine
-    assert production_tokenizer.engine == "kitoken"  # the shared fixture's choice is untouched
+        assert "kitoken is not installed" in missing.encoder_in_use
+    assert production_tokenizer.encoder_in_use == "kitoken"  # the shared fixture's choice is untouched
     assert forced.encode_batch(texts) == missing.encode_batch(texts) == fast_ids
-    with pytest.raises(ValueError, match="engine="):
-        CodeTokenizer(production_tokenizer.model_path, engine="fast")
+    with pytest.raises(ValueError, match="encoder="):
+        CodeTokenizer(production_tokenizer.model_path, encoder="fast")
 
 
 def test_characters_beyond_the_table_are_never_cut_at(production_tokenizer, stdlib_texts, monkeypatch):
@@ -174,5 +174,5 @@ def test_a_tokenizer_that_has_encoded_still_pickles(production_tokenizer):
     import pickle
     production_tokenizer.encode("x = 1")
     copy = pickle.loads(pickle.dumps(production_tokenizer))
-    assert copy.engine == "kitoken"
+    assert copy.encoder_in_use == "kitoken"
     assert copy.encode("def f(): pass") == production_tokenizer.encode("def f(): pass")

@@ -366,10 +366,12 @@ def test_every_reader_refuses_a_shard_outside_the_directory(hf_copy, tmp_path):
     """import_hf (the table above), checkpoint.init_from and evaluate --hf share one reader."""
     from evaluation.load import load_hf
     from handoff import PublishedFormatError
+    from handoff.import_hf import import_for_run
     from pretrain.checkpoint.init import _stage
 
     _shard_elsewhere(hf_copy, "dotdot")
-    for read in (load_hf, lambda hf: _stage(hf, "megatron", str(tmp_path / "staging"), {})):
+    for read in (load_hf, lambda hf: _stage(hf, "megatron", str(tmp_path / "staging"), {},
+                                            import_for_run)):
         with pytest.raises(PublishedFormatError, match="outside"):
             read(str(hf_copy))
     assert not (tmp_path / "staging").exists() or not os.listdir(tmp_path / "staging")

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from handoff import PublishedFormatError, read_hf
-from pretrain.checkpoint.init import import_hf
+from handoff.import_hf import import_hf
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 

@@ -95,8 +95,7 @@ def test_a_llama_imports_as_the_block_of_a_looped_model(tmp_path, gate_input):
     assert import_hf.main(["--hf", str(llama), "--out", str(tmp_path / "ours"), "model.num_loops=2",
                            f"model.gate_input={gate_input}", "model.swa_window=8"]) == 0
     model, cfg, _ = load_model(resolve_checkpoint(str(tmp_path / "ours")))
-    m = cfg.model
-    assert (m.num_loops, m.gate_input, m.swa_window) == (2, gate_input, 8)
+    assert (cfg.model.num_loops, cfg.model.gate_input, cfg.model.swa_window) == (2, gate_input, 8)
     weights = model.state_dict()
     _, plain = read_hf(str(llama))
     for name, tensor in plain.items():

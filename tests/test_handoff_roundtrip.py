@@ -111,7 +111,7 @@ def test_published_family_imports_and_exports_bitwise(tmp_path, family_overrides
 def test_imported_model_has_the_source_loss(tmp_path):
     """Exported then imported: the model continued training starts from computes what the
     source computed (its loss on a batch, bitwise)."""
-    from pretrain.checkpoint.init import import_hf
+    from handoff.import_hf import import_hf
     from pretrain.checkpoint import load_model
     from tests.fixtures import exported
 

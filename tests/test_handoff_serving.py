@@ -39,7 +39,7 @@ def test_readme_and_warning_say_which_tools_load_the_export(tmp_path, caplog, ov
     warned = " ".join(r.getMessage() for r in caplog.records if r.name == "handoff.export")
     if published == NOT_LOADED:
         assert "vLLM and SGLang: no" in warned and "gate" in warned
-        assert "would serve it as a PLT" not in warned  # the old, untrue claim
+        assert "would serve it as a PLT" not in warned  # untrue for this model
     else:
         assert not warned
 

@@ -1,4 +1,4 @@
-"""The planner (pretrain/planner.py) against the built model and torch's own memory accounting.
+"""The planner (planning/planner.py) against the built model and torch's own memory accounting.
 
 Memory is measured with torch.distributed._tools.mem_tracker.MemTracker: a TorchDispatchMode that
 follows every tensor storage the step creates and frees (weak references) and files it as
@@ -19,6 +19,7 @@ from model import ModelConfig, PLTModel, kernels
 from model.flops import flops_per_token
 from model.kernels import sliding_window_block
 from planning import memory, planner
+from pretrain.layout import ParallelLayout
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
 
@@ -65,8 +66,7 @@ def test_7b_presets_have_7_5_to_7_7_billion_parameters(num_loops):
 def test_activation_memory_of_the_tiny_preset_matches_torch_within_10_percent(num_loops, recompute):
     seq, batch = 128, 2
     cfg = preset("plt_tiny", num_loops=num_loops, recompute=recompute, attention_backend="torch")
-    layout = planner.Layout(world_size=1, micro_batch_size=batch, global_batch_size=batch,
-                            seq_length=seq, bf16=False, attention_backend="torch")
+    layout = planner.Layout.one_rank(batch, seq_length=seq, bf16=False, attention_backend="torch")
     planned = sum(planner.activation_terms(cfg, layout).values())
     measured, peak = measure(cfg, seq, batch)
     assert planned == pytest.approx(measured, rel=0.10), (planned, measured)
@@ -81,8 +81,7 @@ def test_activation_memory_with_the_blocked_local_branch_matches_torch(seq, batc
     # K/V spans as views, batch 2 and a partial last block copy them and the query.
     cfg = preset("plt_tiny", num_loops=2, recompute="none", attention_backend="torch")
     assert sliding_window_block(seq, seq, cfg.swa_window) is not None
-    layout = planner.Layout(world_size=1, micro_batch_size=batch, global_batch_size=batch,
-                            seq_length=seq, bf16=False, attention_backend="torch")
+    layout = planner.Layout.one_rank(batch, seq_length=seq, bf16=False, attention_backend="torch")
     planned = sum(planner.activation_terms(cfg, layout).values())
     measured, peak = measure(cfg, seq, batch)
     assert planned == pytest.approx(measured, rel=0.10), (planned, measured)
@@ -94,8 +93,7 @@ def test_planned_saving_of_the_blocked_local_branch_is_the_measured_one(monkeypa
     # The saving is ~2.5% of the activations here, inside the 10% above: compare it on its own.
     seq, batch = 512, 1
     cfg = preset("plt_tiny", num_loops=2, recompute="none", attention_backend="torch")
-    layout = planner.Layout(world_size=1, micro_batch_size=batch, global_batch_size=batch,
-                            seq_length=seq, bf16=False, attention_backend="torch")
+    layout = planner.Layout.one_rank(batch, seq_length=seq, bf16=False, attention_backend="torch")
     planned_blocked = sum(planner.activation_terms(cfg, layout).values())
     measured_blocked, _ = measure(cfg, seq, batch)
     for module in (kernels, memory):  # every window dense, in the model and in the planner
@@ -109,8 +107,9 @@ def test_planned_saving_of_the_blocked_local_branch_is_the_measured_one(monkeypa
 
 def test_recomputation_keeps_block_inputs_and_loop1_kv_only():
     cfg = preset("plt_7b", num_loops=2)
-    layout = planner.Layout(world_size=8, tp=2, sequence_parallel=True, micro_batch_size=1,
-                            global_batch_size=512, seq_length=8192, bf16=True)
+    parallel = ParallelLayout(world_size=8, tp=2, pp=1, vpp=None, dp=4, micro_batch_size=1,
+                              num_micro_batches=128, sequence_parallel=True)  # global batch 512
+    layout = planner.Layout(parallel, seq_length=8192, bf16=True)
     full = planner.activation_terms(cfg, layout, "full")
     none = planner.activation_terms(cfg, layout, "none")
     assert set(full) >= {"layer_inputs", "loop1_kv"}

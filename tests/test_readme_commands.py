@@ -309,6 +309,9 @@ EXPECT = {
     "scripts.convert_checkpoint": lambda o: o.wrote_checkpoint(positionals(o.args)[1]),
     "scripts.import_hf": lambda o: o.wrote_checkpoint(option(o.args, "--out")),
     "scripts.evaluate": out_files("samples.jsonl", "summary.json"),
+    "scripts.loop_study": lambda o: o.wrote(*(os.path.join(
+        option(o.args, "--out") or positionals(o.args)[1], name) for name in ("report.md",
+                                                                               "report.json"))),
     "scripts.export_hf": exported_hf,
     "scripts.make_corpus": lambda o: o.wrote(option(o.args, "--output")),
     "scripts.train_tokenizer": lambda o: o.wrote(option(o.args, "--output")),

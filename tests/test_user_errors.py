@@ -84,6 +84,10 @@ ROWS = [
     Row("convert-into-itself", "scripts.convert_checkpoint", ("{checkpoint}", "{checkpoint}"), 2,
         "checkpoint"),
     Row("convert-missing", "scripts.convert_checkpoint", ("{fresh}/none", "{fresh}/conv"), 2, "none"),
+    Row("convert-to-its-own-engine", "scripts.convert_checkpoint",
+        ("{checkpoint}", "{fresh}/same", "--to", "megatron"), 2, "engine=megatron already"),
+    Row("convert-to-no-engine", "scripts.convert_checkpoint",
+        ("{checkpoint}", "{fresh}/none", "--to", "fsdp"), 2, "--to"),
     Row("generate-damaged-unsealed", "scripts.generate",
         ("--checkpoint", "{checkpoint_unsealed_damaged}", "--prompt", "x"), 4, "iter_"),
     Row("diagnose-missing", "scripts.diagnose", ("{fresh}/none",), 2, "none"),
@@ -145,6 +149,12 @@ ROWS = [
     # -- runs and plans ------------------------------------------------------------------------------
     Row("plot-run-missing", "scripts.plot_run", ("{fresh}/no_run",), 2, "no_run"),
     Row("plot-sweep-missing", "scripts.plot_sweep", ("{fresh}/no_run",), 2, "no_run"),
+    Row("loop-study-missing", "scripts.loop_study", ("report", "{fresh}/no_runs"), 2, "no_runs"),
+    Row("loop-study-no-runs", "scripts.loop_study", ("report", "{binary_folder}"), 2,
+        "holds no run folder"),
+    Row("loop-study-out-in-a-run", "scripts.loop_study",
+        ("report", "{study_runs}", "--out", "{study_runs}/cell/report"), 2, "--out"),
+    Row("loop-study-no-runs-dir", "scripts.loop_study", ("report",), 2, "RUNS_DIR"),
     Row("plan-bad-value", "scripts.plan", ("model.num_loops=0", "--gpus", "8"), 2, "num_loops"),
     *[Row(f"plan{flag}-{value}", "scripts.plan", (flag, value), 2, flag)
       for flag, value in (("--loops", "a,b"), ("--loops", "0"), ("--loops", "1,,2"),
@@ -299,6 +309,11 @@ def _make_bad_inputs(root: str) -> dict:
     with open(os.path.join(broken, "resume.yaml"), "w") as stream:
         stream.write("model:\n  num_loops: 2\n  clp: [unclosed\n")
     paths["broken_resume"] = broken
+    study_cell = os.path.join(root, "study_runs", "cell")  # a run folder for scripts.loop_study
+    os.makedirs(study_cell)
+    with open(os.path.join(study_cell, "config.yaml"), "w") as stream:
+        stream.write("model: {}\n")
+    paths["study_runs"] = os.path.dirname(study_cell)
     return paths
 
 

@@ -8,7 +8,7 @@ so a re-run does only what did not finish.
   its workers too).
 - slurm: one job array per stage, each depending on the one before (afterok), submitted at once;
   the command returns after submitting unless --wait. The settings mirror the training launcher's
-  (launch/config.py): partition, account, qos, time, cpus per task, memory, environment lines,
+  (the `launch` config node): partition, account, qos, time, cpus per task, memory, environment lines,
   extra #SBATCH flags. The jobs run the interpreter that submitted them (its bin folder goes first
   on PATH, as with launch.python="") with this checkout on PYTHONPATH.
 

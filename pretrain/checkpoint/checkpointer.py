@@ -1,7 +1,7 @@
 """The Checkpointer: how a run starts (resume, init_from or fresh) and every save, for every engine.
 
     checkpointer = Checkpointer(cfg.checkpoint, engine, loader, model_fields=..., config_yaml=...,
-                                tokenizer_model=..., run_dir=...)
+                                tokenizer_model=..., run_dir=..., hf_importer=...)
     start_step = checkpointer.load()     # every rank: 0 for a start
     checkpointer.save(step, last_step=step == max_steps, stopping=...)   # every rank, every step
     checkpointer.finalize(blocking)      # publish async saves whose writers finished
@@ -11,7 +11,8 @@
 (checkpoint.resume: auto -> `<checkpoint.dir>/latest`, none, or a PATH), verifies it and that it
 fits the config before anything on disk moves, sets aside the checkpoints of another branch past
 it (pretrain/checkpoint/lineage.py) and restores it (pretrain/checkpoint/resume.py). With nothing to
-resume it loads checkpoint.init_from's weights (pretrain/checkpoint/init.py), else the run is fresh.
+resume it loads checkpoint.init_from's weights (pretrain/checkpoint/init.py; a Hugging Face folder
+through the `hf_importer` the entry hands in), else the run is fresh.
 
 `save()` decides whether a save is due (every checkpoint.interval steps, the last step with
 checkpoint.save_final, a stop signal) and then writes `.tmp_iter_XXXXXXX/` on every rank: the
@@ -19,13 +20,14 @@ engine's payload (its model and optimizer files, pretrain/engines/), each rank's
 rank 0 the trainer's state (loopcoder.json), the run's config.yaml and tokenizer. Every failure is
 decided by all ranks together (no rank raises while the others wait in a barrier) and removes the
 half-written folder. Publishing, after every rank's writer finished: rank 0 checks that the payload
-is whole (the engine format's own check), the ranks checksum and fsync every file
-(pretrain/checkpoint/integrity.py: checksums.json), the folder is renamed to `iter_XXXXXXX/`, then
-`latest` is replaced atomically, then retention keeps the newest `checkpoint.keep`. A crash or a
-second signal at any moment leaves the previous checkpoint and `latest` intact. With
-checkpoint.async_save the engine's writers run in the background (megatron-core's async
-dist_checkpointing); publishing happens in `finalize` once every rank's writer is done, and at the
-last step or on a stop `save()` returns only once everything is published.
+is whole (the engine format's own check, pretrain/checkpoint/payload.py), the ranks checksum and
+fsync every file (pretrain/checkpoint/integrity.py: checksums.json), the folder is renamed to
+`iter_XXXXXXX/` (stage and publish: pretrain/checkpoint/destination.py), then `latest` is replaced
+atomically, then retention keeps the newest `checkpoint.keep`. A crash or a second signal at any
+moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
+writers run in the background (megatron-core's async dist_checkpointing); publishing happens in
+`finalize` once every rank's writer is done, and at the last step or on a stop `save()` returns
+only once everything is published.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ import torch
 
 import pretrain.checkpoint.files as files
 from pretrain.collective import collectively, on_main
+from pretrain.checkpoint.destination import publish, stage, unstage
 from pretrain.checkpoint.init import init_from
 from pretrain.checkpoint.integrity import seal
 from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.lock import FolderLock
-from pretrain.checkpoint.resume import (check_fits, resolve_resume, restore, verify_folder,
-                                        verify_resumable)
+from pretrain.checkpoint.payload import verify_folder
+from pretrain.checkpoint.resume import check_fits, resolve_resume, restore, verify_resumable
 from pretrain.checkpoint.state import save_rng, trainer_state
 from pretrain.distributed import barrier, is_main, rank
 from pretrain.errors import CheckpointError
@@ -56,19 +59,21 @@ def discard(tmp: str) -> None:
     """Remove a half-written folder (rank 0, after every rank stopped writing into it)."""
     barrier()
     if is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
+        unstage(tmp)
     barrier()
 
 
 class Checkpointer:
     def __init__(self, cfg, engine, loader, *, model_fields: dict, config_yaml: str,
-                 tokenizer_model: str, run_dir: str):
+                 tokenizer_model: str, run_dir: str, hf_importer=None):
         """`cfg`: the checkpoint node; `model_fields`: the config's model (resume.model_fields_of),
-        compared with a checkpoint's and recorded in each save."""
+        compared with a checkpoint's and recorded in each save; `hf_importer`: what init_from
+        reads a Hugging Face folder with (handoff/import_hf.py import_for_run, handed in by the
+        entry: pretrain/ never imports handoff/)."""
         self.cfg, self.root = cfg, cfg.dir
         self.engine, self.loader = engine, loader
         self.config_yaml, self.model_fields = config_yaml, model_fields
-        self.tokenizer_model = tokenizer_model
+        self.tokenizer_model, self.hf_importer = tokenizer_model, hf_importer
         self.resumed_from = None  # the iter_ folder load() resumed from
         self._lock = FolderLock(self.root, run_dir)
         # megatron-core's AsyncCallsQueue, once an async save was scheduled. At most one save is
@@ -98,7 +103,7 @@ class Checkpointer:
             self.resumed_from = path
         elif cfg.init_from:
             init_from(cfg.init_from, self.engine, self.model_fields, cfg.dir, verify=cfg.verify,
-                      allow_model_change=cfg.allow_model_change)
+                      allow_model_change=cfg.allow_model_change, hf_importer=self.hf_importer)
         return start
 
     def close(self) -> None:
@@ -130,7 +135,7 @@ class Checkpointer:
         self.finalize(blocking=True)
         name = files.iter_name(step)
         final, tmp = os.path.join(self.root, name), os.path.join(self.root, files.tmp_name(step))
-        collectively(f"cannot create {tmp}", lambda: self._prepare(tmp))
+        collectively(f"cannot create {tmp}", lambda: self._prepare(final, step))
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         state = trainer_state(step, self.loader, self.engine, self.model_fields, world_size)
         request = None
@@ -157,11 +162,11 @@ class Checkpointer:
         self._async_queue.schedule_async_request(request)
         return final
 
-    def _prepare(self, tmp: str) -> None:
+    def _prepare(self, final: str, step: int) -> None:
         if is_main():
             os.makedirs(self.root, exist_ok=True)
             self._clear_stale()
-            os.makedirs(tmp)
+            stage(final, tmp_name=files.tmp_name(step), replace=True)
 
     def _write_trainer_files(self, tmp: str, state: dict) -> None:
         import json
@@ -205,7 +210,8 @@ class Checkpointer:
 
     def _rename(self, name: str, tmp: str) -> None:
         if is_main():
-            files.publish_folder(self.root, name, tmp)
+            publish(tmp, os.path.join(self.root, name), replace=True)
+            files.write_latest(self.root, name)
             self._apply_retention(protect=name)
 
     def _apply_retention(self, protect: str) -> None:

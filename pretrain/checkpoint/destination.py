@@ -4,6 +4,13 @@ may write, checked before anything is written.
     refuse_overlap({"SRC": src}, dst, "DST")         # the same folder, or one inside the other
     with new_checkpoint_dir(dst, "DST"): ...         # empty or absent, one writer, no debris
     with nothing_left_on_failure(dst, "DST"): ...    # a failed write (a full disk) leaves nothing
+    with staged(final, "--out") as tmp: ...          # written in a temp folder beside `final`,
+                                                     # renamed into place only when whole
+
+`staged` is the one "stage, then publish" of the project: the Checkpointer's save
+(pretrain/checkpoint/checkpointer.py, through its halves `stage` / `publish` / `unstage`: an async
+save publishes after its writers finish), the tools' checkpoints (import_hf, convert:
+pretrain/checkpoint/weights.py `staged_checkpoint`) and the Hugging Face export (handoff/export.py).
 
 Paths are compared as the file system resolves them (symlinks, `..`, relative paths): two spellings
 of one folder are one folder. A checkpoint tool's output must not hold checkpoints or anything
@@ -15,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 
 from model.config import ConfigError
+from pretrain.checkpoint.files import fsync_dir, fsync_tree
 from pretrain.checkpoint.lock import LOCK_FILE, FolderLock, one_writer
 
 # What a destination may already hold: a killed earlier write's temp folders (ours to clear) and
@@ -118,3 +127,81 @@ def nothing_left_on_failure(out: str, flag: str):
                 f"(nothing was kept there); free space on that disk or pass a {flag} on "
                 "another") from None
         raise
+
+
+# -- stage, then publish ---------------------------------------------------------------------------
+def _default_tmp_name(final: str, pid) -> str:
+    return f".{os.path.basename(os.path.abspath(final))}.tmp{pid}"
+
+
+def clear_stale_staging(final: str) -> None:
+    """Remove the temp folders of `final` (default names) a killed writer left beside it. Call it
+    only while holding `final` (lock.one_writer): no writer of those folders is alive then."""
+    parent = os.path.dirname(os.path.abspath(final))
+    stale = re.compile(re.escape(_default_tmp_name(final, "")) + "[0-9]+")
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        if stale.fullmatch(name):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def stage(final: str, flag: str = "--out", tmp_name: str = None, replace: bool = False) -> str:
+    """A new, empty temp folder beside `final` to write it in: `tmp_name` (a checkpoint's
+    `.tmp_iter_XXXXXXX`) or `.<name>.tmp<pid>`, a leftover of that name removed first. Unless
+    `replace`, a `final` that exists and is not an empty folder is refused first (FileExistsError
+    naming `flag`)."""
+    final = os.path.abspath(final)
+    if not replace and os.path.lexists(final) and (not os.path.isdir(final) or os.listdir(final)):
+        raise FileExistsError(f"{final} exists and is not empty; pass another {flag} or remove it")
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, tmp_name or _default_tmp_name(final, os.getpid()))
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def unstage(tmp: str) -> None:
+    """Remove a temp folder that will not be published (its write failed)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: str, final: str, flag: str = "--out", replace: bool = False) -> str:
+    """Make the written folder `tmp` durable (every file and folder fsync'ed: other writers,
+    DeepSpeed's or megatron's, leave theirs in the page cache), rename it to `final` and fsync the
+    parent, so that a published folder survives a power cut and a half-written one is never seen
+    under `final`. With `replace`, a folder named `final` is replaced (a run resumed at a step
+    saves that step again); else only an empty one, and a `final` filled meanwhile by a writer
+    that took no lock is a FileExistsError naming `flag`. On any failure `tmp` is removed."""
+    final = os.path.abspath(final)
+    try:
+        fsync_tree(tmp)
+        if replace and os.path.isdir(final):
+            shutil.rmtree(final)
+        try:
+            if not replace and os.path.isdir(final):
+                os.rmdir(final)  # empty (checked in stage), unless filled meanwhile
+            os.replace(tmp, final)
+        except OSError as error:
+            if replace:
+                raise
+            raise FileExistsError(f"{final} was filled by another writer while it was written "
+                                  f"({error.strerror}); nothing was written, pass another "
+                                  f"{flag}") from error
+        fsync_dir(os.path.dirname(final))
+    except BaseException:
+        unstage(tmp)
+        raise
+    return final
+
+
+@contextlib.contextmanager
+def staged(final: str, flag: str = "--out", tmp_name: str = None, replace: bool = False):
+    """Write `final` inside the block into the temp folder this yields (`stage`); on a failure
+    the temp folder is removed, on success it is published as `final` (`publish`)."""
+    tmp = stage(final, flag, tmp_name, replace)
+    try:
+        yield tmp
+    except BaseException:
+        unstage(tmp)
+        raise
+    publish(tmp, final, flag, replace)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from typing import List
 
 from pretrain.errors import CheckpointError
@@ -64,20 +63,6 @@ def fsync_tree(folder: str) -> None:
             finally:
                 os.close(fd)
         fsync_dir(directory)
-
-
-def publish_folder(root: str, name: str, tmp: str) -> str:
-    """Make the written folder `tmp` durable, rename it to `root/name` (replacing a folder of that
-    name: a run resumed at this step saves it again) and point `latest` at it. One process: the
-    Checkpointer calls it on rank 0 once every rank's part is written and verified."""
-    final = os.path.join(root, name)
-    fsync_tree(tmp)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    write_latest(root, name)
-    return final
 
 
 def write_latest(root: str, name: str) -> None:

@@ -26,6 +26,7 @@ from typing import Optional
 import pretrain.checkpoint.files as files
 from model.config import CHANGEABLE_FIELDS, STRUCTURAL_FIELDS, ConfigError
 from pretrain.checkpoint.integrity import verify as verify_checksums
+from pretrain.checkpoint.payload import check_payload_readable, verify_folder
 from pretrain.checkpoint.readable import check_readable
 from pretrain.checkpoint.state import load_rng, read_trainer_state
 from pretrain.distributed import rank
@@ -96,35 +97,6 @@ def check_model_fields(path: str, saved: dict, config_fields: dict, allowed=(),
         raise ConfigError(f"checkpoint {name} was trained with num_loops={saved.get('num_loops')}, "
                           f"the config says {config_fields['num_loops']}: one has the loops' gate "
                           f"weights and the other does not, so the weights cannot be loaded")
-
-
-def _payload_format(folder: str, state: dict):
-    from pretrain.engines import payload_format
-
-    try:
-        return payload_format(state.get("engine", "megatron"))
-    except ValueError as error:
-        raise CheckpointError(f"{os.path.join(folder, files.STATE_FILE)}: {error}") from None
-
-
-def verify_folder(folder: str, state: dict) -> None:
-    """The checkpoint's own files are there and the engine's payload is whole (its format's
-    check)."""
-    for required in (files.STATE_FILE, files.CONFIG_FILE):
-        if not os.path.isfile(os.path.join(folder, required)):
-            raise CheckpointError(f"{folder} is incomplete: {required} is missing")
-    _payload_format(folder, state).check_complete(folder, state)
-
-
-def check_payload_readable(folder: str, state: dict) -> None:
-    """For a checkpoint without checksums: the payload's records match their CRCs (megatron's
-    tensors inside its shards; DeepSpeed's payload is .pt files, which readable.check_readable
-    checks whole)."""
-    from pretrain.checkpoint.readable import check_archives_within
-
-    archives = getattr(_payload_format(folder, state), "tensor_archives", None)
-    if archives is not None:
-        check_archives_within(folder, *archives(folder))
 
 
 def verify_complete(folder: str, mode: str = "full", collective: bool = True) -> dict:
@@ -201,7 +173,9 @@ def check_fits(path: str, state: dict, engine, model_fields: dict, allow_model_c
     """Refuse (ConfigError, nothing on disk changed) a checkpoint whose model is not the config's
     or that another engine wrote, naming the fix."""
     check_model_fields(path, state["model"], model_fields, allow_model_change)
-    written_by = state.get("engine", "megatron")
+    from pretrain.engines import engine_of
+
+    written_by = engine_of(state)
     if written_by != engine.name:
         raise ConfigError(
             f"checkpoint {path} was written by engine={written_by} but this run has "

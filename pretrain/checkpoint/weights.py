@@ -5,8 +5,8 @@ tools use (generation, diagnostics, engine conversion, export).
     model_cfg, weights, state = read_weights(folder)       # full tensors, PLTModel names (TP=PP=1)
     model, config, step = load_model(folder)               # a PLTModel with them, in eval mode
     tokenizer = checkpoint_tokenizer(folder)               # the run's CodeTokenizer
-    write_weights_only(folder, weights, model_cfg, state, engine_name,  # a weights-only checkpoint
-                       config_yaml=...)
+    with staged_checkpoint(root, step) as tmp:             # a weights-only checkpoint
+        write_weights_only(tmp, weights, model_cfg, state, engine_name, config_yaml=...)
 
 Reading verifies the checkpoint first (pretrain/checkpoint/resume.py: verify_complete) and needs a
 world of one (pretrain.distributed.single_process_world), which it starts when there is none.
@@ -14,6 +14,7 @@ world of one (pretrain.distributed.single_process_world), which it starts when t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Dict, Tuple
@@ -39,23 +40,29 @@ def read_weights(folder: str, verify: str = "full",
     verify: the checksum check (full | headers); allow_pickle: DeepSpeed files beyond its data
     classes (pretrain/engines/deepspeed_checkpoint.py)."""
     from pretrain.distributed import single_process_world
-    from pretrain.engines import payload_format
+    from pretrain.engines import engine_of, payload_format
 
     state = verify_complete(folder, verify)
     single_process_world()
     model_cfg = read_model_config(folder)
-    weights = payload_format(state.get("engine", "megatron")).read_weights(
+    weights = payload_format(engine_of(state)).read_weights(
         folder, state, model_cfg, allow_pickle=allow_pickle)
     return model_cfg, weights, state
 
 
-def publish_checkpoint(root: str, name: str, tmp: str) -> str:
-    """Seal the written folder `tmp` (checksums.json, every file fsync'ed) and publish it as
-    root/name with `latest` moved: the Checkpointer's publish, for a tool writing in one process."""
+@contextlib.contextmanager
+def staged_checkpoint(root: str, step: int):
+    """Write `root/iter_<step>` in the temp folder this yields; on success it is sealed
+    (checksums.json), published (pretrain/checkpoint/destination.py: staged) and named by `latest`,
+    on a failure removed: the Checkpointer's save, for a tool writing in one process."""
+    from pretrain.checkpoint.destination import staged
     from pretrain.checkpoint.integrity import seal
 
-    seal(tmp)
-    return files.publish_folder(root, name, tmp)
+    name = files.iter_name(step)
+    with staged(os.path.join(root, name), tmp_name=files.tmp_name(step), replace=True) as tmp:
+        yield tmp
+        seal(tmp)
+    files.write_latest(root, name)
 
 
 def write_weights_only(tmp: str, weights: Dict[str, torch.Tensor], model_cfg, state: dict,

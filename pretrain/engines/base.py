@@ -1,6 +1,6 @@
 """What every training engine is to the trainer, and what the engines share.
 
-    engine = build_engine(cfg, device)           # pretrain/engines/__init__.py
+    engine = build_engine(cfg, device, layout)   # pretrain/engines/__init__.py
     result = engine.train_step(micro_batches)    # StepResult(loss, grad_norm, lr, skipped)
     loss = engine.evaluate(micro_batches)        # mean next-token loss, no gradients
     engine.inference_model                       # the bare PLTModel (generation, diagnostics)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
@@ -128,12 +128,12 @@ class Engine(abc.ABC):
         (another ZeRO stage, say)."""
 
 
-def model_config_of(cfg, device: torch.device, *, tensor_parallel: int = 1,
-                    pipeline_parallel: int = 1, virtual_pipeline_parallel: Optional[int] = None,
-                    sequence_parallel: bool = False):
-    """The PLTConfig both engines build: the run's precision, CPU initialisation on a CPU (so every
-    layout and both engines start from the same seeded weights)."""
+def model_config_of(cfg, device: torch.device, layout):
+    """The PLTConfig both engines build: the model split as `layout` says (pretrain/layout.py
+    ParallelLayout: tp, pp, the loops as virtual chunks, sequence parallelism), the run's
+    precision, CPU initialisation on a CPU (so every layout and both engines start from the same
+    seeded weights)."""
     return cfg.model.build(
-        tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
-        virtual_pipeline_parallel=virtual_pipeline_parallel, sequence_parallel=sequence_parallel,
+        tensor_parallel=layout.tp, pipeline_parallel=layout.pp,
+        virtual_pipeline_parallel=layout.vpp, sequence_parallel=layout.sequence_parallel,
         params_dtype=params_dtype(cfg.train), use_cpu_initialization=device.type != "cuda")

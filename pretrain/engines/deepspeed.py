@@ -16,7 +16,7 @@ machines means a compiler and minutes per process; torch's AdamW needs nothing a
 megatron engine uses where apex/Transformer Engine are absent. On CPU DeepSpeed picks its CPU
 accelerator and talks through torch.distributed's gloo group that pretrain/distributed.py created.
 
-Not supported (refused at config time, pretrain/config.py): parallel.tp/pp > 1, vpp, sequence
+Not supported (refused at config time: check_config below): parallel.tp/pp > 1, vpp, sequence
 parallelism, megatron's distributed optimizer (use deepspeed.zero_stage instead). Its checkpoint
 payload is DeepSpeed's own files (pretrain/engines/deepspeed_checkpoint.py).
 """
@@ -28,18 +28,33 @@ from typing import Dict
 
 import torch
 
-from pretrain.config import DEEPSPEED_INSTALL_HINT
+from model.config import require
 from pretrain.engines import deepspeed_checkpoint
 from pretrain.engines.base import (Engine, MicroBatches, StepResult, build_lr_schedule, mean_of,
                                    model_config_of, token_weighted_loss, use_bf16)
+from pretrain.engines.deepspeed_package import (DEEPSPEED_INSTALL_HINT, deepspeed_installed,
+                                                import_deepspeed)
 
 
-def import_deepspeed():
-    try:
-        import deepspeed
-    except ImportError as error:
-        raise ImportError(DEEPSPEED_INSTALL_HINT) from error
-    return deepspeed
+def check_config(cfg) -> None:
+    """What the DeepSpeed engine cannot do, named with the fix (the engine table,
+    pretrain/engines/__init__.py, hands it to pretrain/config.py validate())."""
+    p, d = cfg.parallel, cfg.deepspeed
+    require(p.tp == 1 and p.pp == 1,
+            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={p.tp} "
+            f"parallel.pp={p.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for TP/PP")
+    require(p.vpp is None, f"parallel.vpp={p.vpp} needs pipeline parallelism; engine=deepspeed has "
+                           f"none: use parallel.vpp=null or engine=megatron")
+    require(not p.sequence_parallel, "parallel.sequence_parallel=true needs tensor parallelism; "
+                                     "engine=deepspeed has none: use engine=megatron")
+    require(not p.distributed_optimizer,
+            "parallel.distributed_optimizer=true is megatron's ZeRO-1; with engine=deepspeed use "
+            "deepspeed.zero_stage=1 (or 2, 3) and parallel.distributed_optimizer=false")
+    require(not p.overlap_grad_reduce,
+            "parallel.overlap_grad_reduce=true is a megatron DDP option; with engine=deepspeed leave "
+            "it false (DeepSpeed's deepspeed.overlap_comm does the same)")
+    d.validate()  # the node's own rules (pretrain/config.py DeepSpeedConfig)
+    require(deepspeed_installed(), DEEPSPEED_INSTALL_HINT)
 
 
 def deepspeed_config(cfg, data_parallel: int, bf16: bool) -> dict:
@@ -83,10 +98,9 @@ def skip_shm_comm_build(deepspeed) -> None:
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg, device: torch.device, layout):
         super().__init__(cfg, device)
         deepspeed = import_deepspeed()
-        from megatron.core import parallel_state
         from megatron.core.optimizer import OptimizerConfig, _get_param_groups
 
         from model import PLTModel
@@ -96,7 +110,7 @@ class DeepSpeedEngine(Engine):
         bf16 = use_bf16(t)
         # Built as the megatron engine builds it (same dtype, same init device), so both start from
         # the same weights; under bf16 DeepSpeed keeps the fp32 master copies, as megatron does.
-        self.model_config = model_config_of(cfg, device)
+        self.model_config = model_config_of(cfg, device, layout)
         module = PLTModel(self.model_config)
         if device.type == "cuda":
             module.cuda(device)
@@ -113,8 +127,7 @@ class DeepSpeedEngine(Engine):
         # DeepSpeed asserts torchrun's LOCAL_RANK, which a single process or srun does not set;
         # torch.distributed is already up (pretrain/distributed.py), so it only describes it.
         os.environ.setdefault("LOCAL_RANK", str(env_world()[2]))
-        data_parallel = parallel_state.get_data_parallel_world_size()
-        self.ds_config = deepspeed_config(cfg, data_parallel, bf16)
+        self.ds_config = deepspeed_config(cfg, layout.dp, bf16)
         # Without ZeRO and bf16 DeepSpeed clips through torch but drops the norm it measured; then
         # we clip (after its gradient all-reduce, before its optimizer step) and keep the norm.
         self._clip_here = cfg.deepspeed.zero_stage == 0 and not bf16

@@ -28,6 +28,7 @@ from typing import Dict
 import torch
 
 from model.config import ConfigError
+from pretrain.engines.deepspeed_package import import_deepspeed
 from pretrain.errors import CheckpointError
 
 MODEL_FILE = "mp_rank_00_model_states.pt"   # DeepSpeed's name for the (TP rank 0) module file
@@ -167,8 +168,6 @@ def read_module_file(folder: str) -> Dict[str, torch.Tensor]:
 def read_weights(folder: str, saved: dict, model_cfg=None,
                  allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
     """Full fp32 weights of a DeepSpeed payload (any ZeRO stage, any world size)."""
-    from pretrain.engines.deepspeed import import_deepspeed
-
     folder = os.path.normpath(folder)
     partitioned = any(name.endswith("optim_states.pt") for name in os.listdir(folder))
     check_pickles(folder, allow_pickle)

@@ -22,7 +22,7 @@ from pretrain.engines.base import (Engine, MicroBatches, StepResult, build_lr_sc
 class MegatronEngine(Engine):
     name = "megatron"
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg, device: torch.device, layout):
         super().__init__(cfg, device)
         from megatron.core.distributed import (DistributedDataParallel,
                                                DistributedDataParallelConfig, finalize_model_grads)
@@ -35,9 +35,7 @@ class MegatronEngine(Engine):
 
         p, t = cfg.parallel, cfg.train
         bf16 = use_bf16(t)
-        self.model_config = model_config_of(cfg, device, tensor_parallel=p.tp, pipeline_parallel=p.pp,
-                                            virtual_pipeline_parallel=p.vpp,
-                                            sequence_parallel=p.sequence_parallel)
+        self.model_config = model_config_of(cfg, device, layout)
         module = PLTModel(self.model_config)
         if device.type == "cuda":
             module.cuda(device)

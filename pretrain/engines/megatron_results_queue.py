@@ -3,13 +3,13 @@
 megatron-core's writer returns its results through a queue served by a process of its own
 (filesystem_async._get_write_results_queue: a spawned multiprocessing Manager, made at the first
 save). SLURM signals every process of a job step, so the stop signals that ask for the final
-checkpoint (scancel's SIGTERM, the time-limit SIGUSR1, the launcher forwarding them) killed that
-server too, even while it started; the save then failed with EOFError or BrokenPipeError (the stop
-checkpoint lost, or one rank failed while the others waited in megatron's barrier until KillWait).
+checkpoint (scancel's SIGTERM, the time-limit SIGUSR1, the launcher forwarding them) would kill
+that server too, and with it the stop checkpoint (EOFError or BrokenPipeError on one rank while the
+others wait in megatron's barrier).
 
-We hand megatron a queue of our own, served by pretrain/engines/results_queue_server.py: it ignores
-the stop signals, ends with the trainer, and starts in milliseconds (megatron's server imported the
-trainer's main module: seconds and ~390 MB per rank). It is started from a thread that blocks the
+So megatron gets a queue of ours, served by pretrain/engines/results_queue_server.py: it ignores
+the stop signals, ends with the trainer, and starts in milliseconds (megatron's own server imports
+the trainer's main module: seconds and ~390 MB per rank). It is started from a thread that blocks the
 stop signals, so the new process cannot die of them before it ignores them (a blocked mask survives
 fork and exec; the trainer's handlers run in the main thread, untouched), and before the first step
 of a run that saves (`start_results_queue`), so that no save waits for it.

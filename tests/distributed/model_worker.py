@@ -14,7 +14,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from model import PLTModel, cpu_compat
-from model.pipeline import loop_chunks
+from model.pipeline import loop_chunks, virtual_pipeline_size
 from pretrain.distributed import init_model_parallel
 from tests.fixtures import small_model_config
 
@@ -59,11 +59,13 @@ def main():
     args = parser.parse_args()
     cpu_compat.apply()
     torch.distributed.init_process_group("gloo")
-    init_model_parallel(args.tp, args.pp, args.loops, seed=0)
+    vpp = virtual_pipeline_size(args.loops, args.pp)  # the layout's rule (pretrain/layout.py)
+    init_model_parallel(args.tp, args.pp, vpp, seed=0)
     torch.manual_seed(0)
     config = small_model_config(**SHAPE, num_loops=args.loops, shared_kv=bool(args.shared_kv),
                                 gate_input=args.gate_input).build(
-        tensor_parallel=args.tp, pipeline_parallel=args.pp, sequence_parallel=bool(args.sp))
+        tensor_parallel=args.tp, pipeline_parallel=args.pp, virtual_pipeline_parallel=vpp,
+        sequence_parallel=bool(args.sp))
     stage = PLTModel(config)
     chunks = loop_chunks(stage)
 

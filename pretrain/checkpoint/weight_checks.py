@@ -1,4 +1,4 @@
-"""Weights that cannot train are refused by name, wherever weights cross the hand-off.
+"""Weights that cannot train are refused by name, wherever weights enter a checkpoint or a run.
 
     check_float_dtype(name, dtype, where)     an integer/bool tensor: refused (it trains a dead
                                               model: no gradient flows through it)
@@ -9,7 +9,7 @@
 Used by handoff/read.py (import_hf, checkpoint.init_from, evaluate --hf: tensor by tensor as the
 shards stream), handoff/export.py (before anything is written) and pretrain/checkpoint/init.py
 (our own checkpoints as init_from, on each rank's loaded parameters). `where` names the file or
-folder in the message; every refusal is a PublishedFormatError (exit 4).
+folder in the message; every refusal is a CheckpointError (exit 4).
 
 Finiteness is checked in chunks so that a large tensor costs a small mask, not a second copy.
 """
@@ -20,7 +20,7 @@ from typing import Dict
 
 import torch
 
-from handoff.published_config import PublishedFormatError
+from pretrain.errors import CheckpointError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # safetensors' names of the same: the only dtypes a weight may be stored as.
@@ -34,7 +34,7 @@ def check_float_dtype(name: str, dtype, where: str) -> None:
     if dtype in FLOAT_DTYPES or dtype in FLOAT_DTYPE_NAMES:
         return
     shown = str(dtype).replace("torch.", "")
-    raise PublishedFormatError(
+    raise CheckpointError(
         f"{where}: tensor {name} is stored as {shown}; loopcoder reads weights stored as F32, "
         "BF16, F16 or F64 only (an integer or bool weight trains a dead model: no gradient flows "
         "through it; 8-bit floats are a quantization to undo first): store the weights in one of "
@@ -58,7 +58,7 @@ def check_finite(name: str, tensor: torch.Tensor, where: str) -> None:
            for start in range(0, flat.numel(), _CHUNK)):
         return
     nan, inf = _count_bad(flat)
-    raise PublishedFormatError(
+    raise CheckpointError(
         f"{where}: tensor {name} holds {nan} NaN and {inf} infinite value(s) of {flat.numel()}; "
         "a model with non-finite weights outputs NaN from the first step (no learning rate fixes "
         "that): use a checkpoint from before the weights went bad, or repair that tensor")
