@@ -55,9 +55,9 @@ def worker(out_path: str, overrides: list) -> None:
                     timings[count] += 1
         return wrapper
 
-    Checkpointer.save = timed(Checkpointer.save, "save_s", "saves")
+    Checkpointer.save_now = timed(Checkpointer.save_now, "save_s", "saves")
     Checkpointer.finalize = timed(Checkpointer.finalize, "finalize_s")
-    trainer.train_loop = timed(trainer.train_loop, "loop_s")
+    trainer.Trainer._loop = timed(trainer.Trainer._loop, "loop_s")
     cfg = compose(overrides)
     assert train.run(cfg) == 0
     with open(out_path, "w") as stream:

@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 python -m bench.bench_checksums [--preset plt_125m] [--repeats 3]
 
-One process, the megatron engine (fp32 model and Adam state, as on CPU), the trainer's own frame
-(pretrain/checkpoint/frame.py, resume.py). Side by side, in turn, `repeats` times each (median):
-- save: the frame's save with sealing (checksums of every file + fsync) and with sealing skipped;
+One process, the megatron engine (fp32 model and Adam state, as on CPU), the trainer's Checkpointer
+(pretrain/checkpoint/checkpointer.py, resume.py). Side by side, in turn, `repeats` times each (median):
+- save: the Checkpointer's save with sealing (checksums of every file + fsync) and with sealing skipped;
 - load: load_checkpoint with checkpoint.verify=full, =headers, and with the checksum check skipped.
 The "skipped" variants replace the one function (integrity.seal / integrity.verify) with a no-op in
 this process only; everything else is the real code path. Files are in the page cache when they are
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    import pretrain.checkpoint.frame as frame
+    import pretrain.checkpoint.checkpointer as checkpointer_module
     import pretrain.checkpoint.resume as resume
     import pretrain.checkpoint.integrity as integrity
     from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of
@@ -85,25 +85,26 @@ def main(argv=None) -> None:
     fields = model_fields_of(cfg.model)
     times = {name: [] for name in ("save sealed", "save unsealed", "load verify=full",
                                    "load verify=headers", "load unverified")}
-    real_seal, real_verify = frame.seal, resume.verify_checksums
+    real_seal, real_verify = checkpointer_module.seal, resume.verify_checksums
     try:
         for repeat in range(args.repeats):
             for sealed in (True, False):
                 root = os.path.join(work, f"ckpt_{repeat}_{sealed}")
                 ckpt = CheckpointConfig(dir=root, keep=0, async_save=False)
-                checkpointer = Checkpointer(ckpt, engine, _Loader(), "model: {}\n", fields,
-                                            tokenizer, work)
-                frame.seal = real_seal if sealed else (lambda folder: None)
+                checkpointer = Checkpointer(ckpt, engine, _Loader(), model_fields=fields,
+                                            config_yaml="model: {}\n", tokenizer_model=tokenizer,
+                                            run_dir=work)
+                checkpointer_module.seal = real_seal if sealed else (lambda folder: None)
                 name = "save sealed" if sealed else "save unsealed"
-                times[name].append(_timed(lambda: checkpointer.save(1)))
-            frame.seal = real_seal
+                times[name].append(_timed(lambda: checkpointer.save_now(1)))
+            checkpointer_module.seal = real_seal
             folder = os.path.join(work, f"ckpt_{repeat}_True", "iter_0000001")
             for mode in ("full", "headers", None):
                 resume.verify_checksums = real_verify if mode else (lambda *a, **k: True)
                 integrity._VERIFIED.clear()  # each load hashes again (a process checks once)
                 name = f"load verify={mode}" if mode else "load unverified"
                 times[name].append(_timed(lambda: load_checkpoint(
-                    folder, engine, _Loader(), fields, mode or "full")))
+                    folder, engine, _Loader(), fields, verify=mode or "full")))
             resume.verify_checksums = real_verify
             shutil.rmtree(os.path.join(work, f"ckpt_{repeat}_False"))
         size = sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(folder)
@@ -121,7 +122,7 @@ def main(argv=None) -> None:
                   f"MiB/s of checksums)" if median > base else
                   f"  {name:<22} {median:7.2f} s   {median / base:5.2f}x")
     finally:
-        frame.seal, resume.verify_checksums = real_seal, real_verify
+        checkpointer_module.seal, resume.verify_checksums = real_seal, real_verify
         shutil.rmtree(work, ignore_errors=True)
 
 

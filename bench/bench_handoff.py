@@ -41,7 +41,7 @@ def preset(name):
 
 
 def write_checkpoint(model_cfg, root, tokenizer_model):
-    """A random-weight checkpoint of `model_cfg` as the trainer's frame writes it (weights only)."""
+    """A random-weight checkpoint of `model_cfg` as the trainer's Checkpointer writes it (weights only)."""
     from omegaconf import OmegaConf
 
     from model import PLTModel
@@ -54,7 +54,7 @@ def write_checkpoint(model_cfg, root, tokenizer_model):
     fields = dataclasses.asdict(model_cfg)
     with staged_checkpoint(root, 1) as tmp:
         write_weights_only(tmp, weights, model_cfg, {"step": 1, "model": fields}, "megatron",
-                           OmegaConf.to_yaml({"model": fields}))
+                           config_yaml=OmegaConf.to_yaml({"model": fields}))
         shutil.copyfile(tokenizer_model, os.path.join(tmp, files.TOKENIZER_FILE))
     return sum(t.numel() for t in weights.values())
 

@@ -37,7 +37,7 @@ def import_hf(hf_dir: str, checkpoint_dir: str, loops=None) -> str:
         state = {"step": 0, "consumed_samples": 0, "model": fields, "world_size": 1,
                  "imported_from": os.path.abspath(hf_dir)}
         write_weights_only(tmp, weights, model_cfg, state, "megatron",
-                           OmegaConf.to_yaml({"model": fields}))
+                           config_yaml=OmegaConf.to_yaml({"model": fields}))
         tokenizer = os.path.join(hf_dir, "tokenizer.model")
         if os.path.isfile(tokenizer):
             shutil.copyfile(tokenizer, os.path.join(tmp, files.TOKENIZER_FILE))

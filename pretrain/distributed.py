@@ -1,6 +1,9 @@
 """Process groups: torchrun, SLURM (srun) or a single process; then megatron's parallel state.
 
     world = init_distributed(layout, seed, cfg.parallel.backend)   # + megatron parallel_state
+    # or in two steps (the trainer: the config is resolved once the processes met)
+    world = start_processes(cfg.parallel.backend)
+    init_model_parallel(layout.tp, layout.pp, layout.vpp, seed)
     ...
     shutdown_distributed()
 
@@ -85,24 +88,34 @@ def init_model_parallel(tp: int, pp: int, vpp: Optional[int], seed: int, **kwarg
     model_parallel_cuda_manual_seed(seed)
 
 
-def init_distributed(layout, seed: int, backend: str = "auto") -> World:
-    """Start torch.distributed and megatron's TP/PP/DP groups for `layout` (a ParallelLayout,
-    pretrain/layout.py, of this world's size); seed megatron's RNG tracker. `backend`:
-    parallel.backend (auto: nccl on a GPU, gloo on a CPU)."""
+def start_processes(backend: str = "auto") -> World:
+    """Start torch.distributed's default group (torchrun, srun or a world of one), before the
+    config is resolved: the trainer broadcasts rank 0's run_dir over it (pretrain/train.py).
+    `backend`: parallel.backend; a value that is not nccl or gloo counts as auto here, and
+    validate() refuses it, naming the key."""
     cpu_compat.apply()
     rank, world_size, local_rank = env_world()
-    if layout.world_size != world_size:  # derived for another world: the caller's bug
-        raise RuntimeError(f"the layout is for {layout.world_size} processes, the world has "
-                           f"{world_size}")
     use_cuda = torch.cuda.is_available()
-    backend = backend if backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     if not torch.distributed.is_initialized():
         _start_process_group(backend, rank, world_size, device)
-    init_model_parallel(layout.tp, layout.pp, layout.vpp, seed)
     return World(rank, world_size, local_rank, device, backend)
+
+
+def init_distributed(layout, seed: int, backend: str = "auto") -> World:
+    """Start torch.distributed and megatron's TP/PP/DP groups for `layout` (a ParallelLayout,
+    pretrain/layout.py, of this world's size); seed megatron's RNG tracker. `backend`:
+    parallel.backend (auto: nccl on a GPU, gloo on a CPU)."""
+    world = start_processes(backend)
+    if layout.world_size != world.world_size:  # derived for another world: the caller's bug
+        raise RuntimeError(f"the layout is for {layout.world_size} processes, the world has "
+                           f"{world.world_size}")
+    init_model_parallel(layout.tp, layout.pp, layout.vpp, seed)
+    return world
 
 
 def single_process_world(seed: int = 1234) -> World:

@@ -1,12 +1,13 @@
 """The ``eval.code`` node: code evaluation during training, its settings and when it is due.
 
-    if code_eval_due(cfg.eval.code, step, max_steps):              # pretrain/trainer.py
+    if due(cfg.eval.code.interval, step, last_step):               # pretrain/trainer.py
         row.update(evaluate_code(model, tokenizer, cfg.eval.code))  # evaluation/during_training.py
 
 pretrain/config.py nests EvalCodeConfig under ``eval.code``. The evaluation itself (HumanEval
 solution likelihood, greedy pass@1 in the sandbox) is evaluation/'s, which sits above pretrain/
 (docs/architecture.md#floors): the entry, pretrain/train.py, hands the trainer its
-``evaluate_code``; nothing in the trainer imports evaluation/.
+``evaluate_code``; nothing in the trainer imports evaluation/. When it is due follows the one
+rule of pretrain/intervals.py, with the whole model on each rank (pretrain/layout.py).
 """
 
 from __future__ import annotations
@@ -41,8 +42,3 @@ def validate_code_config(cfg: EvalCodeConfig) -> None:
         if not ok:
             raise ConfigError(f"eval.code.{key}={getattr(cfg, key)}; it must be {rule}")
 
-
-def code_eval_due(cfg: EvalCodeConfig, step: int, max_steps: int) -> bool:
-    """Like the loop diagnostics: every interval and at the last step. It runs only with the
-    whole model on a rank (the trainer asks its layout: ParallelLayout.whole_model_on_each_rank)."""
-    return cfg.interval > 0 and (step % cfg.interval == 0 or step == max_steps)

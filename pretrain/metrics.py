@@ -48,7 +48,7 @@ def format_row(row: dict, max_steps: int) -> str:
 
 class MetricsLogger:
     def __init__(self, run_dir: str, is_main: bool, max_steps: int, wandb_cfg, config_dict: dict,
-                 resume_step: int = 0):
+                 *, resume_step: int = 0):
         self.is_main, self.max_steps = is_main, max_steps
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.wandb_run = None

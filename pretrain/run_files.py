@@ -92,7 +92,7 @@ def valid_length(path: str) -> int:
 
 def write_file_atomically(path: str, text: str) -> None:
     """Replace `path` by `text` so that any moment of a crash or a full disk leaves either the old
-    file or the new one, never a torn one: the checkpoint frame's durable write into a temp file
+    file or the new one, never a torn one: the Checkpointer's durable write into a temp file
     beside it, then a rename and an fsync of the folder. The temp file is removed on failure."""
     from pretrain.checkpoint.files import fsync_dir, write_durably
 

@@ -1,7 +1,7 @@
 """A run folder's config files, and resuming a run folder wherever it is now.
 
-    write_run_config(run_dir, config_yaml)   config.yaml and resume.yaml, each replaced atomically
-    check_resumed_in_place(run_dir)          refuse an old resume.yaml that names another folder
+    write_run_config(run_dir, config_yaml, values)  config.yaml and resume.yaml, each atomically
+    check_resumed_in_place(run_dir)                 refuse an old resume.yaml that names another folder
 
 resume.yaml is a primary Hydra config (`--config-dir RUN_DIR --config-name resume`). A run folder
 gets moved (`mv outputs/R outputs/R2`, to another disk) or copied (to branch an experiment) with
@@ -43,14 +43,14 @@ def _rooted(values, run_dir: str):
     return values
 
 
-def resume_config(run_dir: str, config_yaml: str, hydra_logging=None) -> str:
+def resume_config(run_dir: str, config_values: dict, hydra_logging=None) -> str:
     """resume.yaml's text: the run's values as a primary config over the schema, so resuming
     composes this run's config, not the current defaults with a few overrides; paths inside the
     run folder relative to it (module docstring)."""
     from omegaconf import OmegaConf
 
     run_dir = os.path.abspath(run_dir)
-    values = _rooted(OmegaConf.to_container(OmegaConf.create(config_yaml)), run_dir)
+    values = _rooted(config_values, run_dir)
     values["run_dir"] = "${run_folder:" + _quoted(run_dir) + "}"
     hydra = {"run": {"dir": "${run_dir}"}, "job": {"chdir": False}}
     if hydra_logging is not None:  # the console format this run logged in (conf/config.yaml)
@@ -62,10 +62,10 @@ def resume_config(run_dir: str, config_yaml: str, hydra_logging=None) -> str:
             + OmegaConf.to_yaml(resume))
 
 
-def write_run_config(run_dir: str, config_yaml: str) -> None:
-    """config.yaml, the resolved config (what tools read), and resume.yaml; both rewritten at every
-    start, resumes included, so each is replaced atomically: a kill or a full disk at that moment
-    leaves the previous file, never a torn one."""
+def write_run_config(run_dir: str, config_yaml: str, config_values: dict) -> None:
+    """config.yaml, the resolved config (what tools read; `config_values`: the same as a dict), and
+    resume.yaml; both rewritten at every start, resumes included, so each is replaced atomically:
+    a kill or a full disk at that moment leaves the previous file, never a torn one."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -75,7 +75,7 @@ def write_run_config(run_dir: str, config_yaml: str) -> None:
         formatters = OmegaConf.to_container(found) if found is not None else None
     write_file_atomically(os.path.join(run_dir, CONFIG_FILE), config_yaml)
     write_file_atomically(os.path.join(run_dir, RESUME_FILE),
-                          resume_config(run_dir, config_yaml, formatters))
+                          resume_config(run_dir, config_values, formatters))
 
 
 def _inside(values, run_dir: str, prefix: str = ""):

@@ -4,8 +4,8 @@ The contract with launch/: on either signal the trainer finishes the step it is 
 checkpoint, and exits with status EXIT_REQUEUE (75, EX_TEMPFAIL), which the sbatch script reads as
 "requeue me". The handler only sets a flag, so a signal that arrives again while the checkpoint is
 being written changes nothing: the save runs to its end and `latest` moves only after it (see
-pretrain/checkpoint/frame.py). Ranks agree on stopping through an all-reduce of the flag each step,
-since the scheduler may signal only some of them.
+pretrain/checkpoint/checkpointer.py). Ranks agree on stopping through an all-reduce of the flag each
+step, since the scheduler may signal only some of them.
 
 After a run (the process tearing down after its checkpoint, or between the jobs of a Hydra
 multirun) a stop signal is recorded, not fatal (`StopRequest.finish`): a late one would otherwise

@@ -1,7 +1,8 @@
 """Entry point: `python -m pretrain.train [hydra overrides]` (also under torchrun or srun).
 
-Wires the pieces together and nothing more: config -> process groups -> data -> engine (model,
-optimizer, schedule) -> checkpoint frame and resume -> the loop (pretrain/trainer.py) -> a code sample.
+Wires the pieces together and nothing more: config (resolved and validated once) -> process
+groups -> the Trainer (pretrain/trainer.py: data, engine, the Checkpointer that starts or resumes
+the run, the loop) -> a code sample.
 
 Every run folder gets config.yaml (the resolved config) and resume.yaml, which composes exactly that
 config again: `python -m pretrain.train --config-dir RUN_DIR --config-name resume [overrides]`
@@ -20,7 +21,6 @@ import logging
 import os
 import sys
 import warnings
-from typing import NamedTuple
 
 # megatron-core's notes about optional GPU packages and a deprecated default: noise in every run.
 for _message in (".*Transformer Engine and Apex are not installed.*", "Apex is not installed.*",
@@ -50,68 +50,38 @@ def _run_dir(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> int:
     from pretrain.config import Config, validate
-    from pretrain.distributed import (broadcast_object, env_world, init_distributed,
-                                      shutdown_distributed)
+    from pretrain.distributed import (broadcast_object, init_model_parallel, shutdown_distributed,
+                                      start_processes)
     from pretrain.run_folder import check_resumed_in_place
 
     cfg.run_dir = _run_dir(cfg)
     check_resumed_in_place(cfg)
-    config: Config = OmegaConf.to_object(cfg)
-    _, world_size, _ = env_world()
-    layout = validate(config, world_size)
-    world = init_distributed(layout, config.train.seed, config.parallel.backend)
+    # The processes meet first (parallel.backend is all that needs), so that the config is resolved
+    # and validated once: a time-stamped run_dir may differ between ranks (multi-node torchrun, a
+    # user's own ${now:}), and rank 0's folder is the run's folder, with the paths derived from it
+    # (checkpoint.dir, ...). Every rank validates the same config, so all refuse it together.
+    world = start_processes(cfg.parallel.backend)
     try:
-        # A time-stamped run_dir may still differ between ranks (multi-node torchrun, a user's own
-        # ${now:}): rank 0's folder is the run's folder, and the paths derived from it
-        # (checkpoint.dir, ...) are resolved again from it.
         cfg.run_dir = broadcast_object(cfg.run_dir)
-        config = OmegaConf.to_object(cfg)
-        validate(config, world_size)
-        # config.yaml: what runs, as validate() settled it for this world (the micro batch).
-        return _train(config, OmegaConf.to_yaml(OmegaConf.structured(config)), world, layout)
+        config: Config = OmegaConf.to_object(cfg)
+        # The parallel layout (pretrain/layout.py), derived once; validate() settles the micro
+        # batch into the config for this world.
+        layout = validate(config, world.world_size)
+        init_model_parallel(layout.tp, layout.pp, layout.vpp, config.train.seed)
+        return _train(config, world, layout)
     finally:
         shutdown_distributed()
 
 
-class RunData(NamedTuple):
-    train_loader: object      # this rank's micro-batches of each global batch (data/loader.py)
-    held_out: object          # this rank's share of validation batch 0, or None when unused
-    tokenizer: object         # data/tokenizer.py CodeTokenizer
-
-
-def _data(config, layout) -> RunData:
-    """The tokenizer, this rank's train loader and the held-out batch (the validation split is
-    read only when something uses it: pretrain/config_rules.py reads_held_out_batch)."""
-    from megatron.core import parallel_state
-
-    from data.loader import build_loader
-    from data.prepare import prepare_data
-    from data.tokenizer import CodeTokenizer
-    from pretrain.config_rules import reads_held_out_batch
-
-    t = config.train
-    prepared = prepare_data(config.data, t.seq_length)
-    tokenizer = CodeTokenizer(prepared.tokenizer_model)
-    tokenizer.check_model_vocab(config.model.vocab_size)
-    dp_rank = parallel_state.get_data_parallel_rank()
-    dp_size = parallel_state.get_data_parallel_world_size()
-    splits = ("train", "valid") if reads_held_out_batch(config, layout) else ("train",)
-    loaders = [build_loader(config.data, prepared, split, t.seq_length, t.global_batch_size,
-                            t.micro_batch_size, dp_rank, dp_size, t.seed) for split in splits]
-    held_out = loaders[1].held_out_batch() if len(loaders) > 1 else None
-    return RunData(loaders[0], held_out, tokenizer)
-
-
-def _train(config, config_yaml: str, world, layout) -> int:
+def _train(config, world, layout) -> int:
+    from evaluation.during_training import evaluate_code  # the entry wires in what pretrain/
+    from handoff.import_hf import import_for_run          # may not import (docs/architecture.md)
     from model.kernels import resolve_backend
-    from pretrain.checkpoint import Checkpointer, load_checkpoint, model_fields_of, resolve_resume
-    from handoff.import_hf import import_for_run  # the entry wires in what pretrain/ may not import
-    from pretrain.checkpoint.init import init_from
     from pretrain.collective import on_main
-    from pretrain.engines import build_engine
     from pretrain.engines.base import params_dtype
     from pretrain.run_folder import write_run_config
     from pretrain.signals import StopRequest
+    from pretrain.trainer import Trainer
 
     # A backend that cannot train here (flash without flash-attn or on a CPU, flex on a CPU: no
     # backward there) is refused by every rank before anything is built or written, naming the
@@ -121,91 +91,27 @@ def _train(config, config_yaml: str, world, layout) -> int:
     if config.model.fused_elementwise:  # no compiler for its kernels here: exit 2, likewise
         from model.fused_elementwise import check_fused_elementwise
         check_fused_elementwise(world.device, params_dtype(config.train))
-    run_dir, ckpt = config.run_dir, config.checkpoint
+    # config.yaml: what runs, as validate() settled it for this world (the micro batch).
+    settled = OmegaConf.structured(config)
+    config_yaml, config_values = OmegaConf.to_yaml(settled), OmegaConf.to_container(settled)
+    run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
     # Rank 0 writes them, every rank learns whether it could (a full disk: exit 4 on all ranks,
     # none left waiting in a collective), and the previous files stay whole (atomic writes).
     on_main(f"cannot write the run's config.yaml and resume.yaml into {run_dir}; free space there "
             f"(or pass another run_dir) and start again",
-            lambda: write_run_config(run_dir, config_yaml))
+            lambda: write_run_config(run_dir, config_yaml, config_values))
     stop = StopRequest.install()
     try:
-        data = _data(config, layout)
-        engine = build_engine(config, world.device, layout)
-        checkpointer = Checkpointer(ckpt, engine, data.train_loader, config_yaml,
-                                    model_fields_of(config.model), data.tokenizer.model_path,
-                                    run_dir)
-        checkpointer.acquire()
-        try:
-            start_step = 0
-            resume_path = resolve_resume(ckpt.resume, ckpt.dir)
-            checkpointer.begin(resume_path)
-            if resume_path is not None:
-                start_step = load_checkpoint(resume_path, engine, data.train_loader,
-                                             model_fields_of(config.model), ckpt.verify,
-                                             ckpt.allow_model_change)["step"]
-            elif ckpt.init_from:
-                init_from(ckpt.init_from, engine, model_fields_of(config.model), ckpt.dir,
-                          ckpt.verify, ckpt.allow_model_change, hf_importer=import_for_run)
-            _log_start(config, engine, world, layout, resume_path, start_step, data.train_loader)
-            status = _train_from(config, config_yaml, world, layout, engine, data, checkpointer,
-                                 stop, start_step)
-        finally:
-            checkpointer.close()
+        trainer = Trainer(config, world, layout, stop, config_yaml=config_yaml,
+                          config_values=config_values, evaluate_code=evaluate_code,
+                          hf_importer=import_for_run)
+        status = trainer.train()
         if status == 0:
-            _print_sample(config, engine, data.tokenizer, world, layout)
+            _print_sample(config, trainer.engine, trainer.data.tokenizer, world, layout)
         return status
     finally:
         stop.finish()
-
-
-def _train_from(config, config_yaml: str, world, layout, engine, data, checkpointer, stop,
-                start_step: int) -> int:
-    """The loop, with its metrics: 0 at train.max_steps, EXIT_REQUEUE after a stop signal."""
-    from pretrain.debug import nan_loss_at_steps
-    from pretrain.metrics import MetricsLogger
-    from evaluation.during_training import evaluate_code  # the entry hands it to the loop
-    from pretrain.trainer import train_loop
-
-    run_dir, t = config.run_dir, config.train
-    metrics = MetricsLogger(run_dir, world.is_main, t.max_steps, config.logging.wandb,
-                            OmegaConf.to_container(OmegaConf.create(config_yaml)),
-                            resume_step=start_step)
-    steps = nan_loss_at_steps(data.train_loader, config.debug.nan_loss_at_steps,
-                              t.global_batch_size)
-    try:
-        status = train_loop(config, engine, data._replace(train_loader=steps), metrics,
-                            checkpointer, stop, start_step, layout,
-                            evaluate_code=evaluate_code)
-    finally:
-        metrics.finish()
-    if status != 0 and world.is_main:
-        log.warning("stopped by %s at a checkpoint; exit %d (under SLURM: requeue, unless the job "
-                    "was cancelled). Continue with: python -m pretrain.train --config-dir %s "
-                    "--config-name resume",
-                    stop.signal_name, status, run_dir)
-    return status
-
-
-def _log_start(config, engine, world, layout, resume_path, start_step: int,
-               train_loader) -> None:
-    from model.kernels import describe_backend
-    from pretrain.engines.base import params_dtype
-
-    if not world.is_main:
-        return
-    log.info("run folder %s (world %d: %s, %s, engine=%s)", config.run_dir, world.world_size,
-             layout.describe(), world.device, engine.name)
-    if resume_path is not None:
-        log.info("resumed from %s: step %d, %d samples consumed", resume_path, start_step,
-                 train_loader.consumed_samples)
-    else:
-        log.info("fresh start: %s, %.2fM parameters (this rank), R=%d", config.model.name,
-                 engine.num_parameters() / 1e6, config.model.num_loops)
-    log.info(describe_backend(config.model.attention_backend, world.device,
-                              params_dtype(config.train)))
-    if config.diagnostics.interval > 0 and not layout.whole_model_on_each_rank:
-        log.info("loop diagnostics are off: they need parallel.pp=1 (all loops on a rank)")
 
 
 def _print_sample(config, engine, tokenizer, world, layout) -> None:

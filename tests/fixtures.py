@@ -229,7 +229,7 @@ def weights_of(model) -> dict:
 
 
 def write_checkpoint(model, model_cfg, root, step=3) -> str:
-    """`root/iter_<step>` + `latest`: a weights-only megatron checkpoint as the frame writes it,
+    """`root/iter_<step>` + `latest`: a weights-only megatron checkpoint as the Checkpointer writes it,
     with the small test tokenizer (what scripts/export_hf reads)."""
     from omegaconf import OmegaConf
 
@@ -239,7 +239,7 @@ def write_checkpoint(model, model_cfg, root, step=3) -> str:
     fields = dataclasses.asdict(model_cfg)
     with staged_checkpoint(str(root), step) as tmp:
         write_weights_only(tmp, weights_of(model), model_cfg, {"step": step, "model": fields},
-                           "megatron", OmegaConf.to_yaml({"model": fields}))
+                           "megatron", config_yaml=OmegaConf.to_yaml({"model": fields}))
         shutil.copyfile(small_prepared().tokenizer_model, os.path.join(tmp, files.TOKENIZER_FILE))
     return os.path.join(root, files.iter_name(step))
 

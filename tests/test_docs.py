@@ -75,8 +75,8 @@ def _items(text: str):
 
 def named_paths(text: str) -> list:
     """Every repository path the text names in backticks. A bare module or folder name
-    (`frame.py`, `curation/`) is read in the folder its list item named last
-    (`pretrain/checkpoint/`: ... `frame.py`); a bare module name in an item that named no folder
+    (`checkpointer.py`, `curation/`) is read in the folder its list item named last
+    (`pretrain/checkpoint/`: ... `checkpointer.py`); a bare module name in an item that named no folder
     must exist somewhere in the repository."""
     paths = []
     for item in _items(text):

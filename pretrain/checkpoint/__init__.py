@@ -1,4 +1,5 @@
-"""Checkpoints: one frame for every engine (pretrain/checkpoint/frame.py), resume, the tools' view.
+"""Checkpoints: the Checkpointer every engine goes through (pretrain/checkpoint/checkpointer.py:
+starting a run and saving), resume, the tools' view.
 
 Layout of `checkpoint.dir`:
 
@@ -15,7 +16,7 @@ Layout of `checkpoint.dir`:
 """
 
 from pretrain.checkpoint.files import LATEST, STATE_FILE, iter_name, list_checkpoints
-from pretrain.checkpoint.frame import Checkpointer
+from pretrain.checkpoint.checkpointer import Checkpointer
 from pretrain.checkpoint.resume import (load_checkpoint, model_fields_of, resolve_checkpoint,
                                         resolve_resume, verify_complete)
 from pretrain.checkpoint.state import read_trainer_state

@@ -74,7 +74,7 @@ def convert_checkpoint(src: str, dst_root: str, allow_pickle: bool = False,
             with open(os.path.join(src, files.CONFIG_FILE)) as stream:
                 config_yaml = stream.read()
             write_weights_only(tmp, weights, model_cfg, dict(state, converted_from=src), target,
-                               config_yaml)
+                               config_yaml=config_yaml)
             if os.path.isdir(os.path.join(src, files.RNG_DIR)):
                 shutil.copytree(os.path.join(src, files.RNG_DIR), os.path.join(tmp, files.RNG_DIR))
             if os.path.isfile(os.path.join(src, files.TOKENIZER_FILE)):

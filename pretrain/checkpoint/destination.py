@@ -7,9 +7,9 @@ may write, checked before anything is written.
     with staged(final, "--out") as tmp: ...          # written in a temp folder beside `final`,
                                                      # renamed into place only when whole
 
-`staged` is the one "stage, then publish" of the project: the checkpoint frame's save
-(pretrain/checkpoint/frame.py, through its halves `stage` / `publish` / `unstage`: an async save
-publishes after its writers finish), the tools' checkpoints (import_hf, convert:
+`staged` is the one "stage, then publish" of the project: the Checkpointer's save
+(pretrain/checkpoint/checkpointer.py, through its halves `stage` / `publish` / `unstage`: an async
+save publishes after its writers finish), the tools' checkpoints (import_hf, convert:
 pretrain/checkpoint/weights.py `staged_checkpoint`) and the Hugging Face export (handoff/export.py).
 
 Paths are compared as the file system resolves them (symlinks, `..`, relative paths): two spellings

@@ -1,4 +1,4 @@
-"""The file-system side of the checkpoint frame: names, durable writes, `latest`, the listing.
+"""The file-system side of the Checkpointer: names, durable writes, `latest`, the listing.
 
     <checkpoint.dir>/latest          one line, e.g. "iter_0000200"; replaced atomically
     <checkpoint.dir>/iter_0000200/   a published checkpoint

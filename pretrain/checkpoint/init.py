@@ -60,8 +60,8 @@ def _check_loaded_weights(engine, folder: str) -> None:
         check_finite(name, param.data, folder)
 
 
-def init_from(source: str, engine, model_fields: dict, root: str, verify: str = "full",
-              allow_model_change=(), *, hf_importer) -> str:
+def init_from(source: str, engine, model_fields: dict, root: str, *, verify: str = "full",
+              allow_model_change=(), hf_importer) -> str:
     """Load the weights of `source` into `engine` (every rank); returns the folder read.
     `hf_importer(hf_dir, checkpoint_dir, model_fields)`: how an HF directory becomes a checkpoint
     (handoff/import_hf.py import_for_run, handed down by the entry, pretrain/train.py: pretrain/

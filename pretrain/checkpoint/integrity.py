@@ -1,4 +1,4 @@
-"""Checksums of every file of a checkpoint: written by the frame when it publishes one, checked
+"""Checksums of every file of a checkpoint: written by the Checkpointer when it publishes one, checked
 before anything reads it (resume, generate, convert, export).
 
     checksums.json   {"algorithm": "sha256", "head_bytes": 1048576,
@@ -151,8 +151,8 @@ def mismatches(folder: str, manifest: dict, paths: List[str], mode: str) -> List
 
 
 # What this process verified already, so that a reader that checks a checkpoint before parsing
-# any of it (the frame before it sets checkpoints aside, the tools before they read the config) and
-# then loads it does not hash it twice: {real path: (mode, the files' sizes, mtimes, inodes)}.
+# any of it (the Checkpointer before it sets checkpoints aside, the tools before they read the
+# config) and then loads it does not hash it twice: {real path: (mode, the files' sizes, mtimes, inodes)}.
 _VERIFIED: Dict[str, tuple] = {}
 
 

@@ -1,7 +1,7 @@
-"""A checkpoint folder's own files and its engine's payload: whole (the frame's files are there and
-the payload format's own check passes) and, for a checkpoint without checksums, readable.
+"""A checkpoint folder's own files and its engine's payload: whole (the checkpoint's own files are
+there and the payload format's own check passes) and, for a checkpoint without checksums, readable.
 
-    verify_folder(folder, state)             # before publishing (frame.py) and before loading
+    verify_folder(folder, state)             # before publishing (checkpointer.py), before loading
     check_payload_readable(folder, state)    # an older checkpoint: the CRCs inside its archives
 
 `state` is the folder's loopcoder.json; the payload format is the engine table's
@@ -26,7 +26,8 @@ def _payload_format(folder: str, state: dict):
 
 
 def verify_folder(folder: str, state: dict) -> None:
-    """The frame's files are there and the engine's payload is whole (its format's check)."""
+    """The checkpoint's own files are there and the engine's payload is whole (its format's
+    check)."""
     for required in (files.STATE_FILE, files.CONFIG_FILE):
         if not os.path.isfile(os.path.join(folder, required)):
             raise CheckpointError(f"{folder} is incomplete: {required} is missing")

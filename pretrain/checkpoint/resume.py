@@ -1,13 +1,17 @@
-"""Resuming a run from a checkpoint: which folder, whether it fits this run, and loading it.
+"""Resuming a run from a checkpoint: which folder, whether it is whole and fits this run, and
+restoring it. The Checkpointer (pretrain/checkpoint/checkpointer.py: `load()`) runs these steps:
 
     path = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)    # None: a fresh start
-    state = load_checkpoint(path, engine, loader, model_fields)         # every rank
+    state = verify_resumable(path, cfg.checkpoint.verify)               # loopcoder.json, read once
+    check_fits(path, state, engine, model_fields, allowed)              # before anything moves
+    restore(path, state, engine, loader)                                # every rank
 
-Loading checks, before anything is read into the model: the frame's files and the engine's payload
-are whole; the architecture fields equal the config's; the checkpoint was written by this run's
-engine (a full checkpoint of the other engine is refused with the command that converts it). Then
-the engine restores its payload (the optimizer too, unless the checkpoint holds weights only), and
-the frame the LR schedule, the data position and this rank's RNG states. Every refusal names the
+(`load_checkpoint` does the last three in one call, for tools and benchmarks.) Loading checks,
+before anything is read into the model: the checkpoint's own files and the engine's payload are
+whole; the architecture fields equal the config's; the checkpoint was written by this run's engine
+(a full checkpoint of the other engine is refused with the command that converts it). Then the
+engine restores its payload (the optimizer too, unless the checkpoint holds weights only), and the
+Checkpointer the LR schedule, the data position and this rank's RNG states. Every refusal names the
 file, the reason and the way out (a CheckpointError for a damaged checkpoint, a ConfigError for one
 that does not fit the config); nothing on disk is changed.
 """
@@ -165,11 +169,9 @@ def verify_resumable(path: str, verify: str = "full") -> dict:
     return state
 
 
-def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str = "full",
-                    allow_model_change=()) -> dict:
-    """Restore the engine's payload, the LR schedule, the data position and this rank's RNG from
-    `path`; returns its trainer state. Every rank."""
-    state = verify_resumable(path, verify)
+def check_fits(path: str, state: dict, engine, model_fields: dict, allow_model_change=()) -> None:
+    """Refuse (ConfigError, nothing on disk changed) a checkpoint whose model is not the config's
+    or that another engine wrote, naming the fix."""
     check_model_fields(path, state["model"], model_fields, allow_model_change)
     from pretrain.engines import engine_of
 
@@ -180,6 +182,11 @@ def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str =
             f"engine={engine.name}; pass engine={written_by}, or convert its weights with "
             f"`python -m scripts.convert_checkpoint {path} NEW_DIR` and resume with "
             f"checkpoint.resume=NEW_DIR")
+
+
+def restore(path: str, state: dict, engine, loader) -> None:
+    """Restore the engine's payload, the LR schedule, the data position and this rank's RNG from
+    `path`, whose trainer state `state` was verified (verify_resumable, check_fits). Every rank."""
     engine.load_payload(path, state, weights_only=bool(state.get("weights_only")))
     engine.scheduler.load_state_dict(state["scheduler"])
     loader.load_state_dict(state["data"])
@@ -189,4 +196,12 @@ def load_checkpoint(path: str, engine, loader, model_fields: dict, verify: str =
     else:
         logger.warning("%s has no RNG state for rank %d (saved with another world size); "
                        "keeping this run's seeds", path, rank())
+
+
+def load_checkpoint(path: str, engine, loader, model_fields: dict, *, verify: str = "full",
+                    allow_model_change=()) -> dict:
+    """Verify `path`, check that it fits, restore it; returns its trainer state. Every rank."""
+    state = verify_resumable(path, verify)
+    check_fits(path, state, engine, model_fields, allow_model_change)
+    restore(path, state, engine, loader)
     return state

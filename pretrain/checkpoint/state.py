@@ -1,5 +1,5 @@
-"""What the frame itself saves in every checkpoint besides the engine's payload: the trainer's
-state (loopcoder.json) and each rank's RNG states (rng/rank_XXXXX.pt).
+"""What the Checkpointer itself saves in every checkpoint besides the engine's payload: the
+trainer's state (loopcoder.json) and each rank's RNG states (rng/rank_XXXXX.pt).
 
 loopcoder.json: step, consumed_samples, scheduler (the LR schedule's state), data (the loader's
 state, with its fingerprint), model (the architecture fields), world_size, engine, and what the

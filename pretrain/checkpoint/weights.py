@@ -6,7 +6,7 @@ tools use (generation, diagnostics, engine conversion, export).
     model, config, step = load_model(folder)               # a PLTModel with them, in eval mode
     tokenizer = checkpoint_tokenizer(folder)               # the run's CodeTokenizer
     with staged_checkpoint(root, step) as tmp:             # a weights-only checkpoint
-        write_weights_only(tmp, weights, model_cfg, state, engine_name, config_yaml)
+        write_weights_only(tmp, weights, model_cfg, state, engine_name, config_yaml=...)
 
 Reading verifies the checkpoint first (pretrain/checkpoint/resume.py: verify_complete) and needs a
 world of one (pretrain.distributed.single_process_world), which it starts when there is none.
@@ -54,7 +54,7 @@ def read_weights(folder: str, verify: str = "full",
 def staged_checkpoint(root: str, step: int):
     """Write `root/iter_<step>` in the temp folder this yields; on success it is sealed
     (checksums.json), published (pretrain/checkpoint/destination.py: staged) and named by `latest`,
-    on a failure removed: the frame's save, for a tool writing in one process."""
+    on a failure removed: the Checkpointer's save, for a tool writing in one process."""
     from pretrain.checkpoint.destination import staged
     from pretrain.checkpoint.integrity import seal
 
@@ -66,7 +66,7 @@ def staged_checkpoint(root: str, step: int):
 
 
 def write_weights_only(tmp: str, weights: Dict[str, torch.Tensor], model_cfg, state: dict,
-                       engine_name: str, config_yaml: str) -> None:
+                       engine_name: str, *, config_yaml: str) -> None:
     """A weights-only checkpoint of `engine_name`'s format in the (new, empty) folder `tmp`: the
     payload, config.yaml and a loopcoder.json marked `weights_only` (the trainer restores the
     weights and starts the optimizer's moments from zero)."""

@@ -9,7 +9,7 @@
 
 Micro-batches are dicts with tokens, labels, loss_mask and position_ids ([mb, seq] tensors, from
 data/loader.py). The model is anything returning per-token losses [b, s] when given labels; nothing
-here knows about loops. The checkpoint frame (pretrain/checkpoint/) owns everything around a
+here knows about loops. The Checkpointer (pretrain/checkpoint/) owns everything around a
 checkpoint (temp folder, collective failure decision, checksums, `latest`, retention, trainer
 state, RNG); an engine supplies only its payload: the model and optimizer files, written, read and
 checked in its own format.
@@ -106,7 +106,7 @@ class Engine(abc.ABC):
         """Parameters of the model on this rank."""
         return sum(p.numel() for p in self.inference_model.parameters())
 
-    # -- the checkpoint payload (pretrain/checkpoint/frame.py calls these on every rank) ------
+    # -- the checkpoint payload (pretrain/checkpoint/checkpointer.py calls these on every rank)
     def prepare_saving(self) -> None:
         """Before the first step of a run that will save: start what a save needs, so that the
         first one (perhaps the checkpoint on a stop signal) does not wait for it."""

@@ -1,5 +1,5 @@
 """The DeepSpeed ZeRO engine (`engine=deepspeed`): the same PLT model, data, LR schedule and
-checkpoint frame as the megatron engine (pretrain/engines/megatron.py), data-parallel only, with
+Checkpointer as the megatron engine (pretrain/engines/megatron.py), data-parallel only, with
 ZeRO stage 0-3 and optional CPU offload.
 
 What is taken from megatron so that the two engines train the same model the same way: the model

@@ -4,10 +4,10 @@
     zero_pp_rank_<r>_mp_rank_00_model_states.pt      ZeRO-3: one per data-parallel rank
     [bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt   ZeRO >= 1: partitions of fp32 weights, Adam
 
-DeepSpeed writes into the frame's temp folder (save_dir = its parent, tag = its name,
-save_latest=False); the frame (pretrain/checkpoint/frame.py) does the rest. A weights-only payload
-(converted from the megatron engine, pretrain/checkpoint/convert.py) is just the module file with
-{"module": state_dict}.
+DeepSpeed writes into the Checkpointer's temp folder (save_dir = its parent, tag = its name,
+save_latest=False); the Checkpointer (pretrain/checkpoint/checkpointer.py) does the rest. A
+weights-only payload (converted from the megatron engine, pretrain/checkpoint/convert.py) is just
+the module file with {"module": state_dict}.
 
 DeepSpeed's loaders call torch.load(weights_only=False): a crafted file would run code. Every read
 here goes through `weights_only_loading`, which makes those calls weights_only=True, admitting

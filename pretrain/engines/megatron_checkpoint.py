@@ -1,6 +1,6 @@
 """The megatron engine's checkpoint payload: megatron-core dist_checkpointing (torch_dist).
 
-Inside an iter_ folder (the frame around it: pretrain/checkpoint/frame.py):
+Inside an iter_ folder (the Checkpointer writes the rest: pretrain/checkpoint/checkpointer.py):
 
     __*.distcp, .metadata, common.pt, metadata.json    the sharded model and optimizer
 

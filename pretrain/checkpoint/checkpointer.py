@@ -1,24 +1,33 @@
-"""The one checkpoint frame every engine goes through: write, verify, publish, retain.
+"""The Checkpointer: how a run starts (resume, init_from or fresh) and every save, for every engine.
 
-    checkpointer = Checkpointer(cfg.checkpoint, engine, loader, config_yaml, model_fields,
-                                tokenizer_model, run_dir)
-    checkpointer.acquire()               # this run holds checkpoint.dir (pretrain/checkpoint/lock.py)
-    checkpointer.begin(resumed_folder)   # later checkpoints of another branch set aside
-    checkpointer.save(step)              # every rank; returns the iter_ folder
+    checkpointer = Checkpointer(cfg.checkpoint, engine, loader, model_fields=..., config_yaml=...,
+                                tokenizer_model=..., run_dir=..., hf_importer=...)
+    start_step = checkpointer.load()     # every rank: 0 for a start
+    checkpointer.save(step, last_step=step == max_steps, stopping=...)   # every rank, every step
     checkpointer.finalize(blocking)      # publish async saves whose writers finished
-    checkpointer.close()                 # release the folder
+    checkpointer.close()                 # release checkpoint.dir
 
-A save writes `.tmp_iter_XXXXXXX/` on every rank: the engine's payload (its model and optimizer
-files, pretrain/engines/), each rank's RNG states, and on rank 0 the trainer's state
-(loopcoder.json) and the run's config.yaml. Every failure is decided by all ranks together (no rank
-raises while the others wait in a barrier) and removes the half-written folder. Publishing, after
-every rank's writer finished: rank 0 checks that the payload is whole (the engine format's own
-check), the ranks checksum and fsync every file (pretrain/checkpoint/integrity.py: checksums.json),
-the folder is renamed to `iter_XXXXXXX/` (stage and publish: pretrain/checkpoint/destination.py),
-then `latest` is replaced atomically, then retention keeps the newest `checkpoint.keep`. A crash
-or a second signal at any moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
+`load()` takes checkpoint.dir for this run (pretrain/checkpoint/lock.py), finds what to resume
+(checkpoint.resume: auto -> `<checkpoint.dir>/latest`, none, or a PATH), verifies it and that it
+fits the config before anything on disk moves, sets aside the checkpoints of another branch past
+it (pretrain/checkpoint/lineage.py) and restores it (pretrain/checkpoint/resume.py). With nothing to
+resume it loads checkpoint.init_from's weights (pretrain/checkpoint/init.py; a Hugging Face folder
+through the `hf_importer` the entry hands in), else the run is fresh.
+
+`save()` decides whether a save is due (every checkpoint.interval steps, the last step with
+checkpoint.save_final, a stop signal) and then writes `.tmp_iter_XXXXXXX/` on every rank: the
+engine's payload (its model and optimizer files, pretrain/engines/), each rank's RNG states, and on
+rank 0 the trainer's state (loopcoder.json), the run's config.yaml and tokenizer. Every failure is
+decided by all ranks together (no rank raises while the others wait in a barrier) and removes the
+half-written folder. Publishing, after every rank's writer finished: rank 0 checks that the payload
+is whole (the engine format's own check, pretrain/checkpoint/payload.py), the ranks checksum and
+fsync every file (pretrain/checkpoint/integrity.py: checksums.json), the folder is renamed to
+`iter_XXXXXXX/` (stage and publish: pretrain/checkpoint/destination.py), then `latest` is replaced
+atomically, then retention keeps the newest `checkpoint.keep`. A crash or a second signal at any
+moment leaves the previous checkpoint and `latest` intact. With checkpoint.async_save the engine's
 writers run in the background (megatron-core's async dist_checkpointing); publishing happens in
-`finalize` once every rank's writer is done.
+`finalize` once every rank's writer is done, and at the last step or on a stop `save()` returns
+only once everything is published.
 """
 
 from __future__ import annotations
@@ -32,13 +41,16 @@ import torch
 import pretrain.checkpoint.files as files
 from pretrain.collective import collectively, on_main
 from pretrain.checkpoint.destination import publish, stage, unstage
+from pretrain.checkpoint.init import init_from
 from pretrain.checkpoint.integrity import seal
 from pretrain.checkpoint.lineage import set_aside_later_branch
 from pretrain.checkpoint.lock import FolderLock
 from pretrain.checkpoint.payload import verify_folder
+from pretrain.checkpoint.resume import check_fits, resolve_resume, restore, verify_resumable
 from pretrain.checkpoint.state import save_rng, trainer_state
 from pretrain.distributed import barrier, is_main, rank
 from pretrain.errors import CheckpointError
+from pretrain.intervals import due
 
 logger = logging.getLogger(__name__)
 
@@ -52,36 +64,47 @@ def discard(tmp: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, cfg, engine, loader, config_yaml: str, model_fields: dict,
-                 tokenizer_model: str, run_dir: str):
-        self.root, self.keep, self.async_save = cfg.dir, cfg.keep, cfg.async_save
-        self.verify = cfg.verify
-        self.saves_planned = cfg.interval > 0 or cfg.save_final
+    def __init__(self, cfg, engine, loader, *, model_fields: dict, config_yaml: str,
+                 tokenizer_model: str, run_dir: str, hf_importer=None):
+        """`cfg`: the checkpoint node; `model_fields`: the config's model (resume.model_fields_of),
+        compared with a checkpoint's and recorded in each save; `hf_importer`: what init_from
+        reads a Hugging Face folder with (handoff/import_hf.py import_for_run, handed in by the
+        entry: pretrain/ never imports handoff/)."""
+        self.cfg, self.root = cfg, cfg.dir
         self.engine, self.loader = engine, loader
         self.config_yaml, self.model_fields = config_yaml, model_fields
-        self.tokenizer_model = tokenizer_model
+        self.tokenizer_model, self.hf_importer = tokenizer_model, hf_importer
+        self.resumed_from = None  # the iter_ folder load() resumed from
         self._lock = FolderLock(self.root, run_dir)
         # megatron-core's AsyncCallsQueue, once an async save was scheduled. At most one save is
         # in flight: a new save, and the end of training, first wait for the previous one.
         self._async_queue = None
 
-    # -- the folder ---------------------------------------------------------------------------
-    def acquire(self) -> None:
-        """Hold checkpoint.dir for this run (rank 0 takes the lock; every rank gets its refusal)."""
-        on_main("cannot start", lambda: self._lock.acquire())
-
-    def begin(self, resumed: str = None) -> None:
-        """Before the first step: set aside the checkpoints past this run's start (another branch)
-        and half-written folders of dead runs. Every rank, after acquire()."""
-        from pretrain.checkpoint.resume import verify_resumable
-
+    # -- starting -----------------------------------------------------------------------------
+    def load(self) -> int:
+        """Take checkpoint.dir, then resume, or load checkpoint.init_from's weights, or neither
+        (module docstring); the step the run continues from. Every rank."""
+        cfg = self.cfg
+        on_main("cannot start", lambda: self._lock.acquire())  # each rank gets the refusal
+        path = resolve_resume(cfg.resume, cfg.dir)
         # Verified (and a weights-only checkpoint refused) before anything in the folder moves;
-        # load_checkpoint's own check then finds it verified (integrity.py) and hashes nothing.
-        start = verify_resumable(resumed, self.verify)["step"] if resumed else 0
+        # restore() then uses this state: loopcoder.json is read once.
+        state = verify_resumable(path, cfg.verify) if path else None
+        if state is not None:
+            check_fits(path, state, self.engine, self.model_fields, cfg.allow_model_change)
+        start = state["step"] if state else 0
+        # Later checkpoints of another branch set aside; half-written folders of dead runs gone.
         on_main(f"cannot prepare {self.root}",
-                lambda: (set_aside_later_branch(self.root, start, resumed), self._clear_stale()))
-        if self.saves_planned:  # else a stop signal's save starts what it needs itself
+                lambda: (set_aside_later_branch(self.root, start, path), self._clear_stale()))
+        if cfg.interval > 0 or cfg.save_final:  # else a stop signal's save starts what it needs
             self.engine.prepare_saving()
+        if state is not None:
+            restore(path, state, self.engine, self.loader)
+            self.resumed_from = path
+        elif cfg.init_from:
+            init_from(cfg.init_from, self.engine, self.model_fields, cfg.dir, verify=cfg.verify,
+                      allow_model_change=cfg.allow_model_change, hf_importer=self.hf_importer)
+        return start
 
     def close(self) -> None:
         self._lock.release()
@@ -95,7 +118,19 @@ class Checkpointer:
                     shutil.rmtree(os.path.join(self.root, stale), ignore_errors=True)
 
     # -- save ---------------------------------------------------------------------------------
-    def save(self, step: int) -> str:
+    def save(self, step: int, *, last_step: bool = False, stopping: bool = False):
+        """Save iter_<step>/ if one is due: every checkpoint.interval steps, at the last step
+        (checkpoint.save_final), on a stop signal. Every rank, after every step. At the last step
+        or on a stop, every save is published before this returns. The iter_ folder or None."""
+        cfg = self.cfg
+        saved = None
+        if stopping or due(cfg.interval, step) or (last_step and cfg.save_final):
+            saved = self.save_now(step)
+        if last_step or stopping:
+            self.finalize(blocking=True)
+        return saved
+
+    def save_now(self, step: int) -> str:
         """Write iter_<step>/ on every rank and publish it (now, or in finalize when async)."""
         self.finalize(blocking=True)
         name = files.iter_name(step)
@@ -107,10 +142,10 @@ class Checkpointer:
 
         def write():
             nonlocal request
-            request = self.engine.save_payload(tmp, async_save=self.async_save)
+            request = self.engine.save_payload(tmp, async_save=self.cfg.async_save)
             save_rng(files.rng_file(tmp, rank()))
             if is_main():
-                self._write_frame_files(tmp, state)
+                self._write_trainer_files(tmp, state)
 
         try:
             collectively(f"cannot write checkpoint {name} into {tmp}", write)
@@ -133,7 +168,7 @@ class Checkpointer:
             self._clear_stale()
             stage(final, tmp_name=files.tmp_name(step), replace=True)
 
-    def _write_frame_files(self, tmp: str, state: dict) -> None:
+    def _write_trainer_files(self, tmp: str, state: dict) -> None:
         import json
 
         files.write_durably(os.path.join(tmp, files.STATE_FILE),
@@ -180,8 +215,8 @@ class Checkpointer:
             self._apply_retention(protect=name)
 
     def _apply_retention(self, protect: str) -> None:
-        if self.keep <= 0:
+        if self.cfg.keep <= 0:
             return
-        for name in files.list_checkpoints(self.root)[:-self.keep]:
+        for name in files.list_checkpoints(self.root)[:-self.cfg.keep]:
             if name != protect:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
