@@ -88,14 +88,15 @@ def worker(args):
     from pretrain.distributed import init_distributed
     from pretrain.engines.megatron import MegatronEngine
 
-    t = cfg.train
+    train = cfg.train
     layout = validate(cfg, env_world()[1])
-    world = init_distributed(layout, t.seed, cfg.parallel.backend)
-    loader = build_loader(cfg.data, prepare_data(cfg.data, t.seq_length), "train", t.seq_length,
-                          t.global_batch_size, t.micro_batch_size,
+    world = init_distributed(layout, train.seed, cfg.parallel.backend)
+    loader = build_loader(cfg.data, prepare_data(cfg.data, train.seq_length), "train",
+                          train.seq_length,
+                          train.global_batch_size, train.micro_batch_size,
                           parallel_state.get_data_parallel_rank(),
-                          parallel_state.get_data_parallel_world_size(), t.seed)
-    torch.manual_seed(t.seed)
+                          parallel_state.get_data_parallel_world_size(), train.seed)
+    torch.manual_seed(train.seed)
     engine = MegatronEngine(cfg, world.device, layout)
     timer = CommTimer()
     step_times, comm_times = [], []

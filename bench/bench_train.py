@@ -45,13 +45,13 @@ def main():
     first = configs[loop_counts[0]]
     layouts = {r: validate(cfg, world_size=1) for r, cfg in configs.items()}
     world = init_distributed(layouts[loop_counts[0]], first.train.seed, first.parallel.backend)
-    t = first.train
-    prepared = prepare_data(first.data, t.seq_length)
-    loader = build_loader(first.data, prepared, "train", t.seq_length, t.global_batch_size,
-                          t.micro_batch_size, 0, 1, t.seed)
+    train = first.train
+    prepared = prepare_data(first.data, train.seq_length)
+    loader = build_loader(first.data, prepared, "train", train.seq_length, train.global_batch_size,
+                          train.micro_batch_size, 0, 1, train.seed)
     engines = {}
     for r, cfg in configs.items():
-        torch.manual_seed(t.seed)
+        torch.manual_seed(train.seed)
         engines[r] = MegatronEngine(cfg, world.device, layouts[r])
 
     batches = [next(loader) for _ in range(args.steps + 2)]
@@ -63,18 +63,19 @@ def main():
             if i >= 2:
                 times[r].append(time.perf_counter() - start)
 
-    tokens = t.global_batch_size * t.seq_length
-    peak = peak_flops_per_device(t.peak_tflops)
+    tokens = train.global_batch_size * train.seq_length
+    peak = peak_flops_per_device(train.peak_tflops)
     params = sum(p.numel() for p in engines[loop_counts[0]].inference_model.parameters())
-    print(f"{first.model.name}: {params / 1e6:.2f}M parameters, global batch {t.global_batch_size} x "
-          f"seq {t.seq_length} (micro {t.micro_batch_size}), {torch.get_num_threads()} threads, "
+    print(f"{first.model.name}: {params / 1e6:.2f}M parameters, global batch "
+          f"{train.global_batch_size} x seq {train.seq_length} (micro {train.micro_batch_size}), "
+          f"{torch.get_num_threads()} threads, "
           f"{world.device}, median of {args.steps} rounds")
     print(f"{'R':>3} {'s/step':>8} {'tokens/s':>10} {'GFLOP/token':>12} {'MFU':>6} "
           f"{'time vs R=' + str(loop_counts[0]):>13} {'tokens/s vs R=' + str(loop_counts[0]):>17}")
     base_time = statistics.median(times[loop_counts[0]])
     for r in loop_counts:
         median = statistics.median(times[r])
-        flops = flops_per_token(configs[r].model, t.seq_length)
+        flops = flops_per_token(configs[r].model, train.seq_length)
         print(f"{r:>3} {median:>8.3f} {tokens / median:>10.0f} {flops / 1e9:>12.4f} "
               f"{tokens / median * flops / peak:>6.1%} {median / base_time:>13.2f} "
               f"{base_time / median:>17.2f}")

@@ -83,9 +83,9 @@ def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
     """The Layout of a composed run config. bf16: train.precision (auto means a GPU run: bf16).
     attention_backend: model.attention_backend, with auto meaning flash on a GPU (a planner
     cannot know whether the target has flash-attn; flash and flex cost the same here)."""
-    t = cfg.train
+    train = cfg.train
     if bf16 is None:
-        bf16 = t.precision in ("auto", "bf16")
+        bf16 = train.precision in ("auto", "bf16")
     if attention_backend is None:
         attention_backend = ("flash" if cfg.model.attention_backend == "auto"
                              else cfg.model.attention_backend)
@@ -93,7 +93,7 @@ def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
     # world size is its ConfigError, as it would be the trainer's).
     return Layout(ParallelLayout.from_config(cfg, world_size),
                   distributed_optimizer=cfg.parallel.distributed_optimizer,
-                  seq_length=t.seq_length, bf16=bf16, attention_backend=attention_backend)
+                  seq_length=train.seq_length, bf16=bf16, attention_backend=attention_backend)
 
 
 # -- parameters ------------------------------------------------------------------------------

@@ -79,46 +79,47 @@ def make_plan(cfg, world_size: int, *, bf16: Optional[bool] = None,
               hardware_utilization: float = ASSUMED_HARDWARE_UTILIZATION,
               gpu_memory_gib: Optional[Dict[str, float]] = None) -> Plan:
     """The plan of a composed run config (pretrain/config.py: Config) on ``world_size`` GPUs."""
-    m, t = cfg.model, cfg.train
+    model, train = cfg.model, cfg.train
     layout = layout_of(cfg, world_size, bf16=bf16, attention_backend=attention_backend)
-    stages = parameters_per_stage(m, layout.tp, layout.pp)
+    stages = parameters_per_stage(model, layout.tp, layout.pp)
     per_rank = max(sum(s.values()) for s in stages)
     weight_bytes = 2 if layout.bf16 else 4
     # megatron's optimizer: fp32 master copy (bf16 only) + Adam m and v, fp32
     optimizer_bytes = (4 if layout.bf16 else 0) + 8
     optimizer_shards = layout.dp if layout.distributed_optimizer else 1
 
-    acts = activation_terms(m, layout)
-    in_flight = microbatches_in_flight(m, layout)
-    other = "none" if m.recompute == "full" else "full"
+    acts = activation_terms(model, layout)
+    in_flight = microbatches_in_flight(model, layout)
+    other = "none" if model.recompute == "full" else "full"
     memory = {
         "weights": per_rank * weight_bytes,
         "gradients": per_rank * 4,   # DDP's fp32 grad buffer (grad_reduce_in_fp32)
         "optimizer": per_rank * optimizer_bytes / optimizer_shards,
         "activations": sum(acts.values()) * in_flight,
-        "backward_working_set": backward_working_set(m, layout),
+        "backward_working_set": backward_working_set(model, layout),
     }
-    fpt = flops_per_token(m, t.seq_length)
-    peak = peak_tflops or t.peak_tflops or GPU_PEAK_TFLOPS  # per GPU
+    fpt = flops_per_token(model, train.seq_length)
+    peak = peak_tflops or train.peak_tflops or GPU_PEAK_TFLOPS  # per GPU
     peak_flops = peak_flops_per_device(peak)
-    breakdown = flops_breakdown(m, t.seq_length)
+    breakdown = flops_breakdown(model, train.seq_length)
     # Full recomputation runs each layer's forward again: +1/3 of the block's training FLOPs.
     block = fpt - breakdown["head"]
-    hardware_fpt = fpt + (block / 3 if m.recompute == "full" else 0.0)
-    tokens_per_step = t.global_batch_size * t.seq_length
+    hardware_fpt = fpt + (block / 3 if model.recompute == "full" else 0.0)
+    tokens_per_step = train.global_batch_size * train.seq_length
     step_time = tokens_per_step * hardware_fpt / (world_size * peak_flops * hardware_utilization)
-    head_dim = m.hidden_size // m.num_attention_heads
-    kv_row = 2 * (m.num_query_groups or m.num_attention_heads) * head_dim * weight_bytes
-    window = m.swa_window + 1
+    head_dim = model.hidden_size // model.num_attention_heads
+    kv_row = 2 * (model.num_query_groups or model.num_attention_heads) * head_dim * weight_bytes
+    window = model.swa_window + 1
     plan = Plan(
-        name=m.name, num_loops=m.num_loops, layout=layout, recompute=m.recompute,
-        parameters=total_parameters(m), parameters_per_rank=per_rank,
+        name=model.name, num_loops=model.num_loops, layout=layout, recompute=model.recompute,
+        parameters=total_parameters(model), parameters_per_rank=per_rank,
         flops_per_token=fpt, flops_per_token_breakdown=breakdown, memory=memory,
-        activations_other_recompute=sum(activation_terms(m, layout, other).values()) * in_flight,
-        loop1_kv=loop1_kv_bytes(m, layout) if m.has_gated_loops else 0.0,
+        activations_other_recompute=(sum(activation_terms(model, layout, other).values())
+                                     * in_flight),
+        loop1_kv=loop1_kv_bytes(model, layout) if model.has_gated_loops else 0.0,
         # model/decoding.py: the full loop-1 cache plus a 65-token ring per later loop and layer
-        decode_kv_cache_per_sequence=m.num_layers * kv_row * (
-            t.seq_length + (m.num_loops - 1) * min(window, t.seq_length)),
+        decode_kv_cache_per_sequence=model.num_layers * kv_row * (
+            train.seq_length + (model.num_loops - 1) * min(window, train.seq_length)),
         step_time_s=step_time, tokens_per_s_per_gpu=tokens_per_step / step_time / world_size,
         hardware_utilization=hardware_utilization, peak_tflops=peak,
     )

@@ -86,25 +86,28 @@ class TrainConfig:
         def finite(value) -> bool:
             return value is not None and math.isfinite(value)
 
-        t = self
         for key, value, ok, words in (
-                ("lr", t.lr, finite(t.lr) and t.lr >= 0, "a finite number >= 0"),
-                ("min_lr", t.min_lr, finite(t.min_lr), "a finite number in [0, train.lr]"),
-                ("weight_decay", t.weight_decay, finite(t.weight_decay) and t.weight_decay >= 0,
+                ("lr", self.lr, finite(self.lr) and self.lr >= 0, "a finite number >= 0"),
+                ("min_lr", self.min_lr, finite(self.min_lr), "a finite number in [0, train.lr]"),
+                ("weight_decay", self.weight_decay,
+                 finite(self.weight_decay) and self.weight_decay >= 0,
                  "a finite number >= 0"),
-                ("adam_beta1", t.adam_beta1, finite(t.adam_beta1) and 0 <= t.adam_beta1 < 1,
+                ("adam_beta1", self.adam_beta1,
+                 finite(self.adam_beta1) and 0 <= self.adam_beta1 < 1,
                  "a number in [0, 1)"),
-                ("adam_beta2", t.adam_beta2, finite(t.adam_beta2) and 0 <= t.adam_beta2 < 1,
+                ("adam_beta2", self.adam_beta2,
+                 finite(self.adam_beta2) and 0 <= self.adam_beta2 < 1,
                  "a number in [0, 1)"),
-                ("adam_eps", t.adam_eps, finite(t.adam_eps) and t.adam_eps > 0,
+                ("adam_eps", self.adam_eps, finite(self.adam_eps) and self.adam_eps > 0,
                  "a finite number > 0"),
-                ("clip_grad", t.clip_grad, finite(t.clip_grad) and t.clip_grad >= 0,
+                ("clip_grad", self.clip_grad, finite(self.clip_grad) and self.clip_grad >= 0,
                  "a finite number >= 0 (0: no clipping)"),
-                ("peak_tflops", t.peak_tflops, t.peak_tflops is None or (
-                    finite(t.peak_tflops) and t.peak_tflops > 0), "a finite number > 0 (or null)"),
-                ("max_skipped_steps", t.max_skipped_steps, t.max_skipped_steps >= 0,
+                ("peak_tflops", self.peak_tflops, self.peak_tflops is None or (
+                    finite(self.peak_tflops) and self.peak_tflops > 0),
+                 "a finite number > 0 (or null)"),
+                ("max_skipped_steps", self.max_skipped_steps, self.max_skipped_steps >= 0,
                  "an integer >= 0"),
-                ("seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2^32)")):
+                ("seed", self.seed, 0 <= self.seed < 2**32, "an integer in [0, 2^32)")):
             require(ok, f"train.{key}={value!r} is out of range: it must be {words}")
 
 

@@ -24,16 +24,16 @@ def reads_held_out_batch(cfg, layout) -> bool:
 
 
 def check_between_nodes(cfg, layout) -> None:
-    p, m = cfg.parallel, cfg.model
+    parallel, model = cfg.parallel, cfg.model
     # The architecture against the layout: the checks the model runs when it is built.
-    m.validate(layout.tp, layout.pp, p.vpp)
-    require(not (layout.vpp and p.overlap_grad_reduce),
+    model.validate(layout.tp, layout.pp, parallel.vpp)
+    require(not (layout.vpp and parallel.overlap_grad_reduce),
             "parallel.overlap_grad_reduce=true with parallel.pp > 1 and model.num_loops > 1: every "
             "loop's chunk adds to the same shared weights, so a gradient bucket is complete only "
             "after the last loop's backward; set parallel.overlap_grad_reduce=false")
-    require(cfg.train.seq_length <= m.max_position_embeddings,
+    require(cfg.train.seq_length <= model.max_position_embeddings,
             f"train.seq_length={cfg.train.seq_length} exceeds model.max_position_embeddings="
-            f"{m.max_position_embeddings}")
+            f"{model.max_position_embeddings}")
     cfg.data.validate(reads_valid_blend=reads_held_out_batch(cfg, layout))
     # The engine's own refusals (the engine table, pretrain/engines/__init__.py): its node and
     # what it cannot run of the parallel node. Imported here: the table loads the engines.

@@ -54,41 +54,42 @@ class ParallelLayout:
         with an unset train.micro_batch_size taken as its settled value (`settle_micro_batch`)
         without writing it. Each node's own checks come first (pretrain/config.py validate);
         this raises ConfigError for a world or a batch the layout cannot split."""
-        t, p = cfg.train, cfg.parallel
-        require(world_size % (p.tp * p.pp) == 0,
+        train, parallel = cfg.train, cfg.parallel
+        require(world_size % (parallel.tp * parallel.pp) == 0,
                 f"the world size {world_size} is not divisible by parallel.tp * parallel.pp = "
-                f"{p.tp} * {p.pp}; launch a multiple of {p.tp * p.pp} processes or change "
-                f"parallel.tp/pp")
-        dp = world_size // (p.tp * p.pp)
-        vpp = virtual_pipeline_size(cfg.model.num_loops, p.pp)
+                f"{parallel.tp} * {parallel.pp}; launch a multiple of {parallel.tp * parallel.pp} "
+                f"processes or change parallel.tp/pp")
+        dp = world_size // (parallel.tp * parallel.pp)
+        vpp = virtual_pipeline_size(cfg.model.num_loops, parallel.pp)
         # megatron's interleaved schedule (the loops as virtual chunks) runs a step's
         # micro-batches in groups of pp, so a step needs a multiple of pp of them.
-        group = p.pp if vpp else 1
-        micro_batch_size = t.micro_batch_size
+        group = parallel.pp if vpp else 1
+        micro_batch_size = train.micro_batch_size
         if micro_batch_size is None:
-            require(t.global_batch_size % dp == 0,
-                    f"train.global_batch_size={t.global_batch_size} is not divisible by the "
-                    f"data-parallel size {dp} (world {world_size} / (tp {p.tp} * pp {p.pp})); pick "
+            require(train.global_batch_size % dp == 0,
+                    f"train.global_batch_size={train.global_batch_size} is not divisible by the "
+                    f"data-parallel size {dp} (world {world_size} / (tp {parallel.tp} * pp "
+                    f"{parallel.pp})); pick "
                     f"a global batch that is a multiple of {dp}")
-            share = t.global_batch_size // dp
+            share = train.global_batch_size // dp
             micro_batch_size = share // group if share % group == 0 else share
-        require(t.global_batch_size % (micro_batch_size * dp) == 0,
-                f"train.global_batch_size={t.global_batch_size} is not divisible by "
+        require(train.global_batch_size % (micro_batch_size * dp) == 0,
+                f"train.global_batch_size={train.global_batch_size} is not divisible by "
                 f"train.micro_batch_size * data-parallel size = {micro_batch_size} * {dp} = "
                 f"{micro_batch_size * dp}; pick a global batch that is a multiple of "
                 f"{micro_batch_size * dp}")
-        micro_batches = t.global_batch_size // (micro_batch_size * dp)
+        micro_batches = train.global_batch_size // (micro_batch_size * dp)
         require(micro_batches % group == 0,
                 f"{micro_batches} micro-batch(es) per step (train.global_batch_size="
-                f"{t.global_batch_size} / (train.micro_batch_size={micro_batch_size} * "
+                f"{train.global_batch_size} / (train.micro_batch_size={micro_batch_size} * "
                 f"data-parallel size {dp})), but with the loops as virtual pipeline chunks "
-                f"(parallel.pp={p.pp}, model.num_loops={cfg.model.num_loops}) megatron's "
-                f"interleaved schedule needs a multiple of parallel.pp={p.pp}; set "
+                f"(parallel.pp={parallel.pp}, model.num_loops={cfg.model.num_loops}) megatron's "
+                f"interleaved schedule needs a multiple of parallel.pp={parallel.pp}; set "
                 f"train.micro_batch_size to give one, or leave it unset with a global batch that "
                 f"is a multiple of {dp * group}")
-        return cls(world_size=world_size, tp=p.tp, pp=p.pp, vpp=vpp, dp=dp,
+        return cls(world_size=world_size, tp=parallel.tp, pp=parallel.pp, vpp=vpp, dp=dp,
                    micro_batch_size=micro_batch_size, num_micro_batches=micro_batches,
-                   sequence_parallel=p.sequence_parallel)
+                   sequence_parallel=parallel.sequence_parallel)
 
 
 def settle_micro_batch(cfg, world_size: int) -> ParallelLayout:

@@ -117,8 +117,8 @@ def _train(config, world, layout) -> int:
 def _print_sample(config, engine, tokenizer, world, layout) -> None:
     """The end-of-run code sample. It never fails a run that trained: a pipeline-split model is
     skipped (decoding needs every layer on a rank), and any error is logged, not raised."""
-    s = config.sample
-    if s.max_new_tokens <= 0:
+    sample_cfg = config.sample
+    if sample_cfg.max_new_tokens <= 0:
         return
     if not layout.whole_model_on_each_rank:
         if world.is_main:
@@ -130,17 +130,19 @@ def _print_sample(config, engine, tokenizer, world, layout) -> None:
     from model.generation import sample
 
     try:
-        prompt = torch.tensor([tokenizer.encode(s.prompt)], dtype=torch.long, device=world.device)
+        prompt = torch.tensor([tokenizer.encode(sample_cfg.prompt)], dtype=torch.long,
+                              device=world.device)
         generator = torch.Generator(device=world.device).manual_seed(config.train.seed)
-        tokens = sample(engine.inference_model, prompt, s.max_new_tokens, temperature=s.temperature,
-                        top_p=s.top_p, eos_id=tokenizer.eod_id, generator=generator)
+        tokens = sample(engine.inference_model, prompt, sample_cfg.max_new_tokens,
+                        temperature=sample_cfg.temperature,
+                        top_p=sample_cfg.top_p, eos_id=tokenizer.eod_id, generator=generator)
     except Exception as error:  # noqa: BLE001 the run trained and saved: report, do not fail it
         log.warning("no end-of-run sample: %s: %s", type(error).__name__, error)
         return
     if world.is_main:
         text = tokenizer.decode([i for i in tokens[0].tolist() if i != tokenizer.eod_id])
         log.info("sample (%d new tokens, temperature %s):\n%s\n%s\n%s", tokens.shape[1] -
-                 prompt.shape[1], s.temperature, "-" * 60, text, "-" * 60)
+                 prompt.shape[1], sample_cfg.temperature, "-" * 60, text, "-" * 60)
 
 
 def _exit_on_user_error(error: Exception) -> None:

@@ -54,15 +54,16 @@ def build_data(config, layout) -> RunData:
     from data.prepare import prepare_data
     from data.tokenizer import CodeTokenizer
 
-    t = config.train
-    prepared = prepare_data(config.data, t.seq_length)
+    train = config.train
+    prepared = prepare_data(config.data, train.seq_length)
     tokenizer = CodeTokenizer(prepared.tokenizer_model)
     tokenizer.check_model_vocab(config.model.vocab_size)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     splits = ("train", "valid") if reads_held_out_batch(config, layout) else ("train",)
-    loaders = [build_loader(config.data, prepared, split, t.seq_length, t.global_batch_size,
-                            t.micro_batch_size, dp_rank, dp_size, t.seed) for split in splits]
+    loaders = [build_loader(config.data, prepared, split, train.seq_length,
+                            train.global_batch_size, train.micro_batch_size, dp_rank, dp_size,
+                            train.seed) for split in splits]
     held_out = loaders[1].held_out_batch() if len(loaders) > 1 else None
     return RunData(loaders[0], held_out, tokenizer)
 
@@ -148,20 +149,20 @@ class Trainer:
         return status
 
     def _loop(self, start_step: int) -> int:
-        cfg, t, engine, data = self.config, self.config.train, self.engine, self.data
-        throughput = Throughput(t, cfg.model, self.layout)
+        cfg, train, engine, data = self.config, self.config.train, self.engine, self.data
+        throughput = Throughput(train, cfg.model, self.layout)
         # Code evaluation and diagnostics need a whole forward on one rank.
         whole_model = self.layout.whole_model_on_each_rank
         step = start_step
         skipped_in_a_row = skipped_total = 0
 
-        while step < t.max_steps:
+        while step < train.max_steps:
             micro_batches = next(data.train_loader)
             started = time.perf_counter()
             result = engine.train_step(micro_batches)
             throughput.add(time.perf_counter() - started)
             step += 1
-            last_step = step == t.max_steps
+            last_step = step == train.max_steps
             stopping = all_reduce_max(self.stop.requested) > 0
             self.checkpointer.finalize(blocking=False)  # an async save whose writers finished
             # A non-finite loss or gradient norm: the engine made no update (every rank agrees,
@@ -178,7 +179,8 @@ class Trainer:
                 row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
                        "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                        **throughput.take(), "memory_gb": peak_memory_gb(),
-                       **throughput.cumulative(data.train_loader.consumed_samples, t.seq_length)}
+                       **throughput.cumulative(data.train_loader.consumed_samples,
+                                               train.seq_length)}
                 if result.skipped:
                     row.update(skipped=True, skipped_steps=skipped_total)
                 if eval_due:
@@ -193,12 +195,12 @@ class Trainer:
                                                 attention_queries=cfg.diagnostics.attention_queries)
                 self.metrics.log_diagnostics(rows, step)
 
-            if skipped_in_a_row > t.max_skipped_steps:
+            if skipped_in_a_row > train.max_skipped_steps:
                 self.checkpointer.finalize(blocking=True)
                 raise DivergedError(
                     f"steps {step - skipped_in_a_row + 1}-{step}: {skipped_in_a_row} steps in a "
                     f"row had a non-finite loss or gradient norm (train.max_skipped_steps="
-                    f"{t.max_skipped_steps}); the weights are those of step "
+                    f"{train.max_skipped_steps}); the weights are those of step "
                     f"{step - skipped_in_a_row}. Resume from the last checkpoint in "
                     f"{cfg.checkpoint.dir} with a lower train.lr, or skip the data (nothing was "
                     f"saved after the divergence)")

@@ -69,12 +69,12 @@ def build_lr_schedule(optimizer, train_cfg):
     count is restored): a resumed run may change its schedule deliberately."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    t = train_cfg
-    decay_steps = t.decay_steps if t.decay_steps is not None else t.max_steps
+    decay_steps = (train_cfg.decay_steps if train_cfg.decay_steps is not None
+                   else train_cfg.max_steps)
     return OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr,
-        lr_warmup_steps=t.warmup_steps, lr_decay_steps=decay_steps, lr_decay_style="cosine",
-        start_wd=t.weight_decay, end_wd=t.weight_decay, wd_incr_steps=decay_steps,
+        optimizer, init_lr=0.0, max_lr=train_cfg.lr, min_lr=train_cfg.min_lr,
+        lr_warmup_steps=train_cfg.warmup_steps, lr_decay_steps=decay_steps, lr_decay_style="cosine",
+        start_wd=train_cfg.weight_decay, end_wd=train_cfg.weight_decay, wd_incr_steps=decay_steps,
         wd_incr_style="constant",
         use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True,
     )

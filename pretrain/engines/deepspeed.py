@@ -39,37 +39,41 @@ from pretrain.engines.deepspeed_package import (DEEPSPEED_INSTALL_HINT, deepspee
 def check_config(cfg) -> None:
     """What the DeepSpeed engine cannot do, named with the fix (the engine table,
     pretrain/engines/__init__.py, hands it to pretrain/config.py validate())."""
-    p, d = cfg.parallel, cfg.deepspeed
-    require(p.tp == 1 and p.pp == 1,
-            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={p.tp} "
-            f"parallel.pp={p.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for TP/PP")
-    require(p.vpp is None, f"parallel.vpp={p.vpp} needs pipeline parallelism; engine=deepspeed has "
-                           f"none: use parallel.vpp=null or engine=megatron")
-    require(not p.sequence_parallel, "parallel.sequence_parallel=true needs tensor parallelism; "
-                                     "engine=deepspeed has none: use engine=megatron")
-    require(not p.distributed_optimizer,
+    parallel, ds = cfg.parallel, cfg.deepspeed
+    require(parallel.tp == 1 and parallel.pp == 1,
+            f"engine=deepspeed runs data parallel only (ZeRO), but parallel.tp={parallel.tp} "
+            f"parallel.pp={parallel.pp}; use parallel.tp=1 parallel.pp=1, or engine=megatron for "
+            f"TP/PP")
+    require(parallel.vpp is None,
+            f"parallel.vpp={parallel.vpp} needs pipeline parallelism; engine=deepspeed has "
+            f"none: use parallel.vpp=null or engine=megatron")
+    require(not parallel.sequence_parallel,
+            "parallel.sequence_parallel=true needs tensor parallelism; "
+            "engine=deepspeed has none: use engine=megatron")
+    require(not parallel.distributed_optimizer,
             "parallel.distributed_optimizer=true is megatron's ZeRO-1; with engine=deepspeed use "
             "deepspeed.zero_stage=1 (or 2, 3) and parallel.distributed_optimizer=false")
-    require(not p.overlap_grad_reduce,
+    require(not parallel.overlap_grad_reduce,
             "parallel.overlap_grad_reduce=true is a megatron DDP option; with engine=deepspeed leave "
             "it false (DeepSpeed's deepspeed.overlap_comm does the same)")
-    d.validate()  # the node's own rules (pretrain/config.py DeepSpeedConfig)
+    ds.validate()  # the node's own rules (pretrain/config.py DeepSpeedConfig)
     require(deepspeed_installed(), DEEPSPEED_INSTALL_HINT)
 
 
 def deepspeed_config(cfg, data_parallel: int, bf16: bool) -> dict:
     """Our config as DeepSpeed's JSON config (what deepspeed.initialize(config=...) reads)."""
-    t, d = cfg.train, cfg.deepspeed
-    zero = {"stage": d.zero_stage, "overlap_comm": d.overlap_comm}
-    if d.offload_optimizer != "none":
-        zero["offload_optimizer"] = {"device": d.offload_optimizer}
-    if d.offload_param != "none":
-        zero["offload_param"] = {"device": d.offload_param}
+    train, ds = cfg.train, cfg.deepspeed
+    zero = {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm}
+    if ds.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": ds.offload_optimizer}
+    if ds.offload_param != "none":
+        zero["offload_param"] = {"device": ds.offload_param}
     return {
-        "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * data_parallel),
-        "gradient_clipping": t.clip_grad,
+        "train_batch_size": train.global_batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": (train.global_batch_size
+                                        // (train.micro_batch_size * data_parallel)),
+        "gradient_clipping": train.clip_grad,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": False},
@@ -106,8 +110,8 @@ class DeepSpeedEngine(Engine):
         from model import PLTModel
         from pretrain.distributed import env_world
 
-        t = cfg.train
-        bf16 = use_bf16(t)
+        train = cfg.train
+        bf16 = use_bf16(train)
         # Built as the megatron engine builds it (same dtype, same init device), so both start from
         # the same weights; under bf16 DeepSpeed keeps the fp32 master copies, as megatron does.
         self.model_config = model_config_of(cfg, device, layout)
@@ -117,11 +121,12 @@ class DeepSpeedEngine(Engine):
         # megatron's groups: weight decay on matrices only (wd_mult 0 on biases and norms), with
         # the max_lr/min_lr keys its scheduler reads. Same AdamW the megatron engine gets on CPU.
         param_groups = _get_param_groups(
-            [module], OptimizerConfig(optimizer="adam", lr=t.lr, min_lr=t.min_lr,
-                                      weight_decay=t.weight_decay), None)
+            [module], OptimizerConfig(optimizer="adam", lr=train.lr, min_lr=train.min_lr,
+                                      weight_decay=train.weight_decay), None)
         param_groups = [g for g in param_groups if g["params"]]
-        optimizer = torch.optim.AdamW(param_groups, lr=t.lr, weight_decay=t.weight_decay,
-                                      betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+        optimizer = torch.optim.AdamW(param_groups, lr=train.lr, weight_decay=train.weight_decay,
+                                      betas=(train.adam_beta1, train.adam_beta2),
+                                      eps=train.adam_eps)
         if device.type != "cuda":
             skip_shm_comm_build(deepspeed)
         # DeepSpeed asserts torchrun's LOCAL_RANK, which a single process or srun does not set;
@@ -138,7 +143,7 @@ class DeepSpeedEngine(Engine):
             dist_init_required=False)
         # The schedule drives the client optimizer's groups; ZeRO steps that same torch optimizer
         # over its partitions, so lr/weight_decay set here are the ones used.
-        self.scheduler = build_lr_schedule(optimizer, t)
+        self.scheduler = build_lr_schedule(optimizer, train)
         self._client_optimizer = optimizer
 
     @property

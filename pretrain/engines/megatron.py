@@ -33,8 +33,8 @@ class MegatronEngine(Engine):
         from model import PLTModel
         from model.pipeline import loop_chunks
 
-        p, t = cfg.parallel, cfg.train
-        bf16 = use_bf16(t)
+        parallel, train = cfg.parallel, cfg.train
+        bf16 = use_bf16(train)
         self.model_config = model_config_of(cfg, device, layout)
         module = PLTModel(self.model_config)
         if device.type == "cuda":
@@ -44,8 +44,8 @@ class MegatronEngine(Engine):
             module = Float16Module(self.model_config, module)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=p.overlap_grad_reduce,
-            use_distributed_optimizer=p.distributed_optimizer,
+            overlap_grad_reduce=parallel.overlap_grad_reduce,
+            use_distributed_optimizer=parallel.distributed_optimizer,
         )
         # What DDP, the optimizer and checkpoints see: the stage's one model, each weight once.
         self.model = DistributedDataParallel(self.model_config, ddp_config, module)
@@ -59,14 +59,14 @@ class MegatronEngine(Engine):
 
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
-                optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
-                adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
-                clip_grad=t.clip_grad, bf16=bf16, params_dtype=params_dtype(t),
-                use_distributed_optimizer=p.distributed_optimizer,
+                optimizer="adam", lr=train.lr, min_lr=train.min_lr, weight_decay=train.weight_decay,
+                adam_beta1=train.adam_beta1, adam_beta2=train.adam_beta2, adam_eps=train.adam_eps,
+                clip_grad=train.clip_grad, bf16=bf16, params_dtype=params_dtype(train),
+                use_distributed_optimizer=parallel.distributed_optimizer,
             ),
             [self.model],
         )
-        self.scheduler = build_lr_schedule(self.optimizer, t)
+        self.scheduler = build_lr_schedule(self.optimizer, train)
         self.forward_backward_func = get_forward_backward_func()
 
     @property
@@ -83,7 +83,7 @@ class MegatronEngine(Engine):
     def _run(self, micro_batches: MicroBatches, forward_only: bool) -> float:
         from megatron.core import parallel_state
 
-        t = self.cfg.train
+        train = self.cfg.train
         chunks = self.schedule_chunks
         # Each virtual chunk (loop) reads the same micro-batches: stage 0 embeds them in every
         # loop, the last stage takes the labels in the last loop.
@@ -93,8 +93,8 @@ class MegatronEngine(Engine):
             data_iterator=iterators if len(chunks) > 1 else iterators[0],
             model=chunks,
             num_microbatches=len(micro_batches),
-            seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size,
+            seq_length=train.seq_length,
+            micro_batch_size=train.micro_batch_size,
             forward_only=forward_only,
         )
         # Only the last pipeline stage computes losses; it shares the mean with every rank.
