@@ -21,6 +21,8 @@ import argparse
 import sys
 import time
 
+from scripts.flag_types import checked
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,29 +56,16 @@ def main(argv=None) -> int:
     return 0
 
 
-# --max-shard-size and --iteration are parsed up front: a bad value is argparse's error (exit 2
-# naming the flag), not a ValueError once the checkpoint has been read.
+# --max-shard-size and --iteration are parsed up front (scripts/flag_types.py): a bad value is
+# argparse's error (exit 2 naming the flag), not a ValueError once the checkpoint has been read.
 def _shard_size(text: str) -> str:
     from handoff.safetensors_files import parse_size
 
-    try:
-        size = parse_size(text)
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size of at least 1 byte; write it "
-                                         "like 5GB, 500MB or 2GiB")
-    return text
+    return checked(parse_size, lambda size: size >= 1, "a size of at least 1 byte; write it like "
+                   "5GB, 500MB or 2GiB", keep_text=True)(text)
 
 
-def _step(text: str) -> int:
-    try:
-        step = int(text)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a step (a whole number >= 0)")
-    return step
+_step = checked(int, lambda step: step >= 0, "a step (a whole number >= 0)")
 
 
 def _export(parser, args) -> str:

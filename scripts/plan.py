@@ -25,6 +25,8 @@ import sys
 
 from omegaconf import OmegaConf
 
+from scripts.flag_types import checked
+
 
 def compose_config(overrides):
     """The run config for these overrides, as the trainer composes it (run_dir never resolved)."""
@@ -42,38 +44,13 @@ def default_world_size(cfg) -> int:
     return cfg.parallel.tp * cfg.parallel.pp
 
 
-# Each flag parsed up front: a bad value is argparse's error (exit 2, "argument --FLAG: ..."),
-# never a ValueError or a ZeroDivisionError from deep in the planner.
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:  # NaN fails it too
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share of peak FLOP/s in (0, 1], "
-                                         "e.g. 0.45")
-    return value
-
-
-def _gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1e6:  # NaN and inf fail it too
-        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU size in GB (a number > 0, "
-                                         "e.g. 80 or 141)")
-    return text
+# Each flag parsed up front (scripts/flag_types.py), never a ValueError or a ZeroDivisionError from
+# deep in the planner.
+_positive_int = checked(int, lambda value: value >= 1, "a whole number >= 1")
+_share = checked(float, lambda value: 0 < value <= 1,
+                 "a share of peak FLOP/s in (0, 1], e.g. 0.45")
+_gigabytes = checked(float, lambda value: 0 < value < 1e6,
+                     "a GPU size in GB (a number > 0, e.g. 80 or 141)", keep_text=True)
 
 
 def _list_of(item):
