@@ -2,7 +2,7 @@
 
 On a machine without CUDA, megatron-core needs its CPU compatibility layer (model/cpu_compat.py)
 before a model is built; the entry points apply it explicitly (pretrain.distributed's
-`init_distributed` / `single_process_world`, which every process that builds a model goes through).
+`start_processes` / `single_process_world`, which every process that builds a model goes through).
 """
 
 from model.config import ConfigError, ModelConfig, PLTConfig

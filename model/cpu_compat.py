@@ -4,7 +4,8 @@ megatron-core assumes a GPU in a few dozen places. On a CPU-only machine (CI, la
 bends exactly those places, and nothing else, so that the same model, optimizer, pipeline schedules
 and dist_checkpointing code runs unchanged. ``apply()`` (idempotent) turns it on; importing
 ``model`` does not. Every process that builds a model calls it first through pretrain/distributed.py
-(``init_distributed``: the trainer; ``single_process_world``: the tools, evaluation, benchmarks), or
+(``start_processes``: the trainer and, through ``init_distributed``, the benchmarks;
+``single_process_world``: the tools, evaluation, benchmarks), or
 planning/dry_run.py's ``fake_world`` (the layout dry run); the tests call it themselves
 (tests/conftest.py, tests/distributed/). It does nothing at all when ``torch.cuda.is_available()``:
 on a GPU every megatron call runs as megatron wrote it.
