@@ -73,6 +73,7 @@ class Throughput:
     training tokens and FLOPs (the compute-fair axis of a loop-count comparison)."""
 
     def __init__(self, train_cfg, model_cfg, layout):
+        self.seq_length = train_cfg.seq_length
         self.tokens_per_step = train_cfg.global_batch_size * train_cfg.seq_length
         self.model_flops = flops_per_token(model_cfg, train_cfg.seq_length)
         # MFU is against the peak of every device of the layout.
@@ -89,10 +90,10 @@ class Throughput:
         self.seconds, self.steps = 0.0, 0
         return row
 
-    def cumulative(self, consumed_samples: int, seq_length: int) -> dict:
+    def cumulative(self, consumed_samples: int) -> dict:
         """Training tokens and model FLOPs since step 0, from the samples consumed (the loader's
         count, which a resume restores): the same per-token FLOPs as the MFU (model/flops.py)."""
-        tokens = consumed_samples * seq_length
+        tokens = consumed_samples * self.seq_length
         return {"tokens": tokens, "train_flops": float(tokens * self.model_flops)}
 
 
@@ -179,8 +180,7 @@ class Trainer:
                 row = {"step": step, "consumed_samples": data.train_loader.consumed_samples,
                        "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                        **throughput.take(), "memory_gb": peak_memory_gb(),
-                       **throughput.cumulative(data.train_loader.consumed_samples,
-                                               train.seq_length)}
+                       **throughput.cumulative(data.train_loader.consumed_samples)}
                 if result.skipped:
                     row.update(skipped=True, skipped_steps=skipped_total)
                 if eval_due:
