@@ -292,3 +292,74 @@ def test_the_summary_and_the_answer_tables_say_what_the_numbers_resolve(tmp_path
     summary = summary[:summary.index("## Method")]
     assert "- **Best R.** Not resolved at this scale in 3 of 3 size x arm x metric comparisons " \
            "(all of them)" in summary and "beyond the seed spread at" not in summary
+
+
+def test_the_paired_rule_against_hand_computed_values():
+    # mean 0.2, s 0.1: t = 0.2 / (0.1 / sqrt 3) = 3.46, below Student's 4.303 for 2 df
+    spread = stats.paired([0.1, 0.2, 0.3])
+    assert spread["t"] == pytest.approx(0.2 / (0.1 / 3 ** 0.5)) and spread["t_critical"] == 4.303
+    assert spread["one_sign"] and not spread["resolved"]
+    tight = stats.paired([0.19, 0.2, 0.21])  # t = 0.2 / (0.01 / sqrt 3) = 34.6
+    assert tight["resolved"] and tight["difference"] == pytest.approx(0.2)
+    assert stats.paired([-0.1, 0.2, 0.5])["why"] == "the per-seed differences change sign"
+    assert not stats.paired([0.5, 0.6, 0.7, 0.8, 100.0])["resolved"]  # t 1.13 < 2.776
+    assert stats.paired([0.3])["why"] == "fewer than 2 seeds with both cells (n = 1)"
+    assert stats.paired([0.5, 0.51])["t_critical"] == 12.706
+    assert stats.t_critical(40) == 2.042  # past the table: the df = 30 value, a little strict
+
+
+def _pair_cells(root, gaps, neutral=2.0, seed_noise=0.3, jitter=0.005):
+    """clp and neutral cells at each R: seed i moves both arms by (i - 2) x seed_noise (what one
+    seed index shares), and the clp cell by a further (i - 2) x jitter."""
+    for loops, gap in gaps.items():
+        for seed in (1, 2, 3):
+            shared = neutral + (seed - 2) * seed_noise
+            write_cell(root, f"m_R{loops}_neutral_s{seed}", loops=loops, arm="neutral",
+                       seed=seed, final=shared)
+            write_cell(root, f"m_R{loops}_clp_s{seed}", loops=loops, arm="clp", seed=seed,
+                       final=shared + gap + (seed - 2) * jitter)
+
+
+def test_the_mismatch_gap_paired_by_seed_is_resolved_where_the_seed_noise_hides_it(tmp_path):
+    # a 0.1 gap at every R under a seed noise of 0.3: unpaired, the arms cannot be told apart;
+    # paired, the gap is 0.1 in every seed (jitter 0): positive at every R, the same at every R
+    _pair_cells(tmp_path, {2: 0.1, 3: 0.1, 4: 0.1}, jitter=0.0)
+    data = build(str(tmp_path))
+    clp, neutral = (next(g for g in data["groups"] if g["loops"] == 2 and g["arm"] == arm)
+                    for arm in ("clp", "neutral"))
+    assert not stats.compare(clp["val_loss"], neutral["val_loss"])["resolved"]
+    answer = next(r for r in data["mismatch"] if r["metric"] == "val_loss")
+    assert all(g["resolved"] and g["difference"] == pytest.approx(0.1)
+               for g in answer["per_r"].values())
+    assert answer["answer"] == "fixed within the spread", answer["verdict"]
+    assert [(d["a"], d["b"], d["why"]) for d in answer["between_r"]] == \
+        [(2, 3, "zero in every seed"), (2, 4, "zero in every seed"), (3, 4, "zero in every seed")]
+    text = markdown(data, [])
+    assert "- **Mismatch cost.** CLP minus the neutralized arm, paired by seed: positive beyond " \
+           "the seed spread for m validation loss at R=2, 3, 4" in text
+    assert "consistent with a fixed cost) for m validation loss" in text
+
+
+def test_a_mismatch_gap_that_shrinks_with_r_is_not_a_fixed_cost(tmp_path):
+    _pair_cells(tmp_path, {2: 0.3, 3: 0.2, 4: 0.1})
+    answer = next(r for r in build(str(tmp_path))["mismatch"] if r["metric"] == "val_loss")
+    assert answer["answer"] == "not fixed"
+    shrink = {(d["a"], d["b"]): d for d in answer["between_r"]}
+    # gap_3 - gap_2 per seed: -0.1 exactly (the jitter is the same at every R): resolved
+    assert shrink[2, 3]["resolved"] and shrink[2, 3]["difference"] == pytest.approx(-0.1)
+    assert "the gap at R=4 is 0.2 smaller than at R=2" in answer["verdict"]
+    # one seed of R=4 without its neutral cell: that R is compared on the two seeds it has
+    os.remove(tmp_path / "m_R4_neutral_s3" / "metrics.jsonl")
+    data = build(str(tmp_path))
+    answer = next(r for r in data["mismatch"] if r["metric"] == "val_loss")
+    assert answer["per_r"][4]["seeds"] == [1, 2] and answer["per_r"][4]["t_critical"] == 12.706
+    row = next(line for line in markdown(data, []).splitlines()
+               if line.startswith("| m | final validation loss |"))
+    assert "+0.2 ± 0.005 (beyond: one sign, t 69.28 > 4.303, n = 3)" in row
+
+
+def test_without_a_neutral_arm_the_mismatch_question_is_not_answered(tmp_path):
+    write_grid(tmp_path, CLP_BEST_AT_2)
+    data = build(str(tmp_path))
+    assert data["mismatch"] == []
+    assert "No size has both a clp and a neutral arm: not answered." in markdown(data, [])

@@ -8,6 +8,9 @@ whether it exceeds the seed spread (stats.RULE). An answer never claims more tha
     early_rank         (d) whether the effective rank at ~T/10 predicts the final ranking of R
     ranking_stability  whether the ranking of R changed between the last two evaluations
                        (stability.py)
+
+The paired question (f), the mismatch term on its own (CLP minus the neutralized arm, seed by
+seed), needs the cells rather than the groups: mismatch.py.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Dict, List
 
 from scripts.study.answers import METRICS
+from scripts.study.mismatch import METRICS as MISMATCH_METRICS
+from scripts.study.mismatch import gap_words
 from scripts.study.render import table
-from scripts.study.stats import SPREAD_FACTOR
+from scripts.study.stats import PAIRED_RULE, SPREAD_FACTOR
 
 SHORT = {"val_loss": "equal tokens", "val_at_equal_flops": "equal FLOPs",
          "humaneval_nll": "HumanEval NLL"}
@@ -16,7 +18,8 @@ TITLES = {"a": "(a) Best R per size and arm",
           "b": "(b) Does removing CLP move the optimum past two loops?",
           "c": "(c) Is the offset cost flat across loops?",
           "d": "(d) Does the effective rank at ~T/10 predict the final ranking of R?",
-          "e": "(e) Is the ranking of R stable between the last two evaluations?"}
+          "e": "(e) Is the ranking of R stable between the last two evaluations?",
+          "f": "(f) The mismatch term itself: is CLP's cost over the neutralized arm fixed across R?"}
 
 
 def diff(c: Dict) -> str:
@@ -169,7 +172,33 @@ def stability(records: List[Dict]) -> List[str]:
                         "ranking", "detail"], rows)
 
 
-def answers(records: List[Dict], overall: Dict) -> List[str]:
+def mismatch(records: List[Dict]) -> List[str]:
+    out = [f"### {TITLES['f']}", "",
+           "The CLP arm's loss minus the neutralized arm's (clp_offset=0), seed by seed: the two "
+           "differ only in where a loop reads the previous loop's hidden state, so the gap is the "
+           "training cost of the offset's mismatch (equal tokens and equal FLOPs at once). The "
+           "fixed-cost account predicts it positive and the same at every R. Per R: the mean gap "
+           "± its std over seeds; 'between Rs': gap at the larger R minus gap at the smaller, "
+           f"seed by seed. The rule is paired: {PAIRED_RULE}.", ""]
+    if not records:
+        return out + ["No size has both a clp and a neutral arm: not answered.", ""]
+    rs = sorted({r for rec in records for r in rec["per_r"]})
+    rows, evidence = [], []
+    for rec in records:
+        moved = [f"R={d['b']} vs R={d['a']}: {d['difference']:+.3g}" for d in rec["between_r"]
+                 if d["resolved"]]
+        rows.append([rec["size"], MISMATCH_METRICS[rec["metric"]],
+                     *[gap_words(rec["per_r"][r]) if r in rec["per_r"] else "-" for r in rs],
+                     "; ".join(moved) or "none beyond the spread", f"**{rec['answer']}**"])
+        evidence += [f"- {rec['size']}, {rec['metric']}, R={d['b']} vs R={d['a']} (seeds "
+                     f"{', '.join(map(str, d['seeds'])) or '-'}): {gap_words(d)}"
+                     for d in rec["between_r"]]
+    out += table(["size", "metric", *[f"R={r}: clp - neutral" for r in rs], "between Rs",
+                  "answer"], rows)
+    return out + _details("Every paired comparison between Rs behind (f)", evidence)
+
+
+def answers(records: List[Dict], overall: Dict, mismatch_records: List[Dict]) -> List[str]:
     out = ["## Answers", "", f"**Ranking stability: {overall['verdict']}** (section (e)).", ""]
     return (out + best_r(records) + optimum_moves(records) + offset_cost(records)
-            + early_rank(records) + stability(records))
+            + early_rank(records) + stability(records) + mismatch(mismatch_records))

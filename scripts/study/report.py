@@ -16,9 +16,10 @@ from typing import Dict, List
 
 from model.config import ConfigError
 from pretrain.run_files import write_file_atomically
-from scripts.study import answers, plots, render, render_answers, stability, summary, tables
+from scripts.study import (answers, mismatch, plots, render, render_answers, stability, summary,
+                           tables)
 from scripts.study.cells import Cell, find_run_folders, read_cells
-from scripts.study.stats import RULE
+from scripts.study.stats import PAIRED_RULE, RULE
 
 
 def check_paths(runs_dir: str, out_dir: str) -> List[str]:
@@ -82,6 +83,7 @@ def build(runs_dir: str) -> Dict:
                "flops_logged": not computed, "flops_computed": computed}
     return {"context": context, "cells": cells, "groups": groups, "budgets": tables.budgets(cells),
             "answers": records, "stability": stability.overall(records),
+            "mismatch": mismatch.answer_all(cells, sizes),
             "missing": tables.missing(cells)}
 
 
@@ -89,10 +91,11 @@ def markdown(data: Dict, pngs: List[str]) -> str:
     """report.md: the scope, the generated summary, the method, the tables, the answers, the cells
     left out, the plots."""
     lines = (render.scope(data["context"])
-             + summary.paragraph(data["groups"], data["answers"], data["stability"])
+             + summary.paragraph(data["groups"], data["answers"], data["stability"],
+                                 data["mismatch"])
              + render.method(data["context"]) + render.summary_tables(data["groups"],
                                                                       data["budgets"])
-             + render_answers.answers(data["answers"], data["stability"])
+             + render_answers.answers(data["answers"], data["stability"], data["mismatch"])
              + render.problems(data["cells"], data["missing"]))
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in pngs] + [""]
     return "\n".join(lines)
@@ -111,7 +114,7 @@ def write(runs_dir: str, out_dir: str) -> List[str]:
             pngs.append(plots.effective_rank(data["groups"], size, out_dir))
         text = markdown(data, pngs)
         record = {**data, "cells": [_cell_record(c) for c in data["cells"]], "plots": pngs,
-                  "rule": RULE,
+                  "rule": RULE, "paired_rule": PAIRED_RULE,
                   "interpolation": render.INTERPOLATION}
         write_file_atomically(os.path.join(out_dir, "report.json"),
                               json.dumps(_json_ready(record), indent=1, allow_nan=False) + "\n")

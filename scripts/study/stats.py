@@ -63,6 +63,53 @@ def compare(a: Dict, b: Dict) -> Dict:
     return {**out, "why": why}
 
 
+# Two-sided 5% critical values of Student's t for df = 1..30 (standard tables); above 30 the
+# df = 30 value, a little stricter than the true one.
+T_CRITICAL_5 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+                2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+                2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+PAIRED_RULE = (f"paired by seed index (the two cells of a pair share initialization, data order "
+               f"and held-out batch): a mean per-seed difference exceeds the seed spread when "
+               f">= {MIN_SEEDS} seeds have both cells, every per-seed difference has the same sign, "
+               f"and a paired t-test rejects zero at 5% two-sided (t = |mean| / (s/sqrt(n)) above "
+               f"Student's critical value for n-1 degrees of freedom: 4.30 for 3 seeds, 12.7 for "
+               f"2). A stricter bar than 'Welch t > {SPREAD_FACTOR:g}' on purpose: with 3 seeds, "
+               f"t > {SPREAD_FACTOR:g} and one sign happen by chance about 1 time in 5 when there "
+               f"is no gap (simulated), this rule about 1 time in 20. Each comparison is "
+               f"tested on its own (no correction for the number of comparisons): evidence, not "
+               f"proof")
+
+
+def t_critical(n: int) -> float:
+    """Student's two-sided 5% critical t for n paired values (n - 1 degrees of freedom)."""
+    return T_CRITICAL_5[min(n - 1, len(T_CRITICAL_5)) - 1]
+
+
+def paired(differences: Sequence[Optional[float]]) -> Dict:
+    """Whether per-seed differences (a_s - b_s for one seed index s) differ from zero beyond the
+    seed spread (PAIRED_RULE): {difference (their mean), t, t_critical, one_sign, resolved, why,
+    n, std, values}."""
+    s = summarize(differences)
+    out = {"difference": s["mean"], "t": None, "t_critical": None, "one_sign": None,
+           "resolved": False, "n": s["n"], "std": s["std"], "values": s["values"]}
+    if s["n"] < MIN_SEEDS:
+        return {**out, "why": f"fewer than {MIN_SEEDS} seeds with both cells (n = {s['n']})"}
+    out["one_sign"] = s["min"] > 0 or s["max"] < 0
+    out["t_critical"] = t_critical(s["n"])
+    error = s["std"] / math.sqrt(s["n"])
+    out["t"] = abs(s["mean"]) / error if error > 0 else (math.inf if s["mean"] else 0.0)
+    out["resolved"] = out["one_sign"] and out["t"] > out["t_critical"]
+    if out["resolved"]:
+        why = f"one sign in every seed, t > {out['t_critical']:g}"
+    elif not any(s["values"]):
+        why = "zero in every seed"
+    elif not out["one_sign"]:
+        why = "the per-seed differences change sign"
+    else:
+        why = f"one sign in every seed but t <= {out['t_critical']:g}"
+    return {**out, "why": why}
+
+
 def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> Optional[float]:
     """y at `x` on the curve (xs ascending, > 0), linear in log x between the two neighbouring
     points; None outside [xs[0], xs[-1]] (no extrapolation).

@@ -1,5 +1,5 @@
 """"What this grid says": the paragraph at the top of the report, generated from the answers
-(answers.py, stability.py) and nothing else, so that it can never say more than they do. Each
+(answers.py, stability.py, mismatch.py) and nothing else, so that it can never say more than they do. Each
 question gets one sentence: what is resolved, by name, and how many comparisons are "not resolved
 at this scale"."""
 
@@ -85,7 +85,33 @@ def _early(records: List[Dict]) -> str:
             f"{len(records) - len(yes)} of {len(records)} size x arm groups.")
 
 
-def paragraph(groups: List[Dict], records: List[Dict], stability: Dict) -> List[str]:
+def _mismatch(records: List[Dict]) -> str:
+    if not records:
+        return "No size has both a clp and a neutral arm: not answered."
+    label = {"val_loss": "validation loss", "humaneval_nll": "HumanEval NLL"}
+    items = [(f"{rec['size']} {label[rec['metric']]}", rec["answer"]) for rec in records]
+    positive = []
+    for rec in records:
+        rs = [r for r, g in rec["per_r"].items() if g["resolved"] and g["difference"] > 0]
+        if rs:
+            positive.append(f"{rec['size']} {label[rec['metric']]} at R={', '.join(map(str, rs))}")
+    parts = [f"positive beyond the seed spread for {'; '.join(positive)}" if positive else
+             "positive beyond the seed spread at no R"]
+    for answer, words in (("fixed within the spread", "the same at every R within the spread "
+                                                       "(consistent with a fixed cost) for"),
+                          ("not fixed", "different between Rs beyond the spread (not a fixed "
+                                        "cost) for")):
+        named = _named(items, answer)
+        if named:
+            parts.append(f"{words} {', '.join(named)}")
+    unresolved = len(_named(items, "not resolved"))
+    parts.append(f"not resolved at this scale in {unresolved} of {len(items)} size x metric "
+                 f"answers")
+    return "CLP minus the neutralized arm, paired by seed: " + "; ".join(parts) + "."
+
+
+def paragraph(groups: List[Dict], records: List[Dict], stability: Dict,
+              mismatch: List[Dict]) -> List[str]:
     """One bullet per question, in the order of the answers."""
     if records:
         best = _best(records)
@@ -97,6 +123,8 @@ def paragraph(groups: List[Dict], records: List[Dict], stability: Dict) -> List[
                              "(the cells and why are listed below).")]
     bullets.append(("Ranking stability", f"{stability['verdict'][0].upper()}"
                                          f"{stability['verdict'][1:]}."))
+    if records:
+        bullets.append(("Mismatch cost", _mismatch(mismatch)))
     return (["## What this grid says", "",
              "Generated from the answers below (each sentence is one of them, counted); "
              "'resolved' means beyond the seed spread by the rule in the method.", ""]
