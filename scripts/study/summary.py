@@ -43,22 +43,24 @@ def _named(items: List[tuple], answer: str) -> List[str]:
     return [label for label, a in items if a == answer]
 
 
+def _tally(items: List[tuple], phrases, counted: str) -> List[str]:
+    """'<words> for <the items with that answer>' per (answer, words) that any item has, then how
+    many of the items are not resolved."""
+    parts = [f"{words} for {', '.join(_named(items, answer))}" for answer, words in phrases
+             if _named(items, answer)]
+    unresolved = len(_named(items, "not resolved"))
+    return parts + [f"is not resolved at this scale in {unresolved} of {len(items)} {counted}"]
+
+
 def _moves(records: List[Dict]) -> str:
     items = [(f"{rec['size']} {rec['arm']} {SHORT[m]}", moved["answer"])
              for rec in records for m, moved in rec.get("optimum_moves", {}).items()]
     if not items:
         return "Removing CLP: no arm without CLP next to a clp arm, not answered."
-    parts = []
-    for answer, words in (("yes", "moves the optimum past two loops beyond the seed spread"),
-                          ("no", "keeps the optimum at two loops or fewer beyond the seed "
-                                 "spread"),
-                          ("no move", "cannot move it: CLP's own optimum is already past two "
-                                      "loops")):
-        named = _named(items, answer)
-        if named:
-            parts.append(f"{words} for {', '.join(named)}")
-    unresolved = len(_named(items, "not resolved"))
-    parts.append(f"is not resolved at this scale in {unresolved} of {len(items)} comparisons")
+    parts = _tally(items, (("yes", "moves the optimum past two loops beyond the seed spread"),
+                           ("no", "keeps the optimum at two loops or fewer beyond the seed spread"),
+                           ("no move", "cannot move it: CLP's own optimum is already past two "
+                                       "loops")), "comparisons")
     return "Removing CLP " + "; ".join(parts) + "."
 
 
@@ -95,19 +97,13 @@ def _mismatch(records: List[Dict]) -> str:
         rs = [r for r, g in rec["per_r"].items() if g["resolved"] and g["difference"] > 0]
         if rs:
             positive.append(f"{rec['size']} {label[rec['metric']]} at R={', '.join(map(str, rs))}")
-    parts = [f"positive beyond the seed spread for {'; '.join(positive)}" if positive else
-             "positive beyond the seed spread at no R"]
-    for answer, words in (("fixed within the spread", "the same at every R within the spread "
-                                                       "(consistent with a fixed cost) for"),
-                          ("not fixed", "different between Rs beyond the spread (not a fixed "
-                                        "cost) for")):
-        named = _named(items, answer)
-        if named:
-            parts.append(f"{words} {', '.join(named)}")
-    unresolved = len(_named(items, "not resolved"))
-    parts.append(f"not resolved at this scale in {unresolved} of {len(items)} size x metric "
-                 f"answers")
-    return "CLP minus the neutralized arm, paired by seed: " + "; ".join(parts) + "."
+    parts = [f"is positive beyond the seed spread for {'; '.join(positive)}" if positive else
+             "is positive beyond the seed spread at no R"]
+    parts += _tally(items, (("fixed within the spread", "is the same at every R within the "
+                                                        "spread (consistent with a fixed cost)"),
+                            ("not fixed", "differs between Rs beyond the spread (not a fixed "
+                                          "cost)")), "size x metric answers")
+    return "The gap of CLP over the neutralized arm, paired by seed, " + "; ".join(parts) + "."
 
 
 def paragraph(groups: List[Dict], records: List[Dict], stability: Dict,
