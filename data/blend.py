@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 from megatron.core.datasets import helpers
@@ -165,6 +165,14 @@ class BlendedStream:
         if global_index >= self._planned:
             self._plan(max(global_index + 1, 2 * self._planned))
         return int(self._shard_of[global_index]), int(self._index_in_shard[global_index])
+
+    def first_repeat(self, count: int) -> Optional[int]:
+        """The first global index below `count` whose sample repeats an earlier one (its shard read
+        past one epoch), or None when samples 0..count-1 are all distinct."""
+        self.locate(count - 1)
+        epoch = numpy.array([shard.samples_per_epoch for shard in self.shards], dtype=numpy.int64)
+        past = self._index_in_shard[:count] >= epoch[self._shard_of[:count]]
+        return int(numpy.argmax(past)) if past.any() else None
 
     def sample(self, global_index: int) -> numpy.ndarray:
         shard, index = self.locate(global_index)

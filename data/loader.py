@@ -9,7 +9,7 @@
     for micro_batches in loader: ...          # the same, forever (one global batch per step)
     loader.consumed_samples                   # global samples consumed by all ranks together
     loader.state_dict() / load_state_dict(d)  # {"consumed_samples", "fingerprint", ...}; small
-    loader.held_out_batch()                   # this rank's share of global batch 0 (fixed, for eval)
+    loader.held_out_batch(n)                  # this rank's share of global batches 0..n-1 (fixed, for eval)
 
 Global batch b is global samples [b*G, (b+1)*G) of the blend's order (data/blend.py), which depends on
 neither the data-parallel size nor the batch size nor the run length; rank r takes the contiguous
@@ -120,9 +120,22 @@ class CodeLoader:
     def __next__(self) -> List[Dict[str, torch.Tensor]]:
         return self.next_global_batch_micro_batches()
 
-    def held_out_batch(self) -> List[Dict[str, torch.Tensor]]:
-        """This rank's micro-batches of global batch 0: fixed across steps and resumes."""
-        return self.micro_batches_at(0)
+    def held_out_batch(self, batches: int = 1) -> List[Dict[str, torch.Tensor]]:
+        """This rank's micro-batches of global batches 0..batches-1, in order: fixed across steps
+        and resumes. Refused when they would read a sample of the split twice (a shard past its
+        first epoch): a loss averaged over repeats weighs those samples double while saying it
+        covers more data. DECISION: batch 0 alone is exempt, as it always was: one batch is
+        what every run with a small validation split has used, and it says nothing more."""
+        size = self.global_batch_size
+        repeat = self.stream.first_repeat(batches * size) if batches > 1 else None
+        if repeat is not None:
+            raise DataConfigError(
+                f"eval.batches={batches} asks for {batches * size} {self.split} samples "
+                f"(x train.global_batch_size={size}), but the {self.split} data hold {repeat} "
+                f"before a sample repeats; use eval.batches={max(1, repeat // size)} or less, or "
+                f"more validation data (data.valid_blend)")
+        return [micro_batch for batch in range(batches)
+                for micro_batch in self.micro_batches_at(batch * size)]
 
     def state_dict(self) -> Dict:
         return {"consumed_samples": self.consumed_samples, "fingerprint": self.fingerprint,

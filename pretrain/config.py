@@ -178,11 +178,18 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     interval: int = 50                   # steps between validation losses (0: never)
+    # Global batches of the validation split the loss averages over (Megatron's --eval-iters):
+    # batches 0..batches-1, the same ones at every evaluation and after a resume.
+    batches: int = 1
     # HumanEval solution likelihood (and optionally greedy pass@1) during training.
     code: EvalCodeConfig = field(default_factory=EvalCodeConfig)
 
     def validate(self) -> None:
         require(self.interval >= 0, f"eval.interval={self.interval}; it must be >= 0")
+        require(isinstance(self.batches, int) and not isinstance(self.batches, bool)
+                and self.batches >= 1,
+                f"eval.batches={self.batches!r}; it is the number of validation batches the loss "
+                f"averages over, an integer >= 1")
         validate_code_config(self.code)
 
 

@@ -41,7 +41,7 @@ log = logging.getLogger("pretrain")
 
 class RunData(NamedTuple):
     train_loader: object      # this rank's micro-batches of each global batch (data/loader.py)
-    held_out: object          # this rank's share of validation batch 0, or None when unused
+    held_out: object          # this rank's share of validation batches 0..eval.batches-1, or None
     tokenizer: object         # data/tokenizer.py CodeTokenizer
 
 
@@ -64,7 +64,7 @@ def build_data(config, layout) -> RunData:
     loaders = [build_loader(config.data, prepared, split, train.seq_length,
                             train.global_batch_size, train.micro_batch_size, dp_rank, dp_size,
                             train.seed) for split in splits]
-    held_out = loaders[1].held_out_batch() if len(loaders) > 1 else None
+    held_out = loaders[1].held_out_batch(config.eval.batches) if len(loaders) > 1 else None
     return RunData(loaders[0], held_out, tokenizer)
 
 

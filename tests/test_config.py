@@ -120,7 +120,7 @@ TRAIN_OUT_OF_RANGE = [
     ("train.clip_grad", "-1"), ("train.clip_grad", "nan"), ("train.peak_tflops", "0"),
     ("train.max_skipped_steps", "-1"), ("train.seed", "-1"), ("sample.temperature", "-1"),
     ("sample.top_p", "0"), ("sample.max_new_tokens", "-1"), ("diagnostics.interval", "-1"),
-    ("diagnostics.attention_queries", "-5"),
+    ("diagnostics.attention_queries", "-5"), ("eval.batches", "0"), ("eval.batches", "-2"),
 ]
 
 

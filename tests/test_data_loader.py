@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from data.blend import BlendedStream
+from data.errors import DataConfigError
 from data.indexed import list_shards
 from data.loader import FingerprintMismatch, build_loader
 from data.prepare import PreparedData
@@ -100,6 +101,32 @@ def test_valid_held_out_batch_is_fixed(data_cfg, prepared):
     run([valid], 2)
     assert_same([global_batch([valid.held_out_batch()])], [held_out])
     assert valid.stream.shards[0].split.name == "valid"
+
+
+def test_several_held_out_batches_are_validation_batches_0_to_n_in_order(data_cfg, prepared):
+    valid = loader(data_cfg, prepared, split="valid")
+    three = valid.held_out_batch(3)
+    assert len(three) == 3 * GLOBAL_BATCH // MICRO_BATCH
+    assert_same([global_batch([three])],
+                [global_batch([valid.micro_batches_at(b * GLOBAL_BATCH) for b in range(3)])])
+    assert_same([global_batch([three[:GLOBAL_BATCH // MICRO_BATCH]])],
+                [global_batch([valid.held_out_batch()])])  # batch 0 first: eval.batches=1 as before
+
+
+def test_held_out_batches_that_would_repeat_a_validation_sample_are_refused(data_cfg, prepared):
+    # at seq 256 the small validation corpus holds a few dozen samples per epoch
+    valid = loader(data_cfg, prepared, split="valid", seq_length=256)
+    distinct = sum(shard.samples_per_epoch for shard in valid.stream.shards)
+    assert valid.stream.first_repeat(distinct) is None
+    assert valid.stream.first_repeat(distinct + 1) == distinct
+    too_many = distinct // GLOBAL_BATCH + 1
+    with pytest.raises(DataConfigError, match=rf"eval.batches={too_many} asks for "
+                                              rf"{too_many * GLOBAL_BATCH} valid samples .* hold "
+                                              rf"{distinct} before a sample repeats; use "
+                                              rf"eval.batches={distinct // GLOBAL_BATCH} or less"):
+        valid.held_out_batch(too_many)
+    assert len(valid.held_out_batch(distinct // GLOBAL_BATCH)) == \
+        distinct // GLOBAL_BATCH * GLOBAL_BATCH // MICRO_BATCH
 
 
 def test_resume_refuses_changed_data_unless_allowed(data_cfg, prepared):

@@ -124,3 +124,19 @@ def test_sweep_runs_each_loop_count_in_its_own_folder(tmp_path):
         assert len(read_metrics(run)) == 3
         loops.append(saved.model.num_loops)
     assert sorted(loops) == [1, 2, 3]
+
+
+def test_eval_batches_averages_more_validation_batches_and_changes_nothing_else(tmp_path):
+    """eval.batches=3 (Megatron's --eval-iters): the validation loss over batches 0..2 differs
+    from batch 0's alone, while training (losses, grad norms) is the same step for step."""
+    runs = {}
+    for batches in (1, 3):
+        result = run_trainer(tmp_path / f"b{batches}", "train.max_steps=3", *SMALL, *small_data(),
+                             "eval.interval=1", f"eval.batches={batches}",
+                             "checkpoint.interval=0")
+        assert result.returncode == 0, output_of(result)
+        runs[batches] = [row for row in read_metrics(tmp_path / f"b{batches}") if "loss" in row]
+    one, three = runs[1], runs[3]
+    assert [r["step"] for r in one] == [r["step"] for r in three] == [1, 2, 3]
+    assert [(r["loss"], r["grad_norm"]) for r in one] == [(r["loss"], r["grad_norm"]) for r in three]
+    assert all(a["val_loss"] != b["val_loss"] for a, b in zip(one, three)), (one, three)
