@@ -9,7 +9,7 @@
     for micro_batches in loader: ...          # the same, forever (one global batch per step)
     loader.consumed_samples                   # global samples consumed by all ranks together
     loader.state_dict() / load_state_dict(d)  # {"consumed_samples", "fingerprint", ...}; small
-    loader.held_out_batch(n)                  # this rank's share of global batches 0..n-1 (fixed, for eval)
+    loader.held_out_batch(n)                  # this rank's share of global batches 0..n-1 (fixed)
 
 Global batch b is global samples [b*G, (b+1)*G) of the blend's order (data/blend.py), which depends on
 neither the data-parallel size nor the batch size nor the run length; rank r takes the contiguous

@@ -15,10 +15,11 @@ from model.config import require
 
 
 def reads_held_out_batch(cfg, layout) -> bool:
-    """The held-out batch (global batch 0 of the validation split, pretrain/train.py) is read by
-    the validation loss (eval.interval > 0) and by the loop diagnostics (diagnostics.interval > 0,
-    which run only with the whole model on each rank). Nothing else reads the validation split:
-    the code evaluation reads HumanEval."""
+    """The held-out batches (global batches 0..eval.batches-1 of the validation split,
+    pretrain/trainer.py) are read by the validation loss (eval.interval > 0), and the first
+    micro-batch of batch 0 by the loop diagnostics (diagnostics.interval > 0, which run only with
+    the whole model on each rank). Nothing else reads the validation split: the code evaluation
+    reads HumanEval."""
     return cfg.eval.interval > 0 or (cfg.diagnostics.interval > 0
                                      and layout.whole_model_on_each_rank)
 

@@ -64,7 +64,10 @@ def build_data(config, layout) -> RunData:
     loaders = [build_loader(config.data, prepared, split, train.seq_length,
                             train.global_batch_size, train.micro_batch_size, dp_rank, dp_size,
                             train.seed) for split in splits]
-    held_out = loaders[1].held_out_batch(config.eval.batches) if len(loaders) > 1 else None
+    # eval.batches counts only where a validation loss is computed: the diagnostics alone read
+    # the first micro-batch of batch 0, and must not be refused for a setting nothing uses.
+    batches = config.eval.batches if config.eval.interval > 0 else 1
+    held_out = loaders[1].held_out_batch(batches) if len(loaders) > 1 else None
     return RunData(loaders[0], held_out, tokenizer)
 
 

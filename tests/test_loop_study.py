@@ -360,6 +360,23 @@ def test_a_mismatch_gap_that_shrinks_with_r_is_not_a_fixed_cost(tmp_path):
     assert "+0.2 ± 0.005 (beyond: one sign, t 69.28 > 4.303, n = 3)" in row
 
 
+def test_a_negative_gap_is_named_and_an_infinite_t_survives_in_the_json(tmp_path):
+    _pair_cells(tmp_path, {2: -0.25, 3: -0.25}, seed_noise=0.25, jitter=0.0)  # exact in binary
+    data = build(str(tmp_path))
+    answer = next(r for r in data["mismatch"] if r["metric"] == "val_loss")
+    assert answer["answer"] == "CLP better at every R", answer["verdict"]
+    summary = markdown(data, [])
+    assert "is negative (CLP's loss lower) beyond the seed spread for m validation loss at R=2, 3" \
+        in summary and "is negative at every R beyond the spread (no mismatch cost) for m " \
+        "validation loss" in summary
+    assert answer["per_r"][2]["t"] == float("inf")  # std 0: t is infinite, not missing
+    runs = tmp_path / "report"
+    loop_study.main(["report", str(tmp_path), "--out", str(runs)])
+    saved = json.loads((runs / "report.json").read_text())
+    gap = next(r for r in saved["mismatch"] if r["metric"] == "val_loss")["per_r"]["2"]
+    assert gap["t"] == "inf" and gap["resolved"]
+
+
 def test_without_a_neutral_arm_the_mismatch_question_is_not_answered(tmp_path):
     write_grid(tmp_path, CLP_BEST_AT_2)
     data = build(str(tmp_path))

@@ -8,7 +8,9 @@ training-time cost of the offset's mismatch, and at one R the equal-token and th
 comparison are the same comparison. The fixed-cost account (LoopCoder-v2) predicts the gap
 positive and about the same at every R >= 2; this answers both halves under stats.PAIRED_RULE:
 is the gap positive beyond the seed spread at each R, and do the gaps of any two Rs differ beyond
-it (paired again: gap at the larger R minus gap at the smaller, seed by seed).
+it (paired again: gap at the larger R minus gap at the smaller, seed by seed). The answers: "not
+fixed" (two Rs' gaps differ), "fixed within the spread" (positive at every R, no two differ),
+"CLP better at every R" (negative at every R, no two differ), else "not resolved".
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ def _answer(per_r: Dict[int, Dict], between: List[Dict]):
                           for d in differ)
         return "not fixed", (f"not fixed: {moves}, beyond the seed spread (paired by seed); "
                              f"{values}")
-    positive = [r for r, g in per_r.items() if g["resolved"] and g["difference"] > 0]
     compared = between and all(d["n"] >= MIN_SEEDS for d in between)
-    if len(per_r) >= 2 and len(positive) == len(per_r) and compared:
-        return "fixed within the spread", (
-            f"consistent with a fixed cost: the gap is positive beyond the seed spread at every R "
-            f"and no two Rs' gaps differ beyond it ({values}); not a proof that it is constant")
+    for sign, answer, words, caveat in (
+            (1, "fixed within the spread", "consistent with a fixed cost: the gap is positive",
+             "; not a proof that it is constant"),
+            (-1, "CLP better at every R", "no mismatch cost: the gap is negative (CLP's loss "
+                                          "lower)", "")):
+        same = [r for r, g in per_r.items() if g["resolved"] and g["difference"] * sign > 0]
+        if len(per_r) >= 2 and len(same) == len(per_r) and compared:
+            return answer, (f"{words} beyond the seed spread at every R and no two Rs' gaps "
+                            f"differ beyond it ({values}){caveat}")
     return "not resolved", f"not resolved at this scale ({values})"
 
 

@@ -19,7 +19,8 @@ TITLES = {"a": "(a) Best R per size and arm",
           "c": "(c) Is the offset cost flat across loops?",
           "d": "(d) Does the effective rank at ~T/10 predict the final ranking of R?",
           "e": "(e) Is the ranking of R stable between the last two evaluations?",
-          "f": "(f) The mismatch term itself: is CLP's cost over the neutralized arm fixed across R?"}
+          "f": "(f) The mismatch term itself: is CLP's cost over the neutralized arm fixed "
+               "across R?"}
 
 
 def diff(c: Dict) -> str:

@@ -55,6 +55,8 @@ def _json_ready(value):
         return {str(k): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"  # a t from a spread of zero: not "no value"
     if isinstance(value, float) and not math.isfinite(value):
         return None  # strict JSON, like metrics.jsonl
     return value

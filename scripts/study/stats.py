@@ -70,14 +70,15 @@ T_CRITICAL_5 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 
                 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 PAIRED_RULE = (f"paired by seed index (the two cells of a pair share initialization, data order "
                f"and held-out batch): a mean per-seed difference exceeds the seed spread when "
-               f">= {MIN_SEEDS} seeds have both cells, every per-seed difference has the same sign, "
-               f"and a paired t-test rejects zero at 5% two-sided (t = |mean| / (s/sqrt(n)) above "
-               f"Student's critical value for n-1 degrees of freedom: 4.30 for 3 seeds, 12.7 for "
-               f"2). A stricter bar than 'Welch t > {SPREAD_FACTOR:g}' on purpose: with 3 seeds, "
-               f"t > {SPREAD_FACTOR:g} and one sign happen by chance about 1 time in 5 when there "
-               f"is no gap (simulated), this rule about 1 time in 20. Each comparison is "
-               f"tested on its own (no correction for the number of comparisons): evidence, not "
-               f"proof")
+               f">= {MIN_SEEDS} seeds have both cells, every per-seed difference has the same "
+               f"sign, and a paired t-test rejects zero at 5% two-sided (t = |mean| / (s/sqrt(n)) "
+               f"above Student's critical value for n-1 degrees of freedom: 4.30 for 3 seeds, 12.7 "
+               f"for 2; with 2-3 seeds that t implies one sign, which adds to the test from 4 "
+               f"seeds on). A stricter bar than 'Welch t > {SPREAD_FACTOR:g}' on purpose: with 3 "
+               f"seeds, t > {SPREAD_FACTOR:g} and one sign happen by chance about 1 time in 5 when "
+               f"there is no gap (simulated), this rule about 1 time in 20. Each comparison is "
+               f"tested on its own, with no correction for their number: among 20 comparisons of "
+               f"gaps that do not exist, about one is expected to pass. Evidence, not proof")
 
 
 def t_critical(n: int) -> float:

@@ -1,7 +1,7 @@
 """"What this grid says": the paragraph at the top of the report, generated from the answers
-(answers.py, stability.py, mismatch.py) and nothing else, so that it can never say more than they do. Each
-question gets one sentence: what is resolved, by name, and how many comparisons are "not resolved
-at this scale"."""
+(answers.py, stability.py, mismatch.py) and nothing else, so that it can never say more than they
+do. Each question gets one sentence: what is resolved, by name, and how many comparisons are "not
+resolved at this scale"."""
 
 from __future__ import annotations
 
@@ -92,17 +92,23 @@ def _mismatch(records: List[Dict]) -> str:
         return "No size has both a clp and a neutral arm: not answered."
     label = {"val_loss": "validation loss", "humaneval_nll": "HumanEval NLL"}
     items = [(f"{rec['size']} {label[rec['metric']]}", rec["answer"]) for rec in records]
-    positive = []
-    for rec in records:
-        rs = [r for r, g in rec["per_r"].items() if g["resolved"] and g["difference"] > 0]
-        if rs:
-            positive.append(f"{rec['size']} {label[rec['metric']]} at R={', '.join(map(str, rs))}")
-    parts = [f"is positive beyond the seed spread for {'; '.join(positive)}" if positive else
-             "is positive beyond the seed spread at no R"]
+    parts = []
+    for sign, words in ((1, "is positive"), (-1, "is negative (CLP's loss lower)")):
+        found = []
+        for rec in records:
+            rs = [r for r, g in rec["per_r"].items() if g["resolved"] and g["difference"] * sign > 0]
+            if rs:
+                found.append(f"{rec['size']} {label[rec['metric']]} at R={', '.join(map(str, rs))}")
+        if found or sign > 0:
+            parts.append(f"{words} beyond the seed spread for {'; '.join(found)}" if found else
+                         f"{words} beyond the seed spread at no R")
     parts += _tally(items, (("fixed within the spread", "is the same at every R within the "
                                                         "spread (consistent with a fixed cost)"),
                             ("not fixed", "differs between Rs beyond the spread (not a fixed "
-                                          "cost)")), "size x metric answers")
+                                          "cost)"),
+                            ("CLP better at every R", "is negative at every R beyond the spread "
+                                                      "(no mismatch cost)")),
+                    "size x metric answers")
     return "The gap of CLP over the neutralized arm, paired by seed, " + "; ".join(parts) + "."
 
 
