@@ -42,8 +42,8 @@ class LoaderStatement:
         return self.published.startswith("yes")
 
 
-def who_loads(m: ModelConfig) -> LoaderStatement:
-    family = family_of(m)
+def who_loads(model_cfg: ModelConfig) -> LoaderStatement:
+    family = family_of(model_cfg)
     remote = ("yes, with trust_remote_code=True: AutoModelForCausalLM runs this directory's "
               "modeling_iquestpltcoder.py (loopcoder's implementation)")
     if family == LLAMA_FAMILY:
@@ -53,11 +53,11 @@ def who_loads(m: ModelConfig) -> LoaderStatement:
         return LoaderStatement(family, remote, "yes: their iquest_loopcoder loader "
                                "(IQuest-Coder-V1 Loop, model_type iquestloopcoder) computes this "
                                "model", False)
-    if not m.shared_kv:
+    if not model_cfg.shared_kv:
         return LoaderStatement(family, remote, "no: this model (shared_kv=false, the vanilla "
                                "looped transformer) has no loop >= 2 gate and their loaders "
                                "expect plt_gate tensors in every layer, so they refuse it", False)
-    if not m.clp:
+    if not model_cfg.clp:
         return LoaderStatement(family, remote, "no, although they would load it: every tensor "
                                "they expect is here, but they ignore `plt_clp: false` and run "
                                "LoopCoder-V2's cross-loop shift, which this model (clp=false "
@@ -67,7 +67,7 @@ def who_loads(m: ModelConfig) -> LoaderStatement:
                            "model_type iquestpltcoder) computes this model", False)
 
 
-def refusal(m: ModelConfig, where: str) -> str:
+def refusal(model_cfg: ModelConfig, where: str) -> str:
     """The one-paragraph refusal of an export the published loaders would serve differently."""
     return (f"{where}: this model (clp=false with the hidden gate) has no published format; it "
             "would be written as LoopCoder-V2 with loopcoder's key `plt_clp: false`, which vLLM "
@@ -79,18 +79,18 @@ def refusal(m: ModelConfig, where: str) -> str:
             "IQuest-Coder-V1 Loop architecture")
 
 
-def readme(m: ModelConfig, dtype_name: str) -> str:
+def readme(model_cfg: ModelConfig, dtype_name: str) -> str:
     """README.md of an exported directory: what the model is and which tools load it."""
-    s = who_loads(m)
-    loops = ("one pass (a plain Llama-style decoder)" if m.num_loops == 1 else
-             f"{m.num_loops} loops, clp={m.clp}, shared_kv={m.shared_kv}, "
-             f"gate_input={m.gate_input}, swa_window={m.swa_window}")
+    s = who_loads(model_cfg)
+    loops = ("one pass (a plain Llama-style decoder)" if model_cfg.num_loops == 1 else
+             f"{model_cfg.num_loops} loops, clp={model_cfg.clp}, shared_kv={model_cfg.shared_kv}, "
+             f"gate_input={model_cfg.gate_input}, swa_window={model_cfg.swa_window}")
     code = ("" if s.family == LLAMA_FAMILY else
             "    AutoModelForCausalLM.from_pretrained(this_dir, trust_remote_code=True)\n")
     lines = [
         "# A loopcoder export",
         "",
-        f"model_type `{s.family}`, {m.num_layers} layers, hidden {m.hidden_size}, "
+        f"model_type `{s.family}`, {model_cfg.num_layers} layers, hidden {model_cfg.hidden_size}, "
         f"{loops}; dtype {dtype_name}. Written by loopcoder's scripts/export_hf.py.",
         "",
         "## Which tools load this directory",

@@ -56,62 +56,64 @@ class PublishedFormatError(CheckpointError, ValueError):
     checkpoint error to the user (exit 4, pretrain/errors.py), and a ValueError as before."""
 
 
-def family_of(m: ModelConfig) -> str:
-    if m.num_loops == 1:
+def family_of(model_cfg: ModelConfig) -> str:
+    if model_cfg.num_loops == 1:
         return LLAMA_FAMILY
-    if m.num_loops > 1 and not m.clp and m.shared_kv and m.gate_input == "query":
+    if (model_cfg.num_loops > 1 and not model_cfg.clp and model_cfg.shared_kv
+            and model_cfg.gate_input == "query"):
         return LOOP_FAMILY
     return PLT_FAMILY
 
 
-def extension_keys(m: ModelConfig) -> dict:
+def extension_keys(model_cfg: ModelConfig) -> dict:
     """loopcoder's ablations that neither published family has (clp=false with the hidden gate,
     shared_kv=false: the PLT paper's controls), as two extra LoopCoder-V2 keys. Only our
     transformers implementation reads them; the published loaders (vLLM, SGLang) ignore them:
     they cannot load shared_kv=false (no gate tensors) and would run clp=false with the shift it
     never had (handoff/loaders.py: the export refuses that unless asked, and says so)."""
-    if m.num_loops == 1 or family_of(m) == LOOP_FAMILY:
+    if model_cfg.num_loops == 1 or family_of(model_cfg) == LOOP_FAMILY:
         return {}
     keys = {}
-    if not m.clp:
+    if not model_cfg.clp:
         keys["plt_clp"] = False
-    if not m.shared_kv:
+    if not model_cfg.shared_kv:
         keys["plt_shared_kv"] = False
     return keys
 
 
-def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
+def published_config(model_cfg: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
                      eos_id: int = 2) -> dict:
-    """config.json for `m` in its family's published keys, with our auto_map (none for Llama).
+    """config.json for `model_cfg` in its family's published keys, with our auto_map (none for
+    Llama).
     Refuses (ConfigError) the neutralized CLP arm, clp_offset=0: no family has it and neither the
     published loaders nor our transformers code would compute it (they would run the offset)."""
-    require(m.num_loops == 1 or not m.clp or m.clp_offset == 1,
+    require(model_cfg.num_loops == 1 or not model_cfg.clp or model_cfg.clp_offset == 1,
             "model.clp_offset=0 (the neutralized CLP arm of the loop-count ablation, "
             "docs/spec.md#ablations) has no Hugging Face format: every LoopCoder-V2 loader, "
             "ours included, runs the one-position offset, so an export would compute another "
             "model. Evaluate it in loopcoder (scripts/evaluate.py, scripts/generate.py "
             "--mode sequential); export the clp_offset=1 or clp=false arms")
-    family = family_of(m)
+    family = family_of(model_cfg)
     config = {
         "architectures": [ARCHITECTURES[family]],
         "model_type": family,
-        "vocab_size": m.vocab_size,
-        "hidden_size": m.hidden_size,
-        "intermediate_size": m.ffn_hidden_size,
-        "num_hidden_layers": m.num_layers,
-        "num_attention_heads": m.num_attention_heads,
-        "num_key_value_heads": m.num_query_groups or m.num_attention_heads,
-        "head_dim": m.hidden_size // m.num_attention_heads,
+        "vocab_size": model_cfg.vocab_size,
+        "hidden_size": model_cfg.hidden_size,
+        "intermediate_size": model_cfg.ffn_hidden_size,
+        "num_hidden_layers": model_cfg.num_layers,
+        "num_attention_heads": model_cfg.num_attention_heads,
+        "num_key_value_heads": model_cfg.num_query_groups or model_cfg.num_attention_heads,
+        "head_dim": model_cfg.hidden_size // model_cfg.num_attention_heads,
         "hidden_act": "silu",
-        "max_position_embeddings": m.max_position_embeddings,
-        "initializer_range": m.init_method_std,
-        "rms_norm_eps": m.norm_epsilon,
-        "rope_theta": m.rotary_base,
+        "max_position_embeddings": model_cfg.max_position_embeddings,
+        "initializer_range": model_cfg.init_method_std,
+        "rms_norm_eps": model_cfg.norm_epsilon,
+        "rope_theta": model_cfg.rotary_base,
         "rope_scaling": None,
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
-        "tie_word_embeddings": not m.untie_embeddings_and_output_weights,
+        "tie_word_embeddings": not model_cfg.untie_embeddings_and_output_weights,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "use_cache": True,
@@ -121,12 +123,13 @@ def published_config(m: ModelConfig, dtype: str = "bfloat16", bos_id: int = 1,
         config["auto_map"] = AUTO_MAP[family]
     if family == PLT_FAMILY:
         config.update(
-            plt_num_loops=m.num_loops, plt_emb_scale=m.clp_emb_scale,
-            plt_hidden_scale=m.clp_hidden_scale, plt_normalize_per_loop=m.normalize_per_loop,
-            plt_gate_use_hidden_states=m.gate_input == "hidden",
-            plt_window_size=[m.swa_window, 0], **extension_keys(m))
+            plt_num_loops=model_cfg.num_loops, plt_emb_scale=model_cfg.clp_emb_scale,
+            plt_hidden_scale=model_cfg.clp_hidden_scale,
+            plt_normalize_per_loop=model_cfg.normalize_per_loop,
+            plt_gate_use_hidden_states=model_cfg.gate_input == "hidden",
+            plt_window_size=[model_cfg.swa_window, 0], **extension_keys(model_cfg))
     elif family == LOOP_FAMILY:
-        config.update(loop_num=m.num_loops, loop_window_size=m.swa_window + 1)
+        config.update(loop_num=model_cfg.num_loops, loop_window_size=model_cfg.swa_window + 1)
     return config
 
 

@@ -40,31 +40,31 @@ LAYER_PLAIN = {
 }
 
 
-def _dims(m: ModelConfig):
-    heads = m.num_attention_heads
-    groups = m.num_query_groups or heads
-    return heads, groups, m.hidden_size // heads
+def _dims(model_cfg: ModelConfig):
+    heads = model_cfg.num_attention_heads
+    groups = model_cfg.num_query_groups or heads
+    return heads, groups, model_cfg.hidden_size // heads
 
 
-def _gate_names(m: ModelConfig, layer: int) -> Dict[str, str]:
+def _gate_names(model_cfg: ModelConfig, layer: int) -> Dict[str, str]:
     """Our gate names -> published, for one layer of a gated model."""
     ours = f"decoder.layers.{layer}.self_attention."
-    if family_of(m) == LOOP_FAMILY:
+    if family_of(model_cfg) == LOOP_FAMILY:
         theirs = f"model.gate_projections.{layer}."
         return {ours + "linear_gate.weight": theirs + "weight", ours + "linear_gate.bias": theirs + "bias"}
     theirs = f"model.layers.{layer}.self_attn.plt_gate."
     names = {ours + "linear_gate.weight": theirs + "weight", ours + "linear_gate.bias": theirs + "bias"}
-    if m.gate_input == "hidden":
+    if model_cfg.gate_input == "hidden":
         names[ours + "gate_norm.weight"] = theirs + "gate_norm.weight"
     return names
 
 
-def published_shapes(m: ModelConfig) -> Dict[str, Tuple[int, ...]]:
-    """Every published tensor of `m` and its shape, in the order the export writes them."""
-    heads, groups, d = _dims(m)
-    h, f, v = m.hidden_size, m.ffn_hidden_size, m.vocab_size
+def published_shapes(model_cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
+    """Every published tensor of `model_cfg` and its shape, in the order the export writes them."""
+    heads, groups, d = _dims(model_cfg)
+    h, f, v = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.vocab_size
     shapes = {"model.embed_tokens.weight": (v, h)}
-    for i in range(m.num_layers):
+    for i in range(model_cfg.num_layers):
         p = f"model.layers.{i}."
         shapes.update({p + "input_layernorm.weight": (h,), p + "self_attn.q_proj.weight": (heads * d, h),
                        p + "self_attn.k_proj.weight": (groups * d, h),
@@ -73,46 +73,47 @@ def published_shapes(m: ModelConfig) -> Dict[str, Tuple[int, ...]]:
                        p + "post_attention_layernorm.weight": (h,),
                        p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
                        p + "mlp.down_proj.weight": (h, f)})
-        if m.has_gated_loops:
-            gate = dict(zip(_gate_names(m, i).values(), [
-                (heads, d if m.gate_input == "query" else h), (heads,), (h,)]))
+        if model_cfg.has_gated_loops:
+            gate = dict(zip(_gate_names(model_cfg, i).values(), [
+                (heads, d if model_cfg.gate_input == "query" else h), (heads,), (h,)]))
             shapes.update(gate)
     shapes["model.norm.weight"] = (h,)
-    if m.untie_embeddings_and_output_weights:
+    if model_cfg.untie_embeddings_and_output_weights:
         shapes["lm_head.weight"] = (v, h)
     return shapes
 
 
-def split_qkv(m: ModelConfig, qkv: torch.Tensor) -> List[torch.Tensor]:
-    heads, groups, d = _dims(m)
+def split_qkv(model_cfg: ModelConfig, qkv: torch.Tensor) -> List[torch.Tensor]:
+    heads, groups, d = _dims(model_cfg)
     per_group = qkv.view(groups, (heads // groups + 2) * d, -1)
     q, k, v = per_group.split([heads // groups * d, d, d], dim=1)
     return [t.reshape(-1, qkv.shape[-1]) for t in (q, k, v)]
 
 
-def fuse_qkv(m: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    heads, groups, d = _dims(m)
+def fuse_qkv(model_cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor) -> torch.Tensor:
+    heads, groups, d = _dims(model_cfg)
     hidden = q.shape[-1]
     parts = [q.view(groups, heads // groups * d, hidden), k.view(groups, d, hidden),
              v.view(groups, d, hidden)]
     return torch.cat(parts, dim=1).reshape(-1, hidden)
 
 
-def to_published(m: ModelConfig, weights: Dict[str, torch.Tensor]
+def to_published(model_cfg: ModelConfig, weights: Dict[str, torch.Tensor]
                  ) -> Iterator[Tuple[str, torch.Tensor]]:
     """(published name, tensor) in `published_shapes` order. Each source tensor is popped from
     `weights` as it is converted, so the caller holds at most the rest plus what it buffers."""
     def take(name):
         if name not in weights:
             raise PublishedFormatError(f"the checkpoint has no tensor {name!r} that a "
-                                       f"{family_of(m)} model of this config needs")
+                                       f"{family_of(model_cfg)} model of this config needs")
         return weights.pop(name)
 
     yield "model.embed_tokens.weight", take("embedding.word_embeddings.weight")
-    for i in range(m.num_layers):
+    for i in range(model_cfg.num_layers):
         ours, theirs = f"decoder.layers.{i}.", f"model.layers.{i}."
         yield theirs + "input_layernorm.weight", take(ours + "input_layernorm.weight")
-        q, k, v = split_qkv(m, take(ours + "self_attention.linear_qkv.weight"))
+        q, k, v = split_qkv(model_cfg, take(ours + "self_attention.linear_qkv.weight"))
         yield theirs + "self_attn.q_proj.weight", q
         yield theirs + "self_attn.k_proj.weight", k
         yield theirs + "self_attn.v_proj.weight", v
@@ -122,33 +123,34 @@ def to_published(m: ModelConfig, weights: Dict[str, torch.Tensor]
         yield theirs + "mlp.gate_proj.weight", gate
         yield theirs + "mlp.up_proj.weight", up
         yield theirs + "mlp.down_proj.weight", take(ours + "mlp.linear_fc2.weight")
-        if m.has_gated_loops:
-            for our_name, their_name in _gate_names(m, i).items():
+        if model_cfg.has_gated_loops:
+            for our_name, their_name in _gate_names(model_cfg, i).items():
                 yield their_name, take(our_name)
     yield "model.norm.weight", take("decoder.final_layernorm.weight")
-    if m.untie_embeddings_and_output_weights:
+    if model_cfg.untie_embeddings_and_output_weights:
         yield "lm_head.weight", take("output_layer.weight")
     if weights:
-        raise PublishedFormatError(f"the checkpoint holds tensors the {family_of(m)} format has no "
-                                   f"place for: {sorted(weights)[:5]}")
+        raise PublishedFormatError(f"the checkpoint holds tensors the {family_of(model_cfg)} "
+                                   f"format has no place for: {sorted(weights)[:5]}")
 
 
-def from_published(m: ModelConfig, get: Callable[[str], torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Our weights of `m` from a reader of published tensors (names already verified)."""
+def from_published(model_cfg: ModelConfig,
+                   get: Callable[[str], torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our weights of `model_cfg` from a reader of published tensors (names already verified)."""
     weights = {"embedding.word_embeddings.weight": get("model.embed_tokens.weight")}
-    for i in range(m.num_layers):
+    for i in range(model_cfg.num_layers):
         ours, theirs = f"decoder.layers.{i}.", f"model.layers.{i}."
         for our_suffix, their_suffix in LAYER_PLAIN.items():
             weights[ours + our_suffix] = get(theirs + their_suffix)
         weights[ours + "self_attention.linear_qkv.weight"] = fuse_qkv(
-            m, *(get(theirs + f"self_attn.{x}_proj.weight") for x in "qkv"))
+            model_cfg, *(get(theirs + f"self_attn.{x}_proj.weight") for x in "qkv"))
         weights[ours + "mlp.linear_fc1.weight"] = torch.cat(
             [get(theirs + "mlp.gate_proj.weight"), get(theirs + "mlp.up_proj.weight")])
-        if m.has_gated_loops:
-            for our_name, their_name in _gate_names(m, i).items():
+        if model_cfg.has_gated_loops:
+            for our_name, their_name in _gate_names(model_cfg, i).items():
                 weights[our_name] = get(their_name)
     weights["decoder.final_layernorm.weight"] = get("model.norm.weight")
-    if m.untie_embeddings_and_output_weights:
+    if model_cfg.untie_embeddings_and_output_weights:
         weights["output_layer.weight"] = get("lm_head.weight")
     return weights
 

@@ -97,58 +97,58 @@ def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
 
 
 # -- parameters ------------------------------------------------------------------------------
-def _kv_groups(m, tp: int) -> int:
+def _kv_groups(model_cfg, tp: int) -> int:
     """megatron replicates KV heads when tp > num_query_groups (attention.py: one group per rank)."""
-    groups = m.num_query_groups or m.num_attention_heads
+    groups = model_cfg.num_query_groups or model_cfg.num_attention_heads
     return max(groups, tp)
 
 
-def layer_parameters(m, tp: int = 1) -> Dict[str, int]:
+def layer_parameters(model_cfg, tp: int = 1) -> Dict[str, int]:
     """One layer's parameters on one tensor-parallel rank, by module (model/layer.py)."""
-    h, heads = m.hidden_size, m.num_attention_heads
+    h, heads = model_cfg.hidden_size, model_cfg.num_attention_heads
     head_dim = h // heads
-    qkv_out = (heads + 2 * _kv_groups(m, tp)) * head_dim
+    qkv_out = (heads + 2 * _kv_groups(model_cfg, tp)) * head_dim
     params = {
         "input_layernorm": h,
         "linear_qkv": h * qkv_out // tp,
         "linear_proj": h * h // tp,
         "pre_mlp_layernorm": h,
-        "linear_fc1": h * 2 * m.ffn_hidden_size // tp,
-        "linear_fc2": m.ffn_hidden_size * h // tp,
+        "linear_fc1": h * 2 * model_cfg.ffn_hidden_size // tp,
+        "linear_fc2": model_cfg.ffn_hidden_size * h // tp,
     }
-    if m.has_gated_loops and m.gate_input == "query":
+    if model_cfg.has_gated_loops and model_cfg.gate_input == "query":
         params["linear_gate"] = (head_dim * heads + heads) // tp  # weight [heads, head_dim], bias
-    elif m.has_gated_loops:
+    elif model_cfg.has_gated_loops:
         params["gate_norm"] = h
         params["linear_gate"] = (h * heads + heads) // tp  # weight [heads, hidden] and bias
     return params
 
 
-def parameters_per_stage(m, tp: int = 1, pp: int = 1) -> List[Dict[str, int]]:
+def parameters_per_stage(model_cfg, tp: int = 1, pp: int = 1) -> List[Dict[str, int]]:
     """Per pipeline stage (first to last), the parameters of one tensor-parallel rank by group."""
     stages = []
-    per_layer = sum(layer_parameters(m, tp).values())
+    per_layer = sum(layer_parameters(model_cfg, tp).values())
     for stage in range(pp):
-        counts = {"layers": per_layer * m.num_layers // pp}
+        counts = {"layers": per_layer * model_cfg.num_layers // pp}
         if stage == 0:
-            counts["embedding"] = m.vocab_size * m.hidden_size // tp
+            counts["embedding"] = model_cfg.vocab_size * model_cfg.hidden_size // tp
         if stage == pp - 1:
-            counts["final_layernorm"] = m.hidden_size
-            if m.untie_embeddings_and_output_weights or pp > 1:
-                counts["output_layer"] = m.vocab_size * m.hidden_size // tp
+            counts["final_layernorm"] = model_cfg.hidden_size
+            if model_cfg.untie_embeddings_and_output_weights or pp > 1:
+                counts["output_layer"] = model_cfg.vocab_size * model_cfg.hidden_size // tp
         stages.append(counts)
     return stages
 
 
-def total_parameters(m) -> int:
+def total_parameters(model_cfg) -> int:
     """The model's parameters on one rank without model parallelism (= the unique parameters)."""
-    return sum(parameters_per_stage(m)[0].values())
+    return sum(parameters_per_stage(model_cfg)[0].values())
 
 
 # -- activations -----------------------------------------------------------------------------
-def _dims(m, layout: Layout):
+def _dims(model_cfg, layout: Layout):
     tp = layout.tp
-    h, heads = m.hidden_size, m.num_attention_heads
+    h, heads = model_cfg.hidden_size, model_cfg.num_attention_heads
     head_dim = h // heads
     tokens = layout.seq_length * layout.micro_batch_size
     return dict(
@@ -156,15 +156,15 @@ def _dims(m, layout: Layout):
         # tensors in the [s, b, hidden] stream: split along the sequence under sequence parallelism
         stream_tokens=tokens // tp if layout.sequence_parallel else tokens,
         h=h, heads_local=heads // tp, head_dim=head_dim,
-        q_local=h // tp, kv_local=_kv_groups(m, tp) * head_dim // tp,
-        ffn_local=m.ffn_hidden_size // tp, vocab_local=m.vocab_size // tp,
+        q_local=h // tp, kv_local=_kv_groups(model_cfg, tp) * head_dim // tp,
+        ffn_local=model_cfg.ffn_hidden_size // tp, vocab_local=model_cfg.vocab_size // tp,
         act_bytes=2 if layout.bf16 else 4,
     )
 
 
-def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
+def layer_activation_terms(model_cfg, layout: Layout, gated: bool) -> Dict[str, int]:
     """Bytes one layer saves for backward in one loop of one micro-batch (no recomputation)."""
-    d = _dims(m, layout)
+    d = _dims(model_cfg, layout)
     tok, st, B = d["tokens"], d["stream_tokens"], d["act_bytes"]
     h, q, kv, f = d["h"], d["q_local"], d["kv_local"], d["ffn_local"]
     seq, batch = layout.seq_length, layout.micro_batch_size
@@ -173,7 +173,8 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
     # What the torch backend's local branch saves (gated loops). This loop's K (after RoPE) and V
     # are saved by the kernel that reads them, except when that branch runs blocked: it saves its
     # padded copies instead (local_kv_spans).
-    torch_local = torch_local_branch_terms(m, layout) if gated and layout.attention_backend == "torch" else {}
+    torch_local = (torch_local_branch_terms(model_cfg, layout)
+                   if gated and layout.attention_backend == "torch" else {})
     own_kv = 0 if "local_kv_spans" in torch_local else tok * kv * B
     terms = {
         "norms": 2 * norm,
@@ -185,7 +186,7 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
         "mlp_fc1_output": tok * 2 * f * B,
         "mlp_swiglu": 3 * tok * f * B,          # silu(x), x_linear + offset, fc2's input
     }
-    if gated and m.gate_input == "query":
+    if gated and model_cfg.gate_input == "query":
         # the rotated query is kept anyway (rope_qk); the logits and the sigmoid's output
         terms["gate"] = 2 * tok * d["heads_local"] * B
     elif gated:
@@ -198,12 +199,12 @@ def layer_activation_terms(m, layout: Layout, gated: bool) -> Dict[str, int]:
     return terms
 
 
-def torch_local_branch_terms(m, layout: Layout) -> Dict[str, int]:
+def torch_local_branch_terms(model_cfg, layout: Layout) -> Dict[str, int]:
     """What the torch backend's sliding-window call saves besides its inputs and output (the
     module docstring): blocked over a long sequence, dense with an [s, s] mask over a short one."""
-    d = _dims(m, layout)
+    d = _dims(model_cfg, layout)
     seq, batch, B = layout.seq_length, layout.micro_batch_size, d["act_bytes"]
-    window = m.swa_window
+    window = model_cfg.swa_window
     block = sliding_window_block(seq, seq, window)
     if block is None:
         return {"local_mask": seq * seq * B}
@@ -219,68 +220,69 @@ def torch_local_branch_terms(m, layout: Layout) -> Dict[str, int]:
     return terms
 
 
-def head_activation_terms(m, layout: Layout) -> Dict[str, int]:
+def head_activation_terms(model_cfg, layout: Layout) -> Dict[str, int]:
     """Bytes saved outside the layers per micro-batch: loop transitions, final norm, head, loss."""
-    d = _dims(m, layout)
+    d = _dims(model_cfg, layout)
     tok, st, B = d["tokens"], d["stream_tokens"], d["act_bytes"]
     norm = 2 * st * d["h"] * 4 + st * 4
-    transitions = (m.num_loops - 1) if (m.clp and m.normalize_per_loop) else 0
+    transitions = ((model_cfg.num_loops - 1)
+                   if (model_cfg.clp and model_cfg.normalize_per_loop) else 0)
     return {
         "token_ids": tok * 8,
         "loop_transitions": transitions * norm,
         "final_norm": norm,
         "head_input": st * d["h"] * B,
         # megatron's saves the fp32 softmax; the chunked head only a logsumexp per token
-        "cross_entropy": (4 if m.chunked_cross_entropy else d["vocab_local"] * 4) * tok
+        "cross_entropy": (4 if model_cfg.chunked_cross_entropy else d["vocab_local"] * 4) * tok
         + tok * (1 + 8),
     }
 
 
-def loop1_kv_bytes(m, layout: Layout) -> int:
+def loop1_kv_bytes(model_cfg, layout: Layout) -> int:
     """Loop 1's K (after RoPE) and V (its own copy) over the layers of a rank, held for the later
     loops; with recomputation they are what the block keeps besides its inputs."""
-    d = _dims(m, layout)
+    d = _dims(model_cfg, layout)
     per_layer = d["tokens"] * 2 * d["kv_local"] * d["act_bytes"]
-    return per_layer * m.num_layers // layout.pp
+    return per_layer * model_cfg.num_layers // layout.pp
 
 
-def activation_terms(m, layout: Layout, recompute: Optional[str] = None) -> Dict[str, int]:
+def activation_terms(model_cfg, layout: Layout, recompute: Optional[str] = None) -> Dict[str, int]:
     """What one micro-batch's forward leaves for its backward on one rank of the first stage (pp=1:
     the whole model). recompute: none | full (default: model.recompute)."""
-    recompute = recompute or m.recompute
-    layers = m.num_layers // layout.pp
-    loops, gated = m.num_loops, m.has_gated_loops
+    recompute = recompute or model_cfg.recompute
+    layers = model_cfg.num_layers // layout.pp
+    loops, gated = model_cfg.num_loops, model_cfg.has_gated_loops
     terms: Dict[str, int] = {}
     if recompute == "full":
-        d = _dims(m, layout)
+        d = _dims(model_cfg, layout)
         terms["layer_inputs"] = layers * loops * d["stream_tokens"] * d["h"] * d["act_bytes"]
         if gated:
-            terms["loop1_kv"] = loop1_kv_bytes(m, layout)
+            terms["loop1_kv"] = loop1_kv_bytes(model_cfg, layout)
         terms["rotary"] = layout.seq_length * d["head_dim"] * 4
     else:
-        plain = sum(layer_activation_terms(m, layout, gated=False).values())
-        later = sum(layer_activation_terms(m, layout, gated=gated).values())
+        plain = sum(layer_activation_terms(model_cfg, layout, gated=False).values())
+        later = sum(layer_activation_terms(model_cfg, layout, gated=gated).values())
         terms["loop1_layers"] = layers * plain
         if loops > 1:
             terms["later_loop_layers"] = layers * (loops - 1) * later
-    terms.update(head_activation_terms(m, layout))
+    terms.update(head_activation_terms(model_cfg, layout))
     return terms
 
 
-def backward_working_set(m, layout: Layout, recompute: Optional[str] = None) -> int:
+def backward_working_set(model_cfg, layout: Layout, recompute: Optional[str] = None) -> int:
     """An estimate of what the backward adds at its peak on top of the saved activations: with
     recomputation one layer-loop's activations rebuilt plus their gradients (about as large),
     without it the gradients of the residual stream and of one layer's largest activation."""
-    recompute = recompute or m.recompute
-    d = _dims(m, layout)
-    layer = sum(layer_activation_terms(m, layout, gated=m.has_gated_loops).values())
+    recompute = recompute or model_cfg.recompute
+    d = _dims(model_cfg, layout)
+    layer = sum(layer_activation_terms(model_cfg, layout, gated=model_cfg.has_gated_loops).values())
     stream_grads = 2 * d["stream_tokens"] * d["h"] * d["act_bytes"]
     if recompute == "full":
         return 2 * layer + stream_grads
     return stream_grads + d["tokens"] * 2 * d["ffn_local"] * d["act_bytes"]
 
 
-def microbatches_in_flight(m, layout: Layout) -> int:
+def microbatches_in_flight(model_cfg, layout: Layout) -> int:
     """Micro-batch chunks whose activations stage 0 holds at once (megatron's schedules): 1 without
     pipelining; 1F1B: pp; interleaved (PLT: the loops are the virtual chunks, model/pipeline.py):
     the warm-up of rank 0, 2 (pp - 1) + (vpp - 1) pp, plus the one in its forward, counted in

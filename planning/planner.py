@@ -62,15 +62,15 @@ class Plan:
         return sum(self.memory.values())
 
 
-def flops_breakdown(m, seq_length: int) -> Dict[str, float]:
+def flops_breakdown(model_cfg, seq_length: int) -> Dict[str, float]:
     """Training FLOPs per token split into loop 1, each later loop and the head, all from
     model.flops.flops_per_token by differences (one formula, one source)."""
     def f(**changes):
-        return flops_per_token(dataclasses.replace(m, **changes), seq_length)
+        return flops_per_token(dataclasses.replace(model_cfg, **changes), seq_length)
 
     head = f(num_layers=0, num_loops=1)
     first = f(num_loops=1) - head
-    later = (f(num_loops=2) - f(num_loops=1)) if m.num_loops > 1 else 0.0
+    later = (f(num_loops=2) - f(num_loops=1)) if model_cfg.num_loops > 1 else 0.0
     return {"head": head, "loop1_block": first, "later_loop_block": later}
 
 
