@@ -120,7 +120,7 @@ def test_the_grid_runs_as_users_type_it_and_a_rerun_skips_finished_cells(tmp_pat
     command = [EXPERIMENT, "study.sizes=[study_xs]", "study.seeds=1", "+loop_variant=R2_neutral",
                "model.vocab_size=640", *small_data(), "train.max_steps=4", "train.warmup_steps=1",
                "eval.interval=1", "diagnostics.interval=2", "eval.code.interval=4",
-               "eval.code.problems=2"]
+               "eval.code.problems=2", "eval.batches=2"]  # the small corpus holds 5 batches
     result = run_trainer(tmp_path, *command, multirun=True, timeout=600)
     assert result.returncode == 0, output_of(result)
     logged = {}
