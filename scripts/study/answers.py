@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from scripts.study.stability import ranking_stability
-from scripts.study.stats import compare, finite, spearman, summarize
+from scripts.study.stats import compare, finite, spearman
 
 METRICS = {"val_loss": "final validation loss (equal tokens: every cell's last evaluation)",
            "val_at_equal_flops": "validation loss at equal training FLOPs (interpolated)",
@@ -117,8 +117,7 @@ def early_rank(series: Dict[int, Dict]) -> Dict:
     pairs = [(x, y) for g in series.values() for x, y in g["early_rank_vs_final"]
              if finite(x) and finite(y)]
     cells = spearman([x for x, _ in pairs], [y for _, y in pairs])
-    means = [(summarize([x for x, _ in g["early_rank_vs_final"]])["mean"], g["val_loss"]["mean"])
-             for g in series.values()]
+    means = [(g["early_effective_rank"]["mean"], g["val_loss"]["mean"]) for g in series.values()]
     means = [(x, y) for x, y in means if finite(x) and finite(y)]
     by_r = spearman([x for x, _ in means], [y for _, y in means])
     steps = sorted({s for g in series.values() for s in g["early_steps"]})

@@ -71,11 +71,16 @@ def _answer(per_r: Dict[int, Dict], between: List[Dict]):
              "; not a proof that it is constant"),
             (-1, "CLP better at every R", "no mismatch cost: the gap is negative (CLP's loss "
                                           "lower)", "")):
-        same = [r for r, g in per_r.items() if g["resolved"] and g["difference"] * sign > 0]
+        same = resolved_rs(per_r, sign)
         if len(per_r) >= 2 and len(same) == len(per_r) and compared:
             return answer, (f"{words} beyond the seed spread at every R and no two Rs' gaps "
                             f"differ beyond it ({values}){caveat}")
     return "not resolved", f"not resolved at this scale ({values})"
+
+
+def resolved_rs(per_r: Dict[int, Dict], sign: int) -> List[int]:
+    """The Rs whose gap is resolved with this sign (1: CLP's loss higher; -1: lower)."""
+    return [r for r, g in per_r.items() if g["resolved"] and g["difference"] * sign > 0]
 
 
 def gap_words(g: Dict) -> str:

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from scripts.study.cells import BASELINE, Cell  # noqa: E402
-from scripts.study.stats import interpolate, summarize  # noqa: E402
+from scripts.study.stats import summarize  # noqa: E402
+from scripts.study.tables import at_budget  # noqa: E402
 
 
 def _label(loops: int, arm: str) -> str:
@@ -30,8 +31,7 @@ STYLE = {BASELINE: "o-", "clp": "o-", "noclp": "s--", "neutral": "^:"}
 def _band(cells: List[Cell], axis: int):
     """x of the first seed's evaluations and mean/min/max over seeds there (log-x interpolated)."""
     xs = [p[axis] for p in cells[0].val_curve]
-    stats = [summarize([interpolate([p[axis] for p in c.val_curve], [p[2] for p in c.val_curve], x)
-                        for c in cells]) for x in xs]
+    stats = [summarize([at_budget(c, axis, x) for c in cells]) for x in xs]
     kept = [(x, s) for x, s in zip(xs, stats) if s["n"] == len(cells)]
     return ([x for x, _ in kept], [s["mean"] for _, s in kept], [s["min"] for _, s in kept],
             [s["max"] for _, s in kept])

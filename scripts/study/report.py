@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from typing import Dict, List
 
 from model.config import ConfigError
+from pretrain.checkpoint.destination import nothing_left_on_failure
 from pretrain.run_files import write_file_atomically
 from scripts.study import (answers, mismatch, plots, render, render_answers, stability, summary,
                            tables)
@@ -72,7 +72,8 @@ def _cell_record(cell: Cell) -> Dict:
 def build(runs_dir: str) -> Dict:
     """Everything the report says, as data (report.json holds it)."""
     cells = read_cells(runs_dir)
-    groups = tables.groups(cells)
+    budgets = tables.budgets(cells)
+    groups = tables.groups(cells, budgets)
     sizes = tables.sizes(cells)
     records = answers.answer_all(groups, sizes, tables.arms(cells),
                                  lambda size, arm: tables.series(groups, size, arm))
@@ -83,7 +84,7 @@ def build(runs_dir: str) -> Dict:
     computed = [c.folder for c in cells if c.ok and not c.flops_logged]
     context = {"runs_dir": runs_dir, "parameters": {s: first[s] for s in sizes},
                "flops_logged": not computed, "flops_computed": computed}
-    return {"context": context, "cells": cells, "groups": groups, "budgets": tables.budgets(cells),
+    return {"context": context, "cells": cells, "groups": groups, "budgets": budgets,
             "answers": records, "stability": stability.overall(records),
             "mismatch": mismatch.answer_all(cells, sizes),
             "missing": tables.missing(cells)}
@@ -104,15 +105,15 @@ def markdown(data: Dict, pngs: List[str]) -> str:
 
 
 def write(runs_dir: str, out_dir: str) -> List[str]:
-    """Write the report into `out_dir` (made if absent; removed again if the writing fails)."""
+    """Write the report into `out_dir` (made if absent; what this made is removed again if the
+    writing fails: pretrain/checkpoint/destination.py nothing_left_on_failure)."""
     check_paths(runs_dir, out_dir)
-    made = not os.path.exists(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    try:
+    with nothing_left_on_failure(out_dir, "--out"):
+        os.makedirs(out_dir, exist_ok=True)
         data = build(runs_dir)
         pngs = []
-        for size in tables.sizes(data["cells"]):
-            pngs.append(plots.validation(data["cells"], size, data["budgets"][size], out_dir))
+        for size, budget in data["budgets"].items():  # in size order (tables.sizes)
+            pngs.append(plots.validation(data["cells"], size, budget, out_dir))
             pngs.append(plots.effective_rank(data["groups"], size, out_dir))
         text = markdown(data, pngs)
         record = {**data, "cells": [_cell_record(c) for c in data["cells"]], "plots": pngs,
@@ -121,8 +122,4 @@ def write(runs_dir: str, out_dir: str) -> List[str]:
         write_file_atomically(os.path.join(out_dir, "report.json"),
                               json.dumps(_json_ready(record), indent=1, allow_nan=False) + "\n")
         write_file_atomically(os.path.join(out_dir, "report.md"), text)
-    except BaseException:
-        if made:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
     return [os.path.join(out_dir, name) for name in ("report.md", "report.json", *pngs)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from scripts.study.mismatch import resolved_rs
+
 SHORT = {"val_loss": "at equal tokens", "val_at_equal_flops": "at equal FLOPs",
          "humaneval_nll": "by HumanEval NLL"}
 
@@ -96,7 +98,7 @@ def _mismatch(records: List[Dict]) -> str:
     for sign, words in ((1, "is positive"), (-1, "is negative (CLP's loss lower)")):
         found = []
         for rec in records:
-            rs = [r for r, g in rec["per_r"].items() if g["resolved"] and g["difference"] * sign > 0]
+            rs = resolved_rs(rec["per_r"], sign)
             if rs:
                 found.append(f"{rec['size']} {label[rec['metric']]} at R={', '.join(map(str, rs))}")
         if found or sign > 0:

@@ -107,9 +107,9 @@ def _mean_offset_cost(cell: Cell) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def groups(cells: List[Cell]) -> List[Dict]:
-    """One summary per size x R x arm that has a cell, in size, R, arm order."""
-    table = budgets(cells)
+def groups(cells: List[Cell], table: Dict[str, Dict[str, float]]) -> List[Dict]:
+    """One summary per size x R x arm that has a cell, in size, R, arm order; `table`: the
+    budgets of `cells` (budgets())."""
     by_key: Dict[Tuple, List[Cell]] = {}
     for cell in cells:
         if cell.size is not None and cell.status != "duplicate":
