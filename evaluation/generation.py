@@ -43,10 +43,9 @@ def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
 
 
 def text_ids(tokenizer, ids: List[int]) -> List[int]:
-    """The ids that stand for text: without end-of-document, and without the ids of a model
-    vocabulary padded past the tokenizer's (megatron pads it for tensor parallelism; such an id
-    never occurs in training data and renders as nothing)."""
-    return [i for i in ids if i < tokenizer.vocab_size and i != tokenizer.eod_id]
+    """The ids that stand for text: without end-of-document (ids of a model vocabulary padded
+    past the tokenizer's are dropped by CodeTokenizer.decode itself)."""
+    return [i for i in ids if i != tokenizer.eod_id]
 
 
 def stop_sequence_seen(tokenizer, stops: Sequence[str] = STOP_SEQUENCES):

@@ -71,11 +71,11 @@ class Layout:
     dp = property(lambda self: self.parallel.dp)
     sequence_parallel = property(lambda self: self.parallel.sequence_parallel)
     micro_batch_size = property(lambda self: self.parallel.micro_batch_size)
-    num_microbatches = property(lambda self: self.parallel.num_micro_batches)
+    num_micro_batches = property(lambda self: self.parallel.num_micro_batches)
 
     @property
     def global_batch_size(self) -> int:
-        return self.micro_batch_size * self.num_microbatches * self.dp
+        return self.micro_batch_size * self.num_micro_batches * self.dp
 
 
 def layout_of(cfg, world_size: int, bf16: Optional[bool] = None,
@@ -282,7 +282,7 @@ def backward_working_set(model_cfg, layout: Layout, recompute: Optional[str] = N
     return stream_grads + d["tokens"] * 2 * d["ffn_local"] * d["act_bytes"]
 
 
-def microbatches_in_flight(model_cfg, layout: Layout) -> int:
+def microbatches_in_flight(layout: Layout) -> int:
     """Micro-batch chunks whose activations stage 0 holds at once (megatron's schedules): 1 without
     pipelining; 1F1B: pp; interleaved (PLT: the loops are the virtual chunks, model/pipeline.py):
     the warm-up of rank 0, 2 (pp - 1) + (vpp - 1) pp, plus the one in its forward, counted in
@@ -290,7 +290,7 @@ def microbatches_in_flight(model_cfg, layout: Layout) -> int:
     if layout.pp == 1:
         return 1
     vpp = layout.vpp or 1
-    total_chunks = layout.num_microbatches * vpp
+    total_chunks = layout.num_micro_batches * vpp
     chunks = min(total_chunks, 2 * (layout.pp - 1) + (vpp - 1) * layout.pp + 1) if vpp > 1 else (
-        min(layout.num_microbatches, layout.pp))
+        min(layout.num_micro_batches, layout.pp))
     return chunks / vpp if vpp > 1 else chunks

@@ -89,7 +89,7 @@ def make_plan(cfg, world_size: int, *, bf16: Optional[bool] = None,
     optimizer_shards = layout.dp if layout.distributed_optimizer else 1
 
     acts = activation_terms(model, layout)
-    in_flight = microbatches_in_flight(model, layout)
+    in_flight = microbatches_in_flight(layout)
     other = "none" if model.recompute == "full" else "full"
     memory = {
         "weights": per_rank * weight_bytes,
@@ -168,7 +168,7 @@ def format_table(plans: List[Plan]) -> str:
     header = (f"{first.name}: world {lay.world_size} = tp {lay.tp} x pp {lay.pp} x dp {lay.dp}, "
               f"seq {lay.seq_length}, micro-batch {lay.micro_batch_size}, global batch "
               f"{lay.global_batch_size} ({lay.global_batch_size * lay.seq_length / 1e6:.2f}M tokens,"
-              f" {lay.num_microbatches} micro-batches per rank), "
+              f" {lay.num_micro_batches} micro-batches per rank), "
               f"{'bf16' if lay.bf16 else 'fp32'}, attention {lay.attention_backend}, "
               f"sequence_parallel={lay.sequence_parallel}, "
               f"distributed_optimizer={lay.distributed_optimizer}")

@@ -89,7 +89,7 @@ def test_the_planner_prices_the_trainers_layout():
                    "model.num_loops=2")
     priced = layout_of(cfg, world_size=8)
     trained = validate(cfg, 8)
-    assert (priced.micro_batch_size, priced.vpp, priced.dp, priced.num_microbatches) == (
+    assert (priced.micro_batch_size, priced.vpp, priced.dp, priced.num_micro_batches) == (
         trained.micro_batch_size, trained.vpp, trained.dp, trained.num_micro_batches) == (2, 2, 4, 2)
 
 
