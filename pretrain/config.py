@@ -186,8 +186,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         require(self.interval >= 0, f"eval.interval={self.interval}; it must be >= 0")
-        require(isinstance(self.batches, int) and not isinstance(self.batches, bool)
-                and self.batches >= 1,
+        require(self.batches >= 1,  # an integer: the typed config refuses anything else
                 f"eval.batches={self.batches!r}; it is the number of validation batches the loss "
                 f"averages over, an integer >= 1")
         validate_code_config(self.code)

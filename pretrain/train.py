@@ -241,9 +241,7 @@ def cli() -> None:
     try:
         main()
     except Exception as error:  # noqa: BLE001 sorted into user errors and bugs
-        if _diverged_in_a_sweep(error):
-            return
-        _exit_on_user_error(error)
+        _exit_on_user_error(error)  # composing the config: main() sorts what run() raises
     finally:
         ignore_stop_signals()  # the exit status (75 after a stop) must not become a death by signal
 
